@@ -1,0 +1,1 @@
+"""One module per channel (pure parsing), the HTTP app that mounts them, and the shared publisher."""

@@ -1,0 +1,106 @@
+"""The HTTP routes of the adapters. Every answer is JSON; every refusal names its reason.
+
+- 202: Kafka acknowledged the envelope (`event_id` in the body).
+- 400/415/422: the body was refused; the same reason went to `dlq.<stage>`
+  with the original bytes (`dead_letter_id` in the body).
+- 413: the body was larger than HTTP_MAX_BODY_BYTES (not read, so not kept).
+- 503 with Retry-After: Kafka did not acknowledge; retry with the same Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ingest_adapters import web_form
+from ingest_adapters.publisher import Publisher
+from leadflow.dead_letters import dead_letter_for
+from leadflow.errors import BadRecordError, RetriableError
+from leadflow.metrics import Metrics
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from streams.normalize import normalize_lead
+
+log = logging.getLogger(__name__)
+
+_STATUS_BY_REASON = {
+    "unsupported_media_type": 415,
+    "invalid_json": 400,
+    "invalid_form": 400,
+    "invalid_encoding": 400,
+}
+
+
+def error_body(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": reason, "message": message, **extra}, status=status)
+
+
+class IngestRoutes:
+    """Handlers of the ingest endpoints, sharing one publisher."""
+
+    def __init__(self, settings: Settings, publisher: Publisher, metrics: Metrics) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._metrics = metrics
+        self._topics = Topics(settings.kafka.topic_prefix)
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_post("/v1/leads/web", self.post_web_form)
+
+    async def _dead_letter(self, error: BadRecordError, body: bytes, stage: str,
+                           detail: str, key: str | None) -> str:
+        letter = dead_letter_for(error, body, stage=stage, detail=detail,
+                                 key=key.encode() if key else None)
+        await self._publisher.publish(self._topics.dlq(stage), key,
+                                      letter.model_dump_json().encode())
+        self._metrics.dead_letters.labels(stage=stage).inc()
+        return letter.dead_letter_id
+
+    async def post_web_form(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        form_id = request.query.get("form_id")
+        parsed = web_form.WebFormRequest(
+            body=body, content_type=request.headers.get("Content-Type", ""),
+            headers=request.headers, form_id=form_id, received_at=datetime.now(UTC),
+            remote=request.remote)
+        try:
+            raw = web_form.parse_web_form(parsed)
+            # The stream checks again; checking here lets the sender fix the form at once.
+            normalize_lead(raw, default_region=self._settings.normalize.default_phone_region)
+        except BadRecordError as exc:
+            detail = f"POST {request.path}" + (f"?form_id={form_id}" if form_id else "")
+            dead_letter_id = await self._dead_letter(
+                exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key"))
+            status = _STATUS_BY_REASON.get(exc.reason, 422)
+            return error_body(status, exc.reason, exc.message, fields=exc.fields,
+                              dead_letter_id=dead_letter_id)
+        await self._publisher.publish(self._topics.leads_raw, raw.event_id,
+                                      raw.model_dump_json().encode())
+        return web.json_response({"status": "accepted", "event_id": raw.event_id}, status=202)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn framework and dependency failures into JSON answers with a clear reason."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
+        else "unmatched"
+    metrics: Metrics = request.app["metrics"]
+    try:
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_body(413, "body_too_large",
+                              f"body larger than {exc.max_size} bytes is not accepted")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_body(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except RetriableError as exc:
+        log.warning("503 on %s: %s", request.path, exc)
+        response = error_body(503, "unavailable", "the event bus is not accepting writes; "
+                              "retry with the same Idempotency-Key")
+        response.headers["Retry-After"] = "5"
+    metrics.requests.labels(route=route, status=str(response.status)).inc()
+    return response

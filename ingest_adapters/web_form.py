@@ -1,0 +1,157 @@
+"""Adapter `web_form`: a website form post becomes a `RawLead` on `leads.raw`.
+
+Pure parsing, no I/O: `parse_web_form` takes the body bytes and request facts
+and returns the envelope, or raises `BadRecordError` naming what is wrong.
+The HTTP handler (ingest_adapters/http_app.py) publishes the envelope and
+answers 202 once Kafka acknowledged it; anything refused here gets a 4xx and
+a dead letter on `dlq.web_form`.
+
+Idempotency: a request with an `Idempotency-Key` header gets an event id
+derived from (form, key), so a retried post is the same event and the same lead.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from leadflow import stages
+from leadflow.errors import BadRecordError
+from schemas import RawLead
+
+STAGE = stages.WEB_FORM
+SOURCE_SYSTEM = "web_form"
+MAX_FIELDS = 200
+MAX_KEY_CHARS = 200
+_EVENT_NAMESPACE = uuid.UUID("a3c9e1d4-7f2b-4b6a-9e0d-1c5f8a2b3d47")
+_CONTEXT_HEADERS = {"origin": "Origin", "referer": "Referer", "user_agent": "User-Agent"}
+
+
+@dataclass(frozen=True)
+class WebFormRequest:
+    """What the handler knows about one request, as plain values."""
+
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+    form_id: str | None
+    received_at: datetime
+    remote: str | None = None
+
+
+def event_id_for(form_id: str | None, idempotency_key: str | None) -> str:
+    """Same (form, key) → same event id; no key → a fresh one."""
+    if not idempotency_key:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{SOURCE_SYSTEM}|{form_id or ''}|{idempotency_key}"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRecordError("invalid_json", f"JSON constant {name} is not allowed")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise BadRecordError("invalid_json", f"field {key!r} appears twice",
+                                 {key: "appears more than once"})
+        seen[key] = value
+    return seen
+
+
+def _as_text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return ", ".join(str(v) for v in value)
+    raise BadRecordError("invalid_fields", f"field {name!r} must be text, a number or a list",
+                         {name: "must be text, a number, true/false or a list of those"})
+
+
+def _parse_json(text: str) -> dict[str, str]:
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                          parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRecordError("invalid_json", f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRecordError("invalid_json", "body is nested too deeply") from exc
+    if not isinstance(data, dict):
+        raise BadRecordError("invalid_json", "body must be a JSON object of form fields")
+    return {str(key): _as_text(str(key), value) for key, value in data.items()}
+
+
+def _parse_urlencoded(text: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
+                          encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRecordError("invalid_form", f"body is not a valid form: {exc}") from exc
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        # A repeated field (checkbox groups) keeps every value.
+        fields[key] = f"{fields[key]}, {value}" if key in fields else value
+    return fields
+
+
+def _check_text(fields: Mapping[str, str]) -> None:
+    problems: dict[str, str] = {}
+    if len(fields) > MAX_FIELDS:
+        raise BadRecordError("too_many_fields", f"more than {MAX_FIELDS} fields")
+    for key, value in fields.items():
+        if len(key) > MAX_KEY_CHARS:
+            problems[key[:40] + "…"] = f"field name longer than {MAX_KEY_CHARS} characters"
+        for text in (key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                problems[key.encode("utf-8", "replace").decode()] = (
+                    "contains invalid Unicode (a lone surrogate)")
+    if problems:
+        raise BadRecordError("invalid_fields", "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                             problems)
+
+
+def parse_web_form(request: WebFormRequest) -> RawLead:
+    """The envelope for one form post; raises BadRecordError with the reason and fields."""
+    media_type = request.content_type.split(";")[0].strip().lower()
+    try:
+        text = request.body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRecordError("invalid_encoding", f"body is not UTF-8 ({exc.reason})") from exc
+    if media_type == "application/json":
+        fields = _parse_json(text)
+    elif media_type == "application/x-www-form-urlencoded":
+        fields = _parse_urlencoded(text)
+    else:
+        raise BadRecordError(
+            "unsupported_media_type",
+            f"content type {media_type or '(none)'} is not accepted; send application/json "
+            "or application/x-www-form-urlencoded")
+    _check_text(fields)
+    key = request.headers.get("Idempotency-Key") or None
+    context = {name: request.headers[header] for name, header in _CONTEXT_HEADERS.items()
+               if request.headers.get(header)}
+    context["content_type"] = media_type
+    if request.remote:
+        context["remote"] = request.remote
+    return RawLead(
+        event_id=event_id_for(request.form_id, key),
+        channel="web",
+        source_system=SOURCE_SYSTEM,
+        received_at=request.received_at,
+        idempotency_key=key,
+        form_id=request.form_id,
+        fields=fields,
+        context=context,
+    )

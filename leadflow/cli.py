@@ -1,0 +1,199 @@
+"""The `leadflow` command. Each verb builds the settings once and hands them down.
+
+    leadflow up                         the local stack with sample leads (Ctrl-C stops it)
+    leadflow kafka start|stop|status|logs   the project's own Kafka broker
+    leadflow worker                     the Faust worker (stream stages)
+    leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API
+    leadflow migrate                    apply ClickHouse migrations and exit
+    leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
+    leadflow schemas [--out DIR]        JSON Schema of every message
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.parse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from leadflow.errors import FatalError, LeadflowError
+from leadflow.settings import Settings, load_settings
+
+
+def _bootstrap(settings: Settings) -> str:
+    """The cluster to use: KAFKA_BOOTSTRAP, else the project's broker (which must be running)."""
+    if settings.kafka.bootstrap:
+        return settings.kafka.bootstrap
+    return f"127.0.0.1:{settings.kafka.local_port}"
+
+
+def _local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
+    from leadflow.broker.local import LocalKafka
+
+    return LocalKafka(settings.kafka_home, settings.kafka.local_port,
+                      settings.kafka.local_controller_port, settings.kafka.local_heap)
+
+
+def cmd_kafka(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    if settings.kafka.bootstrap:
+        console.print(f"KAFKA_BOOTSTRAP is set ({settings.kafka.bootstrap}): "
+                      "that cluster is used and no broker is managed here.")
+        return 0
+    broker = _local_kafka(settings)
+    if args.action == "start":
+        with console.status("starting the Kafka broker ..."):
+            broker.start()
+        console.print(f"[green]✓[/] {broker.status()}; log: {broker.log_file}")
+    elif args.action == "stop":
+        console.print("stopped" if broker.stop() else "was not running")
+    elif args.action == "status":
+        console.print(broker.status())
+        return 0 if broker.pid() is not None else 3
+    else:
+        console.print(broker.tail_log(args.lines), markup=False, highlight=False)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from streams.app import run_worker
+
+    run_worker(settings, _bootstrap(settings), loglevel=args.loglevel)
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.server import Roles, serve
+
+    roles = Roles.parse(args.roles.split(","))
+    asyncio.run(serve(settings, _bootstrap(settings), roles))
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from sinks.clickhouse.client import ClickHouse
+    from sinks.clickhouse.migrations import migrate
+
+    async def run() -> list[str]:
+        clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+        try:
+            return await migrate(clickhouse, settings.clickhouse.cluster)
+        finally:
+            await clickhouse.close()
+
+    applied = asyncio.run(run())
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.stack import run_up
+
+    return run_up(settings, console)
+
+
+def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.stack import http_json
+
+    base = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    query = {k: v for k, v in (("email", args.email), ("phone", args.phone),
+                               ("lead_id", args.lead_id), ("limit", str(args.limit))) if v}
+    status, answer = http_json("GET", f"{base}/v1/leads?{urllib.parse.urlencode(query)}")
+    if status != 200:
+        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+        return 1
+    if args.format == "json":
+        print(json.dumps(answer, ensure_ascii=False, indent=2))
+        return 0
+    columns = ("lead_id", "email", "phone", "full_name", "company", "country", "channel",
+               "received_at")
+    table = Table(title=f"leads ({len(answer['leads'])} of {answer['total']})")
+    for column in columns:
+        table.add_column(column)
+    for lead in answer["leads"]:
+        table.add_row(*(str(lead.get(c) or "") for c in columns))
+    console.print(table)
+    return 0
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from schemas import json_schemas
+
+    documents = json_schemas()
+    if args.out is None:
+        print(json.dumps(documents, indent=2, ensure_ascii=False))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, schema in documents.items():
+        (args.out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    console.print(f"wrote {len(documents)} schemas to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leadflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    verbs.add_parser("up", help="run the local stack with sample leads").set_defaults(fn=cmd_up)
+
+    kafka = verbs.add_parser("kafka", help="the project's own Kafka broker")
+    kafka.add_argument("action", choices=["start", "stop", "status", "logs"])
+    kafka.add_argument("--lines", type=int, default=50)
+    kafka.set_defaults(fn=cmd_kafka)
+
+    worker = verbs.add_parser("worker", help="run the Faust worker")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(fn=cmd_worker)
+
+    serve = verbs.add_parser("serve", help="run HTTP adapters, ClickHouse writer, query API")
+    serve.add_argument("--roles", default="adapters,sink,query",
+                       help="comma-separated: adapters, sink, query")
+    serve.set_defaults(fn=cmd_serve)
+
+    verbs.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(fn=cmd_migrate)
+
+    leads = verbs.add_parser("leads", help="show leads from ClickHouse via a running server")
+    leads.add_argument("--email")
+    leads.add_argument("--phone")
+    leads.add_argument("--lead-id")
+    leads.add_argument("--limit", type=int, default=20)
+    leads.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    leads.add_argument("--format", choices=["table", "json"], default="table")
+    leads.set_defaults(fn=cmd_leads)
+
+    schemas = verbs.add_parser("schemas", help="print or write JSON Schemas")
+    schemas.add_argument("--out", type=Path)
+    schemas.set_defaults(fn=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    console = Console(stderr=False)
+    try:
+        settings = load_settings()
+        code: int = args.fn(settings, args, console)
+    except FatalError as exc:
+        console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        return 2
+    except LeadflowError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

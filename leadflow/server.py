@@ -1,0 +1,141 @@
+"""`leadflow serve`: the HTTP adapters, the ClickHouse writer and the query API in one process.
+
+Roles can be split across processes in production (adapters scale out; one
+writer per partition set), but with the embedded engine the writer and the
+query API must share a process, since chdb opens a data directory once.
+
+Shutdown order on SIGINT/SIGTERM: stop taking HTTP requests, let the writer
+insert and commit what it consumed, then close Kafka and ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ingest_adapters.http_app import IngestRoutes, json_errors
+from ingest_adapters.publisher import Publisher
+from leadflow import __version__
+from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
+from leadflow.metrics import Metrics
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from sinks.clickhouse.client import ClickHouse
+from sinks.clickhouse.migrations import migrate
+from sinks.clickhouse.query_api import QueryRoutes
+from sinks.clickhouse.writer import ClickHouseWriter, routes
+
+log = logging.getLogger(__name__)
+
+ROLES = ("adapters", "sink", "query")
+READY_PREFIX = "leadflow serving on"
+
+
+@dataclass(frozen=True)
+class Roles:
+    adapters: bool
+    sink: bool
+    query: bool
+
+    @classmethod
+    def parse(cls, names: Iterable[str]) -> Roles:
+        chosen = {n.strip() for n in names if n.strip()}
+        unknown = chosen - set(ROLES)
+        if unknown or not chosen:
+            raise ValueError(f"roles must be some of {', '.join(ROLES)}; got {sorted(chosen)}")
+        return cls(adapters="adapters" in chosen, sink="sink" in chosen, query="query" in chosen)
+
+    def names(self) -> list[str]:
+        return [name for name in ROLES if getattr(self, name)]
+
+
+def build_app(settings: Settings, metrics: Metrics, roles: Roles, publisher: Publisher | None,
+              clickhouse: ClickHouse | None) -> web.Application:
+    app = web.Application(client_max_size=settings.http.max_body_bytes,
+                          middlewares=[json_errors])
+    app["metrics"] = metrics
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__,
+                                  "roles": roles.names()})
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    if publisher is not None:
+        IngestRoutes(settings, publisher, metrics).add_to(app)
+    if clickhouse is not None and roles.query:
+        QueryRoutes(clickhouse).add_to(app)
+    return app
+
+
+async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
+    """Run until SIGINT/SIGTERM or until the writer fails; re-raise the writer's failure."""
+    metrics = Metrics()
+    topics = Topics(settings.kafka.topic_prefix)
+    await ensure_topics(settings.kafka, bootstrap)
+    producer = make_producer(settings.kafka, bootstrap)
+    await producer.start()
+    clickhouse: ClickHouse | None = None
+    writer: ClickHouseWriter | None = None
+    writer_task: asyncio.Task[None] | None = None
+    consumer = None
+    runner: web.AppRunner | None = None
+    try:
+        if roles.sink or roles.query:
+            clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+            applied = await migrate(clickhouse, settings.clickhouse.cluster)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        if roles.sink:
+            assert clickhouse is not None
+            consumer = make_consumer(settings.kafka, bootstrap, *routes(topics),
+                                     group_id=topics.group("clickhouse-writer"))
+            await consumer.start()
+            writer = ClickHouseWriter(settings, clickhouse, consumer, producer, metrics)
+            writer_task = asyncio.create_task(writer.run(), name="clickhouse-writer")
+        publisher = None
+        if roles.adapters:
+            publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)
+        app = build_app(settings, metrics, roles, publisher, clickhouse)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        await site.start()
+        print(f"{READY_PREFIX} http://{settings.http.host}:{settings.http.port} "
+              f"(roles: {', '.join(roles.names())})", flush=True)
+        await _wait_for_stop(writer_task)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if writer is not None and writer_task is not None:
+            writer.stop()
+            await asyncio.gather(writer_task, return_exceptions=True)
+        if consumer is not None:
+            await consumer.stop()
+        await producer.stop()
+        if clickhouse is not None:
+            await clickhouse.close()
+    if writer_task is not None and writer_task.done() and writer_task.exception():
+        raise writer_task.exception()  # type: ignore[misc]
+
+
+async def _wait_for_stop(writer_task: asyncio.Task[None] | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
+    if writer_task is not None:
+        waiters.append(writer_task)  # type: ignore[arg-type]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if writer_task is not None and writer_task.done() and writer_task.exception():
+        log.error("the ClickHouse writer stopped: %s", writer_task.exception())
+    waiters[0].cancel()

@@ -1,0 +1,142 @@
+"""One frozen settings object, built once at start and passed down.
+
+Every knob of leadflow is read here from the environment (or a `.env` file)
+and nowhere else. Sections map to environment variables by their first
+underscore: `KAFKA_BOOTSTRAP` sets `kafka.bootstrap`, `CLICKHOUSE_DSN` sets
+`clickhouse.dsn`, `HTTP_PORT` sets `http.port`, and so on. The table in
+`docs/configuration.md` lists them all; a test checks that docker-compose.yml
+only sets variables that exist here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from leadflow.errors import ConfigurationError
+
+DEFAULT_DATA_DIR = Path(".leadflow")
+
+
+class _Section(BaseModel):
+    # Unknown variables that share a section's prefix (HTTP_PROXY, KAFKA_HEAP_OPTS)
+    # belong to other programs; they are ignored rather than rejected.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class KafkaSettings(_Section):
+    bootstrap: str | None = Field(
+        default=None,
+        description="host:port list of an existing cluster; unset runs the project's own broker.",
+    )
+    local_port: int = Field(default=19092, description="Client port of the project's own broker.")
+    local_controller_port: int = Field(default=19093, description="KRaft controller port.")
+    local_heap: str = Field(default="512m", description="Java heap of the project's own broker.")
+    topic_prefix: str = Field(
+        default="",
+        description="Prepended to every topic and consumer group (isolates tests and tenants).",
+    )
+    partitions: Annotated[int, Field(ge=1)] = 4
+    replication_factor: Annotated[int, Field(ge=1)] = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class ClickHouseSettings(_Section):
+    dsn: str | None = Field(
+        default=None,
+        description="chdb:///path (embedded, the default under the data dir) or http(s)://...",
+    )
+    database: str = "leadflow"
+    cluster: str | None = Field(default=None, description="ON CLUSTER name for Replicated DDL.")
+    batch_rows: Annotated[int, Field(ge=1)] = 10_000
+    flush_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("database")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError("database must be letters, digits and underscores")
+        return value
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    publish_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class NormalizeSettings(_Section):
+    default_phone_region: str = Field(
+        default="CN",
+        description="ISO 3166 alpha-2 region for phone numbers written without a country code.",
+    )
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _region_code(cls, value: str) -> str:
+        value = value.strip().upper()
+        if len(value) != 2 or not value.isalpha():
+            raise ValueError("must be a two-letter region code such as CN or US")
+        return value
+
+
+class WorkerSettings(_Section):
+    app_id: str = "leadflow"
+    web_port: int = Field(default=0, description="Faust's own web port; 0 disables it.")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, resolved once; pass it, never re-read the environment."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR,
+        validation_alias="LEADFLOW_DATA_DIR",
+        description="Broker logs, the embedded ClickHouse data and pid files live here.",
+    )
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    http: HttpSettings = HttpSettings()
+    normalize: NormalizeSettings = NormalizeSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """The DSN in force: the configured one, or the embedded engine under data_dir."""
+        if self.clickhouse.dsn:
+            return self.clickhouse.dsn
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def kafka_home(self) -> Path:
+        return self.data_dir / "kafka"
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment, turning validation errors into one message."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc

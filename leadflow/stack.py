@@ -1,0 +1,200 @@
+"""`leadflow up`: the whole local stack, sample leads through it, and the result on screen.
+
+Starts the project's broker (unless KAFKA_BOOTSTRAP names one), a Faust
+worker and the HTTP server as child processes, posts the sample leads of
+samples/web_forms.json, shows what landed in ClickHouse, and keeps running
+until Ctrl-C, then stops every process it started, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from leadflow.broker.local import LocalKafka
+from leadflow.errors import FatalError
+from leadflow.settings import Settings
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "leadflow", *args], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    return Child(name, process, log_path)
+
+
+def http_json(method: str, url: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None, timeout_s: float = 10.0,
+              ) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_healthy(base_url: str, children: list[Child], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.process.poll() is not None:
+                raise FatalError(f"{child.name} exited with {child.process.returncode}; "
+                                 f"see {child.log_path}")
+        try:
+            status, _ = http_json("GET", f"{base_url}/healthz", timeout_s=2)
+            if status == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise FatalError(f"the server did not answer /healthz within {timeout_s:.0f}s")
+
+
+def load_samples() -> list[dict[str, Any]]:
+    text = resources.files("leadflow").joinpath("samples/web_forms.json").read_text("utf-8")
+    samples: list[dict[str, Any]] = json.loads(text)
+    return samples
+
+
+def post_sample(base_url: str, sample: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    headers = dict(sample.get("headers", {}))
+    if sample["content_type"] == "application/json":
+        body = json.dumps(sample["fields"], ensure_ascii=False).encode()
+    else:
+        body = urllib.parse.urlencode(sample["fields"]).encode()
+    headers["Content-Type"] = sample["content_type"]
+    return http_json("POST", f"{base_url}/v1/leads/web", body, headers)
+
+
+def run_up(settings: Settings, console: Console) -> int:
+    bootstrap = settings.kafka.bootstrap
+    kafka: LocalKafka | None = None
+    children: list[Child] = []
+    log_dir = settings.data_dir / "logs"
+    try:
+        if not bootstrap:
+            kafka = LocalKafka(settings.kafka_home, settings.kafka.local_port,
+                               settings.kafka.local_controller_port, settings.kafka.local_heap)
+            if kafka.pid() is not None:
+                kafka = None  # started by `leadflow kafka start`: leave it running on exit
+                bootstrap = f"127.0.0.1:{settings.kafka.local_port}"
+            else:
+                with console.status("starting the Kafka broker ..."):
+                    kafka.start()
+                bootstrap = kafka.bootstrap
+                console.print(f"[green]✓[/] Kafka broker on {bootstrap} "
+                              f"(log: {kafka.log_file})")
+        env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        children.append(spawn("worker", ["worker"], env, log_dir))
+        children.append(spawn("serve", ["serve"], env, log_dir))
+        base_url = f"http://{settings.http.host}:{settings.http.port}"
+        with console.status("starting the worker and the HTTP server ..."):
+            wait_healthy(base_url, children)
+        console.print(f"[green]✓[/] worker and server up; HTTP on {base_url} "
+                      f"(logs: {log_dir})")
+        show_samples(base_url, console)
+        console.print(f"\nThe stack is running. Try:\n  curl -X POST {base_url}/v1/leads/web "
+                      "-H 'Content-Type: application/json' "
+                      "-d '{\"name\": \"Ada\", \"email\": \" Ada@Example.COM \"}'\n"
+                      f"  curl '{base_url}/v1/leads?email=ada@example.com'\n"
+                      "Press Ctrl-C to stop everything.")
+        _wait_for_interrupt(children)
+        return 0
+    finally:
+        console.print("stopping ...")
+        for child in reversed(children):
+            child.stop()
+        if kafka is not None:
+            kafka.stop()
+        console.print("[green]✓[/] stopped")
+
+
+def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> None:
+    accepted: list[str] = []
+    table = Table(title="sample posts to POST /v1/leads/web")
+    for column in ("sample", "status", "answer"):
+        table.add_column(column)
+    for sample in load_samples():
+        status, answer = post_sample(base_url, sample)
+        if status == 202 and sample.get("expect_email"):
+            accepted.append(sample["expect_email"])
+        summary = answer.get("event_id") or f"{answer.get('error')}: {answer.get('message')}"
+        table.add_row(sample["label"], str(status), summary)
+    console.print(table)
+    deadline = time.monotonic() + timeout_s
+    leads: list[dict[str, Any]] = []
+    with console.status("waiting for the leads to land in ClickHouse ..."):
+        while time.monotonic() < deadline:
+            _, answer = http_json("GET", f"{base_url}/v1/leads?limit=50")
+            leads = answer.get("leads", [])
+            if set(accepted) <= {lead["email"] for lead in leads}:
+                break
+            time.sleep(0.3)
+    columns = ("email", "phone", "full_name", "company", "country", "channel", "utm_source",
+               "received_at")
+    found = Table(title=f"leads in ClickHouse ({len(leads)} shown)")
+    for column in columns:
+        found.add_column(column)
+    for lead in leads:
+        found.add_row(*(str(lead.get(c) or "") for c in columns))
+    console.print(found)
+    _, answer = http_json("GET", f"{base_url}/v1/dead-letters?limit=20")
+    dead = Table(title="dead letters in ClickHouse")
+    for column in ("stage", "reason", "message", "source_detail"):
+        dead.add_column(column)
+    for letter in answer.get("dead_letters", []):
+        dead.add_row(*(str(letter.get(c) or "") for c in ("stage", "reason", "message",
+                                                           "source_detail")))
+    console.print(dead)
+
+
+def _wait_for_interrupt(children: list[Child]) -> None:
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop:
+        for child in children:
+            if child.process.poll() is not None:
+                raise FatalError(f"{child.name} exited with {child.process.returncode}; "
+                                 f"see {child.log_path}")
+        time.sleep(0.5)

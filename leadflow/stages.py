@@ -1,0 +1,12 @@
+"""Stable stage names: used in logs, metrics, dead-letter topics and rows.
+
+Renaming one renames a `dlq.<stage>` topic, so treat these as a contract.
+"""
+
+from typing import Final
+
+WEB_FORM: Final = "web_form"
+NORMALIZE: Final = "normalize"
+CLICKHOUSE_WRITER: Final = "clickhouse_writer"
+
+ALL: Final = (WEB_FORM, NORMALIZE, CLICKHOUSE_WRITER)

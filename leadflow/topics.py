@@ -1,0 +1,71 @@
+"""Every topic name leadflow reads or writes, in one place.
+
+Names follow docs/architecture.md. A prefix (KAFKA_TOPIC_PREFIX) isolates a
+tenant or a test run; consumer groups carry the same prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leadflow import stages
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = ""
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def leads_raw(self) -> str:
+        return self._name("leads.raw")
+
+    @property
+    def events_calls(self) -> str:
+        return self._name("events.calls")
+
+    @property
+    def events_engagement(self) -> str:
+        return self._name("events.engagement")
+
+    @property
+    def events_crm(self) -> str:
+        return self._name("events.crm")
+
+    @property
+    def leads_identified(self) -> str:
+        return self._name("leads.identified")
+
+    @property
+    def leads_assigned(self) -> str:
+        return self._name("leads.assigned")
+
+    @property
+    def lead_transitions(self) -> str:
+        return self._name("lead.transitions")
+
+    def dlq(self, stage: str) -> str:
+        """The dead-letter topic of one stage: `dlq.<stage>`."""
+        return self._name(f"dlq.{stage}")
+
+    def all_dlq(self) -> list[str]:
+        return [self.dlq(stage) for stage in stages.ALL]
+
+    def all(self) -> list[str]:
+        """Every topic the product declares at start, dead-letter topics included."""
+        return [
+            self.leads_raw,
+            self.events_calls,
+            self.events_engagement,
+            self.events_crm,
+            self.leads_identified,
+            self.leads_assigned,
+            self.lead_transitions,
+            *self.all_dlq(),
+        ]
+
+    def group(self, role: str) -> str:
+        """Consumer group id of one role (clickhouse writer, notifier ...)."""
+        return self._name(f"leadflow.{role}")

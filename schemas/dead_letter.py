@@ -1,0 +1,45 @@
+"""`DeadLetter`: what a stage emits for input it cannot take. Nothing is dropped silently."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FieldProblem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    field: str
+    problem: str
+
+
+class DeadLetter(BaseModel):
+    """The untouched input, where it came from, which stage refused it and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dead_letter_id: str
+    stage: str = Field(description="Stage name from leadflow.stages; also the dlq topic suffix.")
+    reason: str = Field(description="Short machine-readable cause, e.g. invalid_fields.")
+    error_class: str
+    message: str
+    problems: list[FieldProblem] = Field(default_factory=list)
+    original_b64: str = Field(description="The original bytes, base64, exactly as received.")
+    original_key: str | None = None
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    source_detail: str | None = Field(
+        default=None, description="Where it entered when not from Kafka: HTTP path, file and row."
+    )
+    failed_at: datetime
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)
+
+    @staticmethod
+    def encode_original(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")

@@ -1,0 +1,35 @@
+"""`RawLead`: what an adapter publishes to `leads.raw`, before any judgement.
+
+Permissive on purpose: field names are kept as the sender wrote them, values
+as strings. Normalization decides what they mean; the envelope only records
+who sent what, when, and under which idempotency key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channel = Literal["web", "social", "tradeshow", "call", "api"]
+
+
+class RawLead(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(description="Stable id of this submission; the Kafka key of leads.raw.")
+    channel: Channel
+    source_system: str = Field(description="Adapter that received it, e.g. web_form.")
+    received_at: datetime = Field(description="When the adapter received it (UTC).")
+    idempotency_key: str | None = Field(
+        default=None, description="Sender's key; a retry with the same key is the same event."
+    )
+    form_id: str | None = None
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Submitted fields, names as sent, values as text."
+    )
+    context: dict[str, str] = Field(
+        default_factory=dict,
+        description="Request facts: origin, referrer, user agent, content type.",
+    )

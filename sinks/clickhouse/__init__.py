@@ -1,0 +1,1 @@
+"""ClickHouse through clickhouse-connect: embedded (chdb://) or a server (http(s)://)."""

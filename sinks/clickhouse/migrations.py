@@ -1,0 +1,79 @@
+"""Ordered, idempotent schema migrations, applied at start by every process that writes.
+
+Each file `migrations/NNNN_name.sql` holds statements separated by `;` on a
+line end. `{db}` and `{on_cluster}` are filled in from settings. An applied
+version is recorded in `schema_migrations` and never run again; every
+statement is also written to be harmless when repeated (IF NOT EXISTS), so a
+crash between a statement and its record cannot wedge a start.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from leadflow.errors import FatalError, RetriableError
+from sinks.clickhouse.client import ClickHouse
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def load_migrations() -> list[Migration]:
+    folder = resources.files("sinks.clickhouse").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if not match:
+            continue
+        text = entry.read_text("utf-8")
+        statements = tuple(s.strip() for s in re.split(r";\s*\n", text) if _has_sql(s))
+        found.append(Migration(int(match.group(1)), match.group(2), statements))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise FatalError(f"two migrations share a version: {versions}")
+    return found
+
+
+def _has_sql(chunk: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in chunk.splitlines())
+
+
+async def migrate(clickhouse: ClickHouse, cluster: str | None = None) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    db = clickhouse.database
+    on_cluster = f"ON CLUSTER {cluster}" if cluster else ""
+    try:
+        await clickhouse.command(f"CREATE DATABASE IF NOT EXISTS {db} {on_cluster}")
+        await clickhouse.command(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations {on_cluster} "
+            "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+            "ENGINE = ReplacingMergeTree ORDER BY version")
+        done = {row["version"] for row in
+                await clickhouse.query(f"SELECT version FROM {db}.schema_migrations FINAL")}
+    except RetriableError:
+        raise
+    except FatalError as exc:
+        raise FatalError(f"cannot prepare the ClickHouse schema: {exc}") from exc
+    applied = []
+    for migration in load_migrations():
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            try:
+                await clickhouse.command(statement.format(db=db, on_cluster=on_cluster))
+            except FatalError as exc:
+                raise FatalError(
+                    f"migration {migration.version:04d}_{migration.name} failed: {exc}") from exc
+        await clickhouse.insert("schema_migrations", [[migration.version, migration.name]],
+                                ["version", "name"])
+        applied.append(f"{migration.version:04d}_{migration.name}")
+    return applied

@@ -1,0 +1,45 @@
+"""HTTP routes answering from ClickHouse. In embedded mode (chdb) only the process
+that owns the data directory can read it, so these routes live in that process."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from sinks.clickhouse import queries
+from sinks.clickhouse.client import ClickHouse
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise web.HTTPBadRequest(reason="limit must be a whole number from 1 to 10000")
+    return int(raw)
+
+
+class QueryRoutes:
+    def __init__(self, clickhouse: ClickHouse) -> None:
+        self._clickhouse = clickhouse
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/v1/leads", self.get_leads)
+        app.router.add_get("/v1/dead-letters", self.get_dead_letters)
+
+    async def get_leads(self, request: web.Request) -> web.Response:
+        rows = await queries.find_leads(
+            self._clickhouse, email=request.query.get("email"),
+            phone=request.query.get("phone"), lead_id=request.query.get("lead_id"),
+            limit=_limit(request))
+        total = await queries.count_leads(self._clickhouse)
+        return web.json_response({"total": total, "leads": [_jsonable(r) for r in rows]})
+
+    async def get_dead_letters(self, request: web.Request) -> web.Response:
+        rows = await queries.recent_dead_letters(
+            self._clickhouse, stage=request.query.get("stage"), limit=_limit(request))
+        return web.json_response({"dead_letters": [_jsonable(r) for r in rows]})

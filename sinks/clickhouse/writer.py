@@ -1,0 +1,178 @@
+"""The ClickHouse writer: Kafka topics in, batched idempotent inserts out.
+
+Input topics: `leads.identified` → table `leads`; every `dlq.<stage>` →
+table `dead_letters`. Offsets are committed only after the rows of every
+message up to them are in ClickHouse.
+
+- A batch is one topic-partition's run of messages; its insert carries the
+  dedup token `topic:partition:first-last`, so a retry of the same batch is
+  dropped by ClickHouse, and rows replace each other by their stable id
+  (lead id, dead-letter id) even when a batch is cut differently after a restart.
+- A ClickHouse or network failure (`RetriableError`) backs off and retries the
+  same batch with the same token, forever; nothing is committed meanwhile.
+- A message that is not a valid model is a bad record: it is published to
+  `dlq.clickhouse_writer` with its coordinates (or, when it came from a
+  dead-letter topic, stored as an unreadable dead letter) and the batch goes on.
+- A terminal ClickHouse error (`FatalError`) stops the writer uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from leadflow import stages
+from leadflow.dead_letters import dead_letter_for
+from leadflow.errors import RetriableError
+from leadflow.metrics import Metrics
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from schemas import DeadLetter, DeadLetterRow, Lead, LeadRow
+from sinks.clickhouse.client import ClickHouse
+
+log = logging.getLogger(__name__)
+STAGE = stages.CLICKHOUSE_WRITER
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one topic's messages become rows of one table."""
+
+    table: str
+    columns: list[str]
+    to_row: Callable[[ConsumerRecord[bytes, bytes]], list[Any]]
+    is_dead_letter_topic: bool
+
+
+def _lead_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    lead = Lead.model_validate_json(message.value or b"")
+    return LeadRow.from_lead(lead, message.partition, message.offset).as_row()
+
+
+def _dead_letter_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    letter = DeadLetter.model_validate_json(message.value or b"")
+    return DeadLetterRow.from_dead_letter(letter).as_row()
+
+
+def routes(topics: Topics) -> dict[str, Route]:
+    table: dict[str, Route] = {
+        topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
+    }
+    for name in topics.all_dlq():
+        table[name] = Route(DeadLetterRow.table, DeadLetterRow.column_names(),
+                            _dead_letter_row, True)
+    return table
+
+
+@dataclass
+class _Batch:
+    rows: list[list[Any]] = field(default_factory=list)
+    first_offset: int = -1
+    last_offset: int = -1
+
+
+class ClickHouseWriter:
+    """Consumes, batches per topic-partition, inserts, then commits. One instance per process."""
+
+    def __init__(self, settings: Settings, clickhouse: ClickHouse, consumer: AIOKafkaConsumer,
+                 producer: AIOKafkaProducer, metrics: Metrics) -> None:
+        self._settings = settings
+        self._clickhouse = clickhouse
+        self._consumer = consumer
+        self._producer = producer
+        self._metrics = metrics
+        self._topics = Topics(settings.kafka.topic_prefix)
+        self._routes = routes(self._topics)
+        self._stopping = asyncio.Event()
+        # Set by fault-injection tests: the next N inserts fail as if ClickHouse were down.
+        self.fail_next_inserts = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until stop(); at return everything consumed is inserted and committed."""
+        while not self._stopping.is_set():
+            fetched = await self._collect()
+            if fetched:
+                await self._write_and_commit(fetched)
+
+    async def _collect(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Messages until `batch_rows` are buffered or `flush_interval_s` passed."""
+        conf = self._settings.clickhouse
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + conf.flush_interval_s
+        collected: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        count = 0
+        while count < conf.batch_rows and not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            got = await self._consumer.getmany(timeout_ms=max(1, int(remaining * 1000)),
+                                               max_records=conf.batch_rows - count)
+            for tp, messages in got.items():
+                collected.setdefault(tp, []).extend(messages)
+                count += len(messages)
+        return collected
+
+    async def _write_and_commit(
+        self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        for tp, messages in fetched.items():
+            await self._write_partition(tp, messages)
+        await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in fetched.items()})
+
+    async def _write_partition(self, tp: TopicPartition,
+                               messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        route = self._routes[tp.topic]
+        batch = _Batch(first_offset=messages[0].offset, last_offset=messages[-1].offset)
+        dead_rows: list[list[Any]] = []
+        for message in messages:
+            try:
+                batch.rows.append(route.to_row(message))
+            except ValueError as exc:
+                letter = dead_letter_for(exc, message.value or b"", stage=STAGE, key=message.key,
+                                         topic=tp.topic, partition=tp.partition,
+                                         offset=message.offset)
+                self._metrics.dead_letters.labels(stage=STAGE).inc()
+                if route.is_dead_letter_topic:
+                    # Republishing would feed this very loop; store it as it is instead.
+                    dead_rows.append(DeadLetterRow.from_dead_letter(letter).as_row())
+                else:
+                    await self._producer.send_and_wait(self._topics.dlq(STAGE),
+                                                       letter.model_dump_json().encode(),
+                                                       key=message.key)
+        token = f"{tp.topic}:{tp.partition}:{batch.first_offset}-{batch.last_offset}"
+        if batch.rows:
+            await self._insert_with_retry(route.table, batch.rows, route.columns, token)
+            self._metrics.rows_written.labels(table=route.table).inc(len(batch.rows))
+        if dead_rows:
+            await self._insert_with_retry(DeadLetterRow.table, dead_rows,
+                                          DeadLetterRow.column_names(), token + ":unreadable")
+
+    async def _insert_with_retry(self, table: str, rows: list[list[Any]], columns: list[str],
+                                 token: str) -> None:
+        backoff = 0.2
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if self.fail_next_inserts > 0:
+                    self.fail_next_inserts -= 1
+                    raise RetriableError("injected ClickHouse failure")
+                await self._clickhouse.insert(table, rows, columns, dedup_token=token)
+                if attempt > 1:
+                    log.info("insert into %s succeeded after %d attempts", table, attempt)
+                return
+            except RetriableError as exc:
+                self._metrics.insert_retries.labels(table=table).inc()
+                delay = min(backoff, self._settings.clickhouse.retry_backoff_max_s)
+                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311
+                backoff *= 2

@@ -1,0 +1,229 @@
+"""Stage `normalize`: a `RawLead` becomes one strict `Lead`, or a dead letter.
+
+Input topic: `leads.raw` (key: the event id). Output: `leads.identified`
+(key: lead id) for good input; `dlq.normalize` for input that cannot be a
+lead, carrying the original bytes and every field problem. The lead id is
+derived from the event id, so a redelivered or retried event normalizes to
+the same lead id and the ClickHouse row replaces itself instead of doubling.
+
+The adapters run the same pure function before they answer, so a sender
+learns about a bad field at once; this stage re-checks because any producer
+may write to `leads.raw`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from leadflow import stages
+from leadflow.errors import BadRecordError
+from leadflow.dead_letters import dead_letter_for
+from schemas import DeadLetter, Lead, RawLead
+
+STAGE = stages.NORMALIZE
+MAX_FIELD_CHARS = 4000
+_LEAD_NAMESPACE = uuid.UUID("0f1b7c52-6a1e-4c8e-9d56-3f0e2b6f4a11")
+
+# Field names real forms send, folded (lower case, `-`/space → `_`), by canonical name.
+FIELD_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "full_name": ("name", "full_name", "fullname", "your_name", "contact_name", "姓名", "名字",
+                  "联系人"),
+    "first_name": ("first_name", "firstname", "given_name", "fname", "名"),
+    "last_name": ("last_name", "lastname", "surname", "family_name", "lname", "姓"),
+    "email": ("email", "e_mail", "email_address", "mail", "邮箱", "电子邮件", "电子邮箱"),
+    "phone": ("phone", "phone_number", "mobile", "mobile_phone", "tel", "telephone", "cell",
+              "手机", "手机号", "手机号码", "电话", "联系电话"),
+    "company": ("company", "company_name", "organization", "organisation", "org", "公司",
+                "公司名称", "单位"),
+    "title": ("title", "job_title", "position", "role", "职位", "职务"),
+    "country": ("country", "country_code", "国家", "国家/地区"),
+    "message": ("message", "comments", "comment", "note", "notes", "留言", "备注"),
+    "consent": ("consent", "gdpr_consent", "marketing_consent", "agree", "同意"),
+    "utm_source": ("utm_source",),
+    "utm_medium": ("utm_medium",),
+    "utm_campaign": ("utm_campaign",),
+    "utm_term": ("utm_term",),
+    "utm_content": ("utm_content",),
+    "referrer": ("referrer", "referer"),
+    "landing_page": ("landing_page", "page_url", "page"),
+}
+_CANONICAL_BY_ALIAS = {alias: name for name, aliases in FIELD_ALIASES.items() for alias in aliases}
+
+_COUNTRY_NAMES = {
+    "china": "CN", "中国": "CN", "prc": "CN", "people's republic of china": "CN",
+    "hong kong": "HK", "香港": "HK", "taiwan": "TW", "台湾": "TW", "singapore": "SG",
+    "新加坡": "SG", "japan": "JP", "日本": "JP", "korea": "KR", "south korea": "KR",
+    "united states": "US", "usa": "US", "united states of america": "US", "美国": "US",
+    "united kingdom": "GB", "uk": "GB", "england": "GB", "英国": "GB", "germany": "DE",
+    "deutschland": "DE", "德国": "DE", "france": "FR", "法国": "FR", "canada": "CA",
+    "australia": "AU", "india": "IN", "brazil": "BR",
+}
+_TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on", "checked", "是", "同意"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "n", "off", "否", "不同意"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+_SPACES = re.compile(r"\s+")
+
+
+def fold_field_name(name: str) -> str:
+    """The key a submitted field is looked up by: NFKC, trimmed, lower case, `_` for `-`/space."""
+    folded = unicodedata.normalize("NFKC", name).strip().lower()
+    return re.sub(r"[\s\-]+", "_", folded)
+
+
+def clean_text(value: str) -> str:
+    """NFC, control and zero-width characters removed, runs of white space folded to one."""
+    text = _CONTROL.sub(" ", unicodedata.normalize("NFC", value))
+    return _SPACES.sub(" ", text).strip()
+
+
+def normalize_email(value: str) -> str:
+    """A syntactically valid address, lower case; raises ValueError saying what is wrong."""
+    candidate = unicodedata.normalize("NFKC", value).strip()
+    if not candidate:
+        raise ValueError("is empty")
+    try:
+        checked = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+    return checked.normalized.lower()
+
+
+def normalize_phone(value: str, region: str) -> str:
+    """E.164 (`+8613800138000`); full-width digits and `00` international prefixes accepted."""
+    candidate = unicodedata.normalize("NFKC", value).strip()
+    if candidate.startswith("00"):
+        candidate = "+" + candidate[2:]
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a phone number ({exc._msg})") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"not a valid phone number for region {region}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_country(value: str) -> str | None:
+    """ISO 3166-1 alpha-2 for a code or a common English/Chinese name; None when unknown."""
+    text = clean_text(unicodedata.normalize("NFKC", value))
+    if len(text) == 2 and text.isascii() and text.isalpha():
+        return text.upper()
+    return _COUNTRY_NAMES.get(text.lower())
+
+
+def parse_consent(value: str) -> bool | None:
+    word = clean_text(value).lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    return None
+
+
+def lead_id_for(event_id: str) -> str:
+    """The lead id a first-seen event gets; stable, so a redelivery maps to the same lead."""
+    return str(uuid.uuid5(_LEAD_NAMESPACE, event_id))
+
+
+def _canonical_fields(fields: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split submitted fields into canonical ones (first non-empty wins) and the rest."""
+    canonical: dict[str, str] = {}
+    extra: dict[str, str] = {}
+    for name, value in fields.items():
+        target = _CANONICAL_BY_ALIAS.get(fold_field_name(name))
+        if target and target not in canonical and value.strip():
+            canonical[target] = value
+        else:
+            extra[name] = value
+    return canonical, extra
+
+
+def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = None) -> Lead:
+    """The pure core of the stage. Raises BadRecordError naming every bad field."""
+    problems: dict[str, str] = {}
+    for name, value in raw.fields.items():
+        if len(value) > MAX_FIELD_CHARS:
+            problems[name] = f"longer than {MAX_FIELD_CHARS} characters"
+    canonical, extra = _canonical_fields(raw.fields)
+
+    country = None
+    if "country" in canonical:
+        country = normalize_country(canonical["country"])
+        if country is None:
+            extra["country_raw"] = canonical["country"]
+
+    email = phone = None
+    if "email" in canonical:
+        try:
+            email = normalize_email(canonical["email"])
+        except ValueError as exc:
+            problems["email"] = str(exc)
+    if "phone" in canonical:
+        try:
+            phone = normalize_phone(canonical["phone"], country or default_region)
+        except ValueError as exc:
+            problems["phone"] = str(exc)
+    if "email" not in canonical and "phone" not in canonical:
+        problems["email"] = "required when no phone number is given"
+        problems["phone"] = "required when no email address is given"
+
+    consent = None
+    if "consent" in canonical:
+        consent = parse_consent(canonical["consent"])
+        if consent is None:
+            problems["consent"] = "expected yes/no, true/false or 1/0"
+
+    if problems:
+        has_contact = "email" in canonical or "phone" in canonical
+        raise BadRecordError(
+            "invalid_fields" if has_contact else "no_contact",
+            "; ".join(f"{field}: {problem}" for field, problem in sorted(problems.items())),
+            problems,
+        )
+
+    text = {name: clean_text(value) or None for name, value in canonical.items()
+            if name not in ("email", "phone", "country", "consent")}
+    full_name = text.get("full_name")
+    if full_name is None and (text.get("first_name") or text.get("last_name")):
+        full_name = " ".join(p for p in (text.get("first_name"), text.get("last_name")) if p)
+    text["full_name"] = full_name
+    return Lead(
+        lead_id=lead_id_for(raw.event_id),
+        event_id=raw.event_id,
+        channel=raw.channel,
+        source_system=raw.source_system,
+        email=email,
+        phone=phone,
+        country=country,
+        consent=consent,
+        form_id=raw.form_id,
+        attributes={clean_text(k): v for k, v in extra.items()},
+        received_at=raw.received_at.astimezone(UTC),
+        normalized_at=now or datetime.now(UTC),
+        **text,
+    )
+
+
+def normalize_message(
+    value: bytes,
+    *,
+    default_region: str,
+    key: bytes | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Lead | DeadLetter:
+    """Bytes from `leads.raw` in, a Lead or a DeadLetter out: errors are values here."""
+    try:
+        raw = RawLead.model_validate_json(value)
+        return normalize_lead(raw, default_region=default_region)
+    except (BadRecordError, ValueError) as exc:
+        # pydantic's ValidationError is a ValueError: an envelope that is not a RawLead.
+        return dead_letter_for(exc, value, stage=STAGE, key=key, topic=topic,
+                               partition=partition, offset=offset)
