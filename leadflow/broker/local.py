@@ -84,18 +84,21 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie child still answers kill(0); reap it if it is ours.
     try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
         return True
-    return waited == 0
+    # The state letter follows the parenthesised command name.
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @dataclass(frozen=True)
@@ -190,15 +193,17 @@ class LocalKafka:
             )
             if formatted.returncode != 0:
                 raise FatalError(f"formatting Kafka storage failed:\n{formatted.stderr}")
-        with self.log_file.open("ab") as log:
-            since = log.tell()
-            process = subprocess.Popen(
-                self._java(libs, "kafka.Kafka", str(config)),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(str(process.pid))
-        self._wait_ready(process.pid, timeout_s, since=since)
+        since = self.log_file.stat().st_size if self.log_file.exists() else 0
+        # Launched through sh so the broker is not our child: it outlives `kafka start`,
+        # and no process of ours holds a handle to it. It is stopped by its pid.
+        launcher = subprocess.run(
+            ["sh", "-c", 'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!', "sh",
+             str(self.log_file), *self._java(libs, "kafka.Kafka", str(config))],
+            capture_output=True, text=True, check=True, start_new_session=True,
+        )
+        pid = int(launcher.stdout.strip())
+        self.pid_file.write_text(str(pid))
+        self._wait_ready(pid, timeout_s, since=since)
 
     def _wait_ready(self, pid: int, timeout_s: float, since: int) -> None:
         """Wait for the port and, in the log written since `since`, the ready line."""

@@ -1,0 +1,54 @@
+# The one task runner. `make up` runs the local stack; `make test` runs the tests.
+# Both create the virtualenv and install everything on first use; the Kafka
+# broker jars are fetched by Maven on first start and cached in ~/.cache/leadflow.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+up: $(STAMP)            ## the local stack with sample leads; Ctrl-C stops it
+	$(BIN)/leadflow up
+
+test: $(STAMP)          ## lint, then every test of the default suite
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not slow"
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/pytest tests/integration -m "not slow"
+
+test-slow: $(STAMP)     ## long runs kept out of `make test`
+	$(BIN)/pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+kafka-start: $(STAMP)
+	$(BIN)/leadflow kafka start
+
+kafka-stop: $(STAMP)
+	$(BIN)/leadflow kafka stop
+
+clean:
+	rm -rf $(VENV) .leadflow .pytest_cache .mypy_cache .ruff_cache

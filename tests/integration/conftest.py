@@ -1,0 +1,57 @@
+"""Integration fixtures: the real Kafka broker (one per session) and real leadflow processes.
+
+Set KAFKA_BOOTSTRAP to run against an existing cluster; otherwise the
+project's own broker is started on free ports in a temporary folder and is
+always stopped at the end of the session. Each test gets its own topic
+prefix (and so its own topics and consumer groups) and its own ClickHouse
+database or data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from leadflow.broker.local import LocalKafka, free_port
+from tests.integration.processes import Stack, start_stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=free_port(),
+                        controller_port=free_port())
+    try:
+        broker.start()
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix unique to one test: its own topics and consumer groups."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    """A worker and a server as real child processes, on this test's topics and data dir."""
+    running = start_stack(kafka_bootstrap, topic_prefix, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
