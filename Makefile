@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 up: $(STAMP)            ## the local stack with sample leads; Ctrl-C stops it
 	$(BIN)/leadflow up
 
-test: $(STAMP)          ## lint, then every test of the default suite
+test: $(STAMP)          ## lint, type-check, then every test of the default suite
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -m "not slow"
 
 test-unit: $(STAMP)

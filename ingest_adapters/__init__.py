@@ -1,1 +1,1 @@
-"""One module per channel (pure parsing), the HTTP app that mounts them, and the shared publisher."""
+"""One module per channel (pure parsing), the HTTP app mounting them, the shared publisher."""

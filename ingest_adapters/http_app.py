@@ -26,6 +26,9 @@ from streams.normalize import normalize_lead
 
 log = logging.getLogger(__name__)
 
+METRICS_KEY = web.AppKey("metrics", Metrics)
+MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+
 _STATUS_BY_REASON = {
     "unsupported_media_type": 415,
     "invalid_json": 400,
@@ -50,12 +53,15 @@ class IngestRoutes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/leads/web", self.post_web_form)
 
-    async def _dead_letter(self, error: BadRecordError, body: bytes, stage: str,
-                           detail: str, key: str | None) -> str:
-        letter = dead_letter_for(error, body, stage=stage, detail=detail,
-                                 key=key.encode() if key else None)
-        await self._publisher.publish(self._topics.dlq(stage), key,
-                                      letter.model_dump_json().encode())
+    async def _dead_letter(
+        self, error: BadRecordError, body: bytes, stage: str, detail: str, key: str | None
+    ) -> str:
+        letter = dead_letter_for(
+            error, body, stage=stage, detail=detail, key=key.encode() if key else None
+        )
+        await self._publisher.publish(
+            self._topics.dlq(stage), key, letter.model_dump_json().encode()
+        )
         self._metrics.dead_letters.labels(stage=stage).inc()
         return letter.dead_letter_id
 
@@ -63,9 +69,13 @@ class IngestRoutes:
         body = await request.read()
         form_id = request.query.get("form_id")
         parsed = web_form.WebFormRequest(
-            body=body, content_type=request.headers.get("Content-Type", ""),
-            headers=request.headers, form_id=form_id, received_at=datetime.now(UTC),
-            remote=request.remote)
+            body=body,
+            content_type=request.headers.get("Content-Type", ""),
+            headers=request.headers,
+            form_id=form_id,
+            received_at=datetime.now(UTC),
+            remote=request.remote,
+        )
         try:
             raw = web_form.parse_web_form(parsed)
             # The stream checks again; checking here lets the sender fix the form at once.
@@ -73,34 +83,45 @@ class IngestRoutes:
         except BadRecordError as exc:
             detail = f"POST {request.path}" + (f"?form_id={form_id}" if form_id else "")
             dead_letter_id = await self._dead_letter(
-                exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key"))
+                exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key")
+            )
             status = _STATUS_BY_REASON.get(exc.reason, 422)
-            return error_body(status, exc.reason, exc.message, fields=exc.fields,
-                              dead_letter_id=dead_letter_id)
-        await self._publisher.publish(self._topics.leads_raw, raw.event_id,
-                                      raw.model_dump_json().encode())
+            return error_body(
+                status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=dead_letter_id
+            )
+        await self._publisher.publish(
+            self._topics.leads_raw, raw.event_id, raw.model_dump_json().encode()
+        )
         return web.json_response({"status": "accepted", "event_id": raw.event_id}, status=202)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Turn framework and dependency failures into JSON answers with a clear reason."""
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
         else "unmatched"
-    metrics: Metrics = request.app["metrics"]
+    )
+    metrics = request.app[METRICS_KEY]
     try:
-        response = await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        response = error_body(413, "body_too_large",
-                              f"body larger than {exc.max_size} bytes is not accepted")
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY_KEY]
+        response = error_body(
+            413, "body_too_large", f"bodies larger than {limit} bytes are not accepted"
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = error_body(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except RetriableError as exc:
         log.warning("503 on %s: %s", request.path, exc)
-        response = error_body(503, "unavailable", "the event bus is not accepting writes; "
-                              "retry with the same Idempotency-Key")
+        response = error_body(
+            503,
+            "unavailable",
+            "the event bus is not accepting writes; retry with the same Idempotency-Key",
+        )
         response.headers["Retry-After"] = "5"
     metrics.requests.labels(route=route, status=str(response.status)).inc()
     return response

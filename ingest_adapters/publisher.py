@@ -32,7 +32,8 @@ class Publisher:
                 self._timeout_s,
             )
         except (KafkaError, TimeoutError) as exc:
-            raise RetriableError(f"Kafka did not acknowledge the write to {topic}: "
-                                 f"{type(exc).__name__} {exc}") from exc
+            raise RetriableError(
+                f"Kafka did not acknowledge the write to {topic}: {type(exc).__name__} {exc}"
+            ) from exc
         self._metrics.publish_seconds.labels(topic=topic).observe(time.perf_counter() - started)
         return metadata.partition, metadata.offset

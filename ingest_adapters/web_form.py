@@ -59,8 +59,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise BadRecordError("invalid_json", f"field {key!r} appears twice",
-                                 {key: "appears more than once"})
+            raise BadRecordError(
+                "invalid_json", f"field {key!r} appears twice", {key: "appears more than once"}
+            )
         seen[key] = value
     return seen
 
@@ -74,14 +75,18 @@ def _as_text(name: str, value: Any) -> str:
         return str(value)
     if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
         return ", ".join(str(v) for v in value)
-    raise BadRecordError("invalid_fields", f"field {name!r} must be text, a number or a list",
-                         {name: "must be text, a number, true/false or a list of those"})
+    raise BadRecordError(
+        "invalid_fields",
+        f"field {name!r} must be text, a number or a list",
+        {name: "must be text, a number, true/false or a list of those"},
+    )
 
 
 def _parse_json(text: str) -> dict[str, str]:
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                          parse_constant=_reject_constant)
+        data = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+        )
     except json.JSONDecodeError as exc:
         raise BadRecordError("invalid_json", f"body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -93,8 +98,14 @@ def _parse_json(text: str) -> dict[str, str]:
 
 def _parse_urlencoded(text: str) -> dict[str, str]:
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
-                          encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRecordError("invalid_form", f"body is not a valid form: {exc}") from exc
     fields: dict[str, str] = {}
@@ -116,10 +127,12 @@ def _check_text(fields: Mapping[str, str]) -> None:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 problems[key.encode("utf-8", "replace").decode()] = (
-                    "contains invalid Unicode (a lone surrogate)")
+                    "contains invalid Unicode (a lone surrogate)"
+                )
     if problems:
-        raise BadRecordError("invalid_fields", "; ".join(f"{k}: {v}" for k, v in problems.items()),
-                             problems)
+        raise BadRecordError(
+            "invalid_fields", "; ".join(f"{k}: {v}" for k, v in problems.items()), problems
+        )
 
 
 def parse_web_form(request: WebFormRequest) -> RawLead:
@@ -137,11 +150,15 @@ def parse_web_form(request: WebFormRequest) -> RawLead:
         raise BadRecordError(
             "unsupported_media_type",
             f"content type {media_type or '(none)'} is not accepted; send application/json "
-            "or application/x-www-form-urlencoded")
+            "or application/x-www-form-urlencoded",
+        )
     _check_text(fields)
     key = request.headers.get("Idempotency-Key") or None
-    context = {name: request.headers[header] for name, header in _CONTEXT_HEADERS.items()
-               if request.headers.get(header)}
+    context = {
+        name: request.headers[header]
+        for name, header in _CONTEXT_HEADERS.items()
+        if request.headers.get(header)
+    }
     context["content_type"] = media_type
     if request.remote:
         context["remote"] = request.remote

@@ -1,12 +1,12 @@
 """The `leadflow` command. Each verb builds the settings once and hands them down.
 
-    leadflow up                         the local stack with sample leads (Ctrl-C stops it)
-    leadflow kafka start|stop|status|logs   the project's own Kafka broker
-    leadflow worker                     the Faust worker (stream stages)
-    leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API
-    leadflow migrate                    apply ClickHouse migrations and exit
-    leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
-    leadflow schemas [--out DIR]        JSON Schema of every message
+leadflow up                         the local stack with sample leads (Ctrl-C stops it)
+leadflow kafka start|stop|status|logs   the project's own Kafka broker
+leadflow worker                     the Faust worker (stream stages)
+leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API
+leadflow migrate                    apply ClickHouse migrations and exit
+leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
+leadflow schemas [--out DIR]        JSON Schema of every message
 """
 
 from __future__ import annotations
@@ -36,14 +36,20 @@ def _bootstrap(settings: Settings) -> str:
 def _local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
     from leadflow.broker.local import LocalKafka
 
-    return LocalKafka(settings.kafka_home, settings.kafka.local_port,
-                      settings.kafka.local_controller_port, settings.kafka.local_heap)
+    return LocalKafka(
+        settings.kafka_home,
+        settings.kafka.local_port,
+        settings.kafka.local_controller_port,
+        settings.kafka.local_heap,
+    )
 
 
 def cmd_kafka(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     if settings.kafka.bootstrap:
-        console.print(f"KAFKA_BOOTSTRAP is set ({settings.kafka.bootstrap}): "
-                      "that cluster is used and no broker is managed here.")
+        console.print(
+            f"KAFKA_BOOTSTRAP is set ({settings.kafka.bootstrap}): "
+            "that cluster is used and no broker is managed here."
+        )
         return 0
     broker = _local_kafka(settings)
     if args.action == "start":
@@ -101,8 +107,16 @@ def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) ->
     from leadflow.stack import http_json
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
-    query = {k: v for k, v in (("email", args.email), ("phone", args.phone),
-                               ("lead_id", args.lead_id), ("limit", str(args.limit))) if v}
+    query = {
+        k: v
+        for k, v in (
+            ("email", args.email),
+            ("phone", args.phone),
+            ("lead_id", args.lead_id),
+            ("limit", str(args.limit)),
+        )
+        if v
+    }
     status, answer = http_json("GET", f"{base}/v1/leads?{urllib.parse.urlencode(query)}")
     if status != 200:
         console.print(f"[red]{status}[/] {answer.get('message', answer)}")
@@ -110,8 +124,16 @@ def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) ->
     if args.format == "json":
         print(json.dumps(answer, ensure_ascii=False, indent=2))
         return 0
-    columns = ("lead_id", "email", "phone", "full_name", "company", "country", "channel",
-               "received_at")
+    columns = (
+        "lead_id",
+        "email",
+        "phone",
+        "full_name",
+        "company",
+        "country",
+        "channel",
+        "received_at",
+    )
     table = Table(title=f"leads ({len(answer['leads'])} of {answer['total']})")
     for column in columns:
         table.add_column(column)
@@ -136,10 +158,12 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace, console: Console) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leadflow", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser = argparse.ArgumentParser(
+        prog="leadflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     verbs.add_parser("up", help="run the local stack with sample leads").set_defaults(fn=cmd_up)
@@ -154,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(fn=cmd_worker)
 
     serve = verbs.add_parser("serve", help="run HTTP adapters, ClickHouse writer, query API")
-    serve.add_argument("--roles", default="adapters,sink,query",
-                       help="comma-separated: adapters, sink, query")
+    serve.add_argument(
+        "--roles", default="adapters,sink,query", help="comma-separated: adapters, sink, query"
+    )
     serve.set_defaults(fn=cmd_serve)
 
     verbs.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(fn=cmd_migrate)
@@ -177,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     console = Console(stderr=False)
     try:

@@ -7,6 +7,7 @@ of leadflow's roles, so every client is built here with each choice stated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -26,12 +27,14 @@ def _security(kafka: KafkaSettings) -> dict[str, Any]:
     options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = ssl.create_default_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
     if kafka.sasl_mechanism:
         options["sasl_mechanism"] = kafka.sasl_mechanism
         options["sasl_plain_username"] = kafka.sasl_username
         options["sasl_plain_password"] = (
-            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        )
     return options
 
 
@@ -49,8 +52,9 @@ def make_producer(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> AIO
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(kafka: KafkaSettings, bootstrap: str, *topics: str, group_id: str,
-                  **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    kafka: KafkaSettings, bootstrap: str, *topics: str, group_id: str, **overrides: Any
+) -> AIOKafkaConsumer:
     """A consumer that commits only when told to and starts new groups at the beginning."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -74,13 +78,15 @@ async def ensure_topics(kafka: KafkaSettings, bootstrap: str, timeout_s: float =
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            wanted = [NewTopic(name, kafka.partitions, kafka.replication_factor)
-                      for name in topics.all() if name not in existing]
+            wanted = [
+                NewTopic(name, kafka.partitions, kafka.replication_factor)
+                for name in topics.all()
+                if name not in existing
+            ]
             if wanted:
-                try:
+                # Another process may have declared them first.
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(wanted)
-                except TopicAlreadyExistsError:
-                    pass  # another process declared them first
             return
         except KafkaConnectionError as exc:
             if asyncio.get_running_loop().time() > deadline:

@@ -13,21 +13,36 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "leadflow_http_requests", "HTTP requests answered, by route and status.",
-            ["route", "status"], registry=self.registry)
+            "leadflow_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
         self.publish_seconds = Histogram(
-            "leadflow_publish_seconds", "Time until Kafka acknowledged an adapter's write.",
-            ["topic"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+            "leadflow_publish_seconds",
+            "Time until Kafka acknowledged an adapter's write.",
+            ["topic"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.dead_letters = Counter(
-            "leadflow_dead_letters", "Dead letters emitted, by stage.", ["stage"],
-            registry=self.registry)
+            "leadflow_dead_letters",
+            "Dead letters emitted, by stage.",
+            ["stage"],
+            registry=self.registry,
+        )
         self.rows_written = Counter(
-            "leadflow_clickhouse_rows_written", "Rows inserted into ClickHouse, by table.",
-            ["table"], registry=self.registry)
+            "leadflow_clickhouse_rows_written",
+            "Rows inserted into ClickHouse, by table.",
+            ["table"],
+            registry=self.registry,
+        )
         self.insert_retries = Counter(
-            "leadflow_clickhouse_insert_retries", "Failed inserts that were retried, by table.",
-            ["table"], registry=self.registry)
+            "leadflow_clickhouse_insert_retries",
+            "Failed inserts that were retried, by table.",
+            ["table"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ingest_adapters.http_app import IngestRoutes, json_errors
+from ingest_adapters.http_app import MAX_BODY_KEY, METRICS_KEY, IngestRoutes, json_errors
 from ingest_adapters.publisher import Publisher
 from leadflow import __version__
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
@@ -54,15 +54,19 @@ class Roles:
         return [name for name in ROLES if getattr(self, name)]
 
 
-def build_app(settings: Settings, metrics: Metrics, roles: Roles, publisher: Publisher | None,
-              clickhouse: ClickHouse | None) -> web.Application:
-    app = web.Application(client_max_size=settings.http.max_body_bytes,
-                          middlewares=[json_errors])
-    app["metrics"] = metrics
+def build_app(
+    settings: Settings,
+    metrics: Metrics,
+    roles: Roles,
+    publisher: Publisher | None,
+    clickhouse: ClickHouse | None,
+) -> web.Application:
+    app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[json_errors])
+    app[METRICS_KEY] = metrics
+    app[MAX_BODY_KEY] = settings.http.max_body_bytes
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__,
-                                  "roles": roles.names()})
+        return web.json_response({"status": "ok", "version": __version__, "roles": roles.names()})
 
     async def metrics_page(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain")
@@ -96,8 +100,12 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
                 log.info("applied migrations: %s", ", ".join(applied))
         if roles.sink:
             assert clickhouse is not None
-            consumer = make_consumer(settings.kafka, bootstrap, *routes(topics),
-                                     group_id=topics.group("clickhouse-writer"))
+            consumer = make_consumer(
+                settings.kafka,
+                bootstrap,
+                *routes(topics),
+                group_id=topics.group("clickhouse-writer"),
+            )
             await consumer.start()
             writer = ClickHouseWriter(settings, clickhouse, consumer, producer, metrics)
             writer_task = asyncio.create_task(writer.run(), name="clickhouse-writer")
@@ -109,8 +117,11 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
-        print(f"{READY_PREFIX} http://{settings.http.host}:{settings.http.port} "
-              f"(roles: {', '.join(roles.names())})", flush=True)
+        print(
+            f"{READY_PREFIX} http://{settings.http.host}:{settings.http.port} "
+            f"(roles: {', '.join(roles.names())})",
+            flush=True,
+        )
         await _wait_for_stop(writer_task)
     finally:
         if runner is not None:

@@ -11,7 +11,7 @@ only sets variables that exist here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,9 +39,9 @@ class KafkaSettings(_Section):
         default="",
         description="Prepended to every topic and consumer group (isolates tests and tenants).",
     )
-    partitions: Annotated[int, Field(ge=1)] = 4
-    replication_factor: Annotated[int, Field(ge=1)] = 1
-    security_protocol: str = "PLAINTEXT"
+    partitions: Annotated[int, Field(ge=1, description="Partitions of each declared topic.")] = 4
+    replication_factor: Annotated[int, Field(ge=1, description="Topic replication.")] = 1
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
@@ -127,6 +127,24 @@ class Settings(BaseSettings):
     @property
     def kafka_home(self) -> Path:
         return self.data_dir / "kafka"
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "kafka": KafkaSettings,
+    "clickhouse": ClickHouseSettings,
+    "http": HttpSettings,
+    "normalize": NormalizeSettings,
+    "worker": WorkerSettings,
+}
+
+
+def environment_variables() -> dict[str, str]:
+    """Every environment variable leadflow reads, with its description."""
+    names = {"LEADFLOW_DATA_DIR": Settings.model_fields["data_dir"].description or ""}
+    for section, model in SECTIONS.items():
+        for field_name, info in model.model_fields.items():
+            names[f"{section}_{field_name}".upper()] = info.description or ""
+    return names
 
 
 def load_settings() -> Settings:

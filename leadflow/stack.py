@@ -51,16 +51,26 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "leadflow", *args], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "leadflow", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return Child(name, process, log_path)
 
 
-def http_json(method: str, url: str, body: bytes | None = None,
-              headers: dict[str, str] | None = None, timeout_s: float = 10.0,
-              ) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+def http_json(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[int, dict[str, Any]]:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an HTTP URL: {url}")
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"{}")
@@ -73,8 +83,9 @@ def wait_healthy(base_url: str, children: list[Child], timeout_s: float = 90.0) 
     while time.monotonic() < deadline:
         for child in children:
             if child.process.poll() is not None:
-                raise FatalError(f"{child.name} exited with {child.process.returncode}; "
-                                 f"see {child.log_path}")
+                raise FatalError(
+                    f"{child.name} exited with {child.process.returncode}; see {child.log_path}"
+                )
         try:
             status, _ = http_json("GET", f"{base_url}/healthz", timeout_s=2)
             if status == 200:
@@ -108,8 +119,12 @@ def run_up(settings: Settings, console: Console) -> int:
     log_dir = settings.data_dir / "logs"
     try:
         if not bootstrap:
-            kafka = LocalKafka(settings.kafka_home, settings.kafka.local_port,
-                               settings.kafka.local_controller_port, settings.kafka.local_heap)
+            kafka = LocalKafka(
+                settings.kafka_home,
+                settings.kafka.local_port,
+                settings.kafka.local_controller_port,
+                settings.kafka.local_heap,
+            )
             if kafka.pid() is not None:
                 kafka = None  # started by `leadflow kafka start`: leave it running on exit
                 bootstrap = f"127.0.0.1:{settings.kafka.local_port}"
@@ -117,22 +132,22 @@ def run_up(settings: Settings, console: Console) -> int:
                 with console.status("starting the Kafka broker ..."):
                     kafka.start()
                 bootstrap = kafka.bootstrap
-                console.print(f"[green]✓[/] Kafka broker on {bootstrap} "
-                              f"(log: {kafka.log_file})")
+                console.print(f"[green]✓[/] Kafka broker on {bootstrap} (log: {kafka.log_file})")
         env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
         children.append(spawn("worker", ["worker"], env, log_dir))
         children.append(spawn("serve", ["serve"], env, log_dir))
         base_url = f"http://{settings.http.host}:{settings.http.port}"
         with console.status("starting the worker and the HTTP server ..."):
             wait_healthy(base_url, children)
-        console.print(f"[green]✓[/] worker and server up; HTTP on {base_url} "
-                      f"(logs: {log_dir})")
+        console.print(f"[green]✓[/] worker and server up; HTTP on {base_url} (logs: {log_dir})")
         show_samples(base_url, console)
-        console.print(f"\nThe stack is running. Try:\n  curl -X POST {base_url}/v1/leads/web "
-                      "-H 'Content-Type: application/json' "
-                      "-d '{\"name\": \"Ada\", \"email\": \" Ada@Example.COM \"}'\n"
-                      f"  curl '{base_url}/v1/leads?email=ada@example.com'\n"
-                      "Press Ctrl-C to stop everything.")
+        console.print(
+            f"\nThe stack is running. Try:\n  curl -X POST {base_url}/v1/leads/web "
+            "-H 'Content-Type: application/json' "
+            '-d \'{"name": "Ada", "email": " Ada@Example.COM "}\'\n'
+            f"  curl '{base_url}/v1/leads?email=ada@example.com'\n"
+            "Press Ctrl-C to stop everything."
+        )
         _wait_for_interrupt(children)
         return 0
     finally:
@@ -165,8 +180,16 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
             if set(accepted) <= {lead["email"] for lead in leads}:
                 break
             time.sleep(0.3)
-    columns = ("email", "phone", "full_name", "company", "country", "channel", "utm_source",
-               "received_at")
+    columns = (
+        "email",
+        "phone",
+        "full_name",
+        "company",
+        "country",
+        "channel",
+        "utm_source",
+        "received_at",
+    )
     found = Table(title=f"leads in ClickHouse ({len(leads)} shown)")
     for column in columns:
         found.add_column(column)
@@ -178,8 +201,9 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
     for column in ("stage", "reason", "message", "source_detail"):
         dead.add_column(column)
     for letter in answer.get("dead_letters", []):
-        dead.add_row(*(str(letter.get(c) or "") for c in ("stage", "reason", "message",
-                                                           "source_detail")))
+        dead.add_row(
+            *(str(letter.get(c) or "") for c in ("stage", "reason", "message", "source_detail"))
+        )
     console.print(dead)
 
 
@@ -195,6 +219,7 @@ def _wait_for_interrupt(children: list[Child]) -> None:
     while not stop:
         for child in children:
             if child.process.poll() is not None:
-                raise FatalError(f"{child.name} exited with {child.process.returncode}; "
-                                 f"see {child.log_path}")
+                raise FatalError(
+                    f"{child.name} exited with {child.process.returncode}; see {child.log_path}"
+                )
         time.sleep(0.5)

@@ -24,7 +24,4 @@ __all__ = [
 
 def json_schemas() -> dict[str, dict[str, object]]:
     """JSON Schema of every message model, for producers outside Python."""
-    return {
-        model.__name__: model.model_json_schema()
-        for model in (RawLead, Lead, DeadLetter)
-    }
+    return {model.__name__: model.model_json_schema() for model in (RawLead, Lead, DeadLetter)}

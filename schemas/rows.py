@@ -65,7 +65,8 @@ class LeadRow(_Row):
         text = {
             name: getattr(lead, name) or ""
             for name in cls.model_fields
-            if name in Lead.model_fields and name not in ("consent", "attributes")
+            if name in Lead.model_fields
+            and name not in ("consent", "attributes")
             and name not in ("received_at", "normalized_at")
         }
         return cls(

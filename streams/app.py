@@ -8,11 +8,12 @@ flushed what the agent sent for it, and every downstream write is idempotent
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import faust
 
-from leadflow.settings import Settings
+from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
 from streams import normalize_agent
 
@@ -20,6 +21,23 @@ from streams import normalize_agent
 def broker_url(bootstrap: str) -> str:
     """Faust's broker URL for a `host:port,host:port` bootstrap list."""
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """Faust's credentials for the same security settings the aiokafka clients use."""
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -37,8 +55,11 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         "broker_commit_interval": 1.0,
         "web_enabled": settings.worker.web_port > 0,
         "web_port": settings.worker.web_port or 6066,
-        "web_host": "127.0.0.1",
+        "web_host": "0.0.0.0" if settings.worker.web_port else "127.0.0.1",  # noqa: S104
     }
+    credentials = broker_credentials(settings.kafka)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
     app = faust.App(f"{settings.kafka.topic_prefix}{settings.worker.app_id}", **options)
     normalize_agent.register(app, topics, settings)
     return app

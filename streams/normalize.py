@@ -23,8 +23,8 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from leadflow import stages
-from leadflow.errors import BadRecordError
 from leadflow.dead_letters import dead_letter_for
+from leadflow.errors import BadRecordError
 from schemas import DeadLetter, Lead, RawLead
 
 STAGE = stages.NORMALIZE
@@ -33,15 +33,43 @@ _LEAD_NAMESPACE = uuid.UUID("0f1b7c52-6a1e-4c8e-9d56-3f0e2b6f4a11")
 
 # Field names real forms send, folded (lower case, `-`/space → `_`), by canonical name.
 FIELD_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "full_name": ("name", "full_name", "fullname", "your_name", "contact_name", "姓名", "名字",
-                  "联系人"),
+    "full_name": (
+        "name",
+        "full_name",
+        "fullname",
+        "your_name",
+        "contact_name",
+        "姓名",
+        "名字",
+        "联系人",
+    ),
     "first_name": ("first_name", "firstname", "given_name", "fname", "名"),
     "last_name": ("last_name", "lastname", "surname", "family_name", "lname", "姓"),
     "email": ("email", "e_mail", "email_address", "mail", "邮箱", "电子邮件", "电子邮箱"),
-    "phone": ("phone", "phone_number", "mobile", "mobile_phone", "tel", "telephone", "cell",
-              "手机", "手机号", "手机号码", "电话", "联系电话"),
-    "company": ("company", "company_name", "organization", "organisation", "org", "公司",
-                "公司名称", "单位"),
+    "phone": (
+        "phone",
+        "phone_number",
+        "mobile",
+        "mobile_phone",
+        "tel",
+        "telephone",
+        "cell",
+        "手机",
+        "手机号",
+        "手机号码",
+        "电话",
+        "联系电话",
+    ),
+    "company": (
+        "company",
+        "company_name",
+        "organization",
+        "organisation",
+        "org",
+        "公司",
+        "公司名称",
+        "单位",
+    ),
     "title": ("title", "job_title", "position", "role", "职位", "职务"),
     "country": ("country", "country_code", "国家", "国家/地区"),
     "message": ("message", "comments", "comment", "note", "notes", "留言", "备注"),
@@ -57,13 +85,37 @@ FIELD_ALIASES: Mapping[str, tuple[str, ...]] = {
 _CANONICAL_BY_ALIAS = {alias: name for name, aliases in FIELD_ALIASES.items() for alias in aliases}
 
 _COUNTRY_NAMES = {
-    "china": "CN", "中国": "CN", "prc": "CN", "people's republic of china": "CN",
-    "hong kong": "HK", "香港": "HK", "taiwan": "TW", "台湾": "TW", "singapore": "SG",
-    "新加坡": "SG", "japan": "JP", "日本": "JP", "korea": "KR", "south korea": "KR",
-    "united states": "US", "usa": "US", "united states of america": "US", "美国": "US",
-    "united kingdom": "GB", "uk": "GB", "england": "GB", "英国": "GB", "germany": "DE",
-    "deutschland": "DE", "德国": "DE", "france": "FR", "法国": "FR", "canada": "CA",
-    "australia": "AU", "india": "IN", "brazil": "BR",
+    "china": "CN",
+    "中国": "CN",
+    "prc": "CN",
+    "people's republic of china": "CN",
+    "hong kong": "HK",
+    "香港": "HK",
+    "taiwan": "TW",
+    "台湾": "TW",
+    "singapore": "SG",
+    "新加坡": "SG",
+    "japan": "JP",
+    "日本": "JP",
+    "korea": "KR",
+    "south korea": "KR",
+    "united states": "US",
+    "usa": "US",
+    "united states of america": "US",
+    "美国": "US",
+    "united kingdom": "GB",
+    "uk": "GB",
+    "england": "GB",
+    "英国": "GB",
+    "germany": "DE",
+    "deutschland": "DE",
+    "德国": "DE",
+    "france": "FR",
+    "法国": "FR",
+    "canada": "CA",
+    "australia": "AU",
+    "india": "IN",
+    "brazil": "BR",
 }
 _TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on", "checked", "是", "同意"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "n", "off", "否", "不同意"})
@@ -187,8 +239,11 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
             problems,
         )
 
-    text = {name: clean_text(value) or None for name, value in canonical.items()
-            if name not in ("email", "phone", "country", "consent")}
+    text = {
+        name: clean_text(value) or None
+        for name, value in canonical.items()
+        if name not in ("email", "phone", "country", "consent")
+    }
     full_name = text.get("full_name")
     if full_name is None and (text.get("first_name") or text.get("last_name")):
         full_name = " ".join(p for p in (text.get("first_name"), text.get("last_name")) if p)
@@ -225,5 +280,6 @@ def normalize_message(
         return normalize_lead(raw, default_region=default_region)
     except (BadRecordError, ValueError) as exc:
         # pydantic's ValidationError is a ValueError: an envelope that is not a RawLead.
-        return dead_letter_for(exc, value, stage=STAGE, key=key, topic=topic,
-                               partition=partition, offset=offset)
+        return dead_letter_for(
+            exc, value, stage=STAGE, key=key, topic=topic, partition=partition, offset=offset
+        )

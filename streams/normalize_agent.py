@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 def raw_topic(app: faust.App, name: str) -> Any:
     """A topic whose keys and values are bytes: leadflow does its own (de)serialization."""
-    return app.topic(name, key_type=bytes, value_type=bytes,
-                     key_serializer="raw", value_serializer="raw")
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
 
 
 def register(app: faust.App, topics: Topics, settings: Settings) -> Any:
@@ -36,15 +37,25 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> Any:
         async for event in stream.events():
             message = event.message
             result = normalize_message(
-                event.value, default_region=region, key=event.key,
-                topic=message.topic, partition=message.partition, offset=message.offset,
+                event.value,
+                default_region=region,
+                key=event.key,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
             )
             if isinstance(result, Lead):
-                await leads_out.send(key=result.lead_id.encode(),
-                                     value=result.model_dump_json().encode())
+                await leads_out.send(
+                    key=result.lead_id.encode(), value=result.model_dump_json().encode()
+                )
             else:
-                log.warning("dead-lettered %s@%s/%s: %s", message.topic, message.partition,
-                            message.offset, result.message)
+                log.warning(
+                    "dead-lettered %s@%s/%s: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    result.message,
+                )
                 await dead_letters.send(key=event.key, value=result.model_dump_json().encode())
 
     return app.agent(source, name=STAGE, concurrency=1)(normalize_leads)

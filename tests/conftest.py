@@ -23,7 +23,8 @@ def make_raw_lead() -> Callable[..., RawLead]:
             "source_system": "web_form",
             "received_at": datetime(2026, 3, 1, 9, 30, tzinfo=UTC),
             "fields": {"name": "Ada Lovelace", "email": "ada@example.com"}
-            if fields is None else fields,
+            if fields is None
+            else fields,
         }
         values.update(overrides)
         return RawLead(**values)

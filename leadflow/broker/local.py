@@ -55,9 +55,19 @@ def ensure_jars(progress: bool = True) -> Path:
     if progress:
         print(f"fetching the Kafka broker jars into {libs} (once) ...", flush=True)
     result = subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise FatalError(f"Maven could not fetch the Kafka jars:\n{result.stdout}{result.stderr}")
@@ -137,40 +147,57 @@ class LocalKafka:
         pid = self.pid()
         if pid is None:
             return "stopped"
-        return f"running (pid {pid}, {self.bootstrap})" if port_open(self.port) else \
-            f"starting (pid {pid})"
+        return (
+            f"running (pid {pid}, {self.bootstrap})"
+            if port_open(self.port)
+            else f"starting (pid {pid})"
+        )
 
     def _write_config(self) -> Path:
         config = self.home / "server.properties"
-        config.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={self.data_dir.resolve()}",
-            "num.partitions=4",
-            "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "group.initial.rebalance.delay.ms=0",
-            "log.retention.hours=168",
-            "",
-        ]), "utf-8")
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.data_dir.resolve()}",
+                    "num.partitions=4",
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.hours=168",
+                    "",
+                ]
+            ),
+            "utf-8",
+        )
         return config
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
         log4j = resources.files("leadflow.broker").joinpath("log4j2.yaml")
-        return ["java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
-                f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true",
-                "-cp", f"{libs}/*", main, *args]
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-Djava.awt.headless=true",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Start the broker unless it runs; return once it accepts connections."""
@@ -180,16 +207,28 @@ class LocalKafka:
             return
         for port in (self.port, self.controller_port):
             if port_open(port):
-                raise FatalError(f"port {port} is taken by another program; "
-                                 "set KAFKA_LOCAL_PORT / KAFKA_LOCAL_CONTROLLER_PORT")
+                raise FatalError(
+                    f"port {port} is taken by another program; "
+                    "set KAFKA_LOCAL_PORT / KAFKA_LOCAL_CONTROLLER_PORT"
+                )
         libs = ensure_jars()
         self.home.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         if not (self.data_dir / "meta.properties").exists():
             formatted = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                           "-t", _cluster_id(), "-c", str(config)),
-                capture_output=True, text=True, check=False,
+                self._java(
+                    libs,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--ignore-formatted",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(config),
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if formatted.returncode != 0:
                 raise FatalError(f"formatting Kafka storage failed:\n{formatted.stderr}")
@@ -197,9 +236,18 @@ class LocalKafka:
         # Launched through sh so the broker is not our child: it outlives `kafka start`,
         # and no process of ours holds a handle to it. It is stopped by its pid.
         launcher = subprocess.run(
-            ["sh", "-c", 'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!', "sh",
-             str(self.log_file), *self._java(libs, "kafka.Kafka", str(config))],
-            capture_output=True, text=True, check=True, start_new_session=True,
+            [
+                "sh",
+                "-c",
+                'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!',
+                "sh",
+                str(self.log_file),
+                *self._java(libs, "kafka.Kafka", str(config)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            start_new_session=True,
         )
         pid = int(launcher.stdout.strip())
         self.pid_file.write_text(str(pid))
@@ -210,13 +258,15 @@ class LocalKafka:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not pid_alive(pid):
-                raise FatalError(f"the Kafka broker exited; see {self.log_file}:\n"
-                                 + self.tail_log(30))
+                raise FatalError(
+                    f"the Kafka broker exited; see {self.log_file}:\n" + self.tail_log(30)
+                )
             if port_open(self.port) and READY_LINE in self._log_since(since):
                 return
             time.sleep(0.2)
-        raise FatalError(f"the Kafka broker did not start within {timeout_s:.0f}s; "
-                         f"see {self.log_file}")
+        raise FatalError(
+            f"the Kafka broker did not start within {timeout_s:.0f}s; see {self.log_file}"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the broker by its pid (SIGTERM, then SIGKILL). True if one was running."""

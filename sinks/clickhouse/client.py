@@ -21,22 +21,24 @@ from leadflow.errors import FatalError, RetriableError
 # ClickHouse error codes that mean "the server is busy or unreachable, try again".
 # Anything else from the server (bad SQL, unknown table, type mismatch) is a bug
 # or a broken schema: retrying cannot help, so the writer stops.
-TRANSIENT_CODES = frozenset({
-    3,    # UNEXPECTED_END_OF_FILE
-    159,  # TIMEOUT_EXCEEDED
-    164,  # READONLY
-    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-    203,  # NO_FREE_CONNECTION
-    209,  # SOCKET_TIMEOUT
-    210,  # NETWORK_ERROR
-    241,  # MEMORY_LIMIT_EXCEEDED
-    242,  # TABLE_IS_READ_ONLY
-    252,  # TOO_MANY_PARTS
-    285,  # TOO_FEW_LIVE_REPLICAS
-    319,  # UNKNOWN_STATUS_OF_INSERT
-    425,  # SYSTEM_ERROR
-    999,  # KEEPER_EXCEPTION
-})
+TRANSIENT_CODES = frozenset(
+    {
+        3,  # UNEXPECTED_END_OF_FILE
+        159,  # TIMEOUT_EXCEEDED
+        164,  # READONLY
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        252,  # TOO_MANY_PARTS
+        285,  # TOO_FEW_LIVE_REPLICAS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        425,  # SYSTEM_ERROR
+        999,  # KEEPER_EXCEPTION
+    }
+)
 
 
 def classify(exc: BaseException) -> RetriableError | FatalError:
@@ -83,25 +85,39 @@ class ClickHouse:
     async def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> Any:
         return await self._run(lambda c: c.command(sql, settings=dict(settings or {})))
 
-    async def query(self, sql: str, parameters: Mapping[str, Any] | None = None,
-                    ) -> list[dict[str, Any]]:
+    async def query(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""
+
         def run(client: Any) -> list[dict[str, Any]]:
             result = client.query(sql, parameters=dict(parameters or {}))
             names = result.column_names
             return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
         rows: list[dict[str, Any]] = await self._run(run)
         return rows
 
-    async def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: list[str],
-                     dedup_token: str | None = None) -> None:
+    async def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        column_names: list[str],
+        dedup_token: str | None = None,
+    ) -> None:
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else {}
-        await self._run(lambda c: c.insert(f"{self.database}.{table}", list(rows),
-                                           column_names=column_names, settings=settings))
+        await self._run(
+            lambda c: c.insert(
+                f"{self.database}.{table}", list(rows), column_names=column_names, settings=settings
+            )
+        )
 
     async def close(self) -> None:
         def shutdown(client: Any) -> None:
             client.close()
+
         if self._client is not None:
             await self._run(shutdown)
             self._client = None

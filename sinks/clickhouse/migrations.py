@@ -56,9 +56,12 @@ async def migrate(clickhouse: ClickHouse, cluster: str | None = None) -> list[st
         await clickhouse.command(
             f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations {on_cluster} "
             "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-            "ENGINE = ReplacingMergeTree ORDER BY version")
-        done = {row["version"] for row in
-                await clickhouse.query(f"SELECT version FROM {db}.schema_migrations FINAL")}
+            "ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        done = {
+            row["version"]
+            for row in await clickhouse.query(f"SELECT version FROM {db}.schema_migrations FINAL")
+        }
     except RetriableError:
         raise
     except FatalError as exc:
@@ -72,8 +75,10 @@ async def migrate(clickhouse: ClickHouse, cluster: str | None = None) -> list[st
                 await clickhouse.command(statement.format(db=db, on_cluster=on_cluster))
             except FatalError as exc:
                 raise FatalError(
-                    f"migration {migration.version:04d}_{migration.name} failed: {exc}") from exc
-        await clickhouse.insert("schema_migrations", [[migration.version, migration.name]],
-                                ["version", "name"])
+                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                ) from exc
+        await clickhouse.insert(
+            "schema_migrations", [[migration.version, migration.name]], ["version", "name"]
+        )
         applied.append(f"{migration.version:04d}_{migration.name}")
     return applied

@@ -33,13 +33,17 @@ class QueryRoutes:
 
     async def get_leads(self, request: web.Request) -> web.Response:
         rows = await queries.find_leads(
-            self._clickhouse, email=request.query.get("email"),
-            phone=request.query.get("phone"), lead_id=request.query.get("lead_id"),
-            limit=_limit(request))
+            self._clickhouse,
+            email=request.query.get("email"),
+            phone=request.query.get("phone"),
+            lead_id=request.query.get("lead_id"),
+            limit=_limit(request),
+        )
         total = await queries.count_leads(self._clickhouse)
         return web.json_response({"total": total, "leads": [_jsonable(r) for r in rows]})
 
     async def get_dead_letters(self, request: web.Request) -> web.Response:
         rows = await queries.recent_dead_letters(
-            self._clickhouse, stage=request.query.get("stage"), limit=_limit(request))
+            self._clickhouse, stage=request.query.get("stage"), limit=_limit(request)
+        )
         return web.json_response({"dead_letters": [_jsonable(r) for r in rows]})

@@ -65,8 +65,9 @@ def routes(topics: Topics) -> dict[str, Route]:
         topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
     }
     for name in topics.all_dlq():
-        table[name] = Route(DeadLetterRow.table, DeadLetterRow.column_names(),
-                            _dead_letter_row, True)
+        table[name] = Route(
+            DeadLetterRow.table, DeadLetterRow.column_names(), _dead_letter_row, True
+        )
     return table
 
 
@@ -80,8 +81,14 @@ class _Batch:
 class ClickHouseWriter:
     """Consumes, batches per topic-partition, inserts, then commits. One instance per process."""
 
-    def __init__(self, settings: Settings, clickhouse: ClickHouse, consumer: AIOKafkaConsumer,
-                 producer: AIOKafkaProducer, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clickhouse: ClickHouse,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+    ) -> None:
         self._settings = settings
         self._clickhouse = clickhouse
         self._consumer = consumer
@@ -114,8 +121,9 @@ class ClickHouseWriter:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            got = await self._consumer.getmany(timeout_ms=max(1, int(remaining * 1000)),
-                                               max_records=conf.batch_rows - count)
+            got = await self._consumer.getmany(
+                timeout_ms=max(1, int(remaining * 1000)), max_records=conf.batch_rows - count
+            )
             for tp, messages in got.items():
                 collected.setdefault(tp, []).extend(messages)
                 count += len(messages)
@@ -128,8 +136,9 @@ class ClickHouseWriter:
             await self._write_partition(tp, messages)
         await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in fetched.items()})
 
-    async def _write_partition(self, tp: TopicPartition,
-                               messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _write_partition(
+        self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
         route = self._routes[tp.topic]
         batch = _Batch(first_offset=messages[0].offset, last_offset=messages[-1].offset)
         dead_rows: list[list[Any]] = []
@@ -137,27 +146,35 @@ class ClickHouseWriter:
             try:
                 batch.rows.append(route.to_row(message))
             except ValueError as exc:
-                letter = dead_letter_for(exc, message.value or b"", stage=STAGE, key=message.key,
-                                         topic=tp.topic, partition=tp.partition,
-                                         offset=message.offset)
+                letter = dead_letter_for(
+                    exc,
+                    message.value or b"",
+                    stage=STAGE,
+                    key=message.key,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=message.offset,
+                )
                 self._metrics.dead_letters.labels(stage=STAGE).inc()
                 if route.is_dead_letter_topic:
                     # Republishing would feed this very loop; store it as it is instead.
                     dead_rows.append(DeadLetterRow.from_dead_letter(letter).as_row())
                 else:
-                    await self._producer.send_and_wait(self._topics.dlq(STAGE),
-                                                       letter.model_dump_json().encode(),
-                                                       key=message.key)
+                    await self._producer.send_and_wait(
+                        self._topics.dlq(STAGE), letter.model_dump_json().encode(), key=message.key
+                    )
         token = f"{tp.topic}:{tp.partition}:{batch.first_offset}-{batch.last_offset}"
         if batch.rows:
             await self._insert_with_retry(route.table, batch.rows, route.columns, token)
             self._metrics.rows_written.labels(table=route.table).inc(len(batch.rows))
         if dead_rows:
-            await self._insert_with_retry(DeadLetterRow.table, dead_rows,
-                                          DeadLetterRow.column_names(), token + ":unreadable")
+            await self._insert_with_retry(
+                DeadLetterRow.table, dead_rows, DeadLetterRow.column_names(), token + ":unreadable"
+            )
 
-    async def _insert_with_retry(self, table: str, rows: list[list[Any]], columns: list[str],
-                                 token: str) -> None:
+    async def _insert_with_retry(
+        self, table: str, rows: list[list[Any]], columns: list[str], token: str
+    ) -> None:
         backoff = 0.2
         attempt = 0
         while True:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from leadflow.broker.local import LocalKafka, free_port
+from sinks.clickhouse.client import ClickHouse
+from sinks.clickhouse.migrations import migrate
 from tests.integration.processes import Stack, start_stack
 
 
@@ -32,8 +34,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=free_port(),
-                        controller_port=free_port())
+    broker = LocalKafka(
+        tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port()
+    )
     try:
         broker.start()
         yield broker.bootstrap
@@ -55,3 +58,21 @@ def stack(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[S
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded engine opens one data directory per process: one for this whole session."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+async def clickhouse(chdb_path: Path) -> AsyncIterator[ClickHouse]:
+    """This test's own database in the embedded engine, with the schema migrated."""
+    client = ClickHouse(f"chdb://{chdb_path}", f"test_{uuid.uuid4().hex[:12]}")
+    await migrate(client)
+    try:
+        yield client
+    finally:
+        await client.command(f"DROP DATABASE IF EXISTS {client.database}")
+        await client.close()

@@ -32,28 +32,47 @@ class Stack:
             child.stop()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {c.name} ---\n{c.log_path.read_text(errors='replace')[-4000:]}"
-                         for c in self.children)
+        return "\n".join(
+            f"--- {c.name} ---\n{c.log_path.read_text(errors='replace')[-4000:]}"
+            for c in self.children
+        )
 
-    def post_json(self, fields: dict[str, Any], headers: dict[str, str] | None = None,
-                  ) -> tuple[int, dict[str, Any]]:
+    def post_json(
+        self,
+        fields: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         body = json.dumps(fields, ensure_ascii=False).encode()
-        return http_json("POST", f"{self.base_url}/v1/leads/web", body,
-                         {"Content-Type": "application/json", **(headers or {})})
+        return http_json(
+            "POST",
+            f"{self.base_url}/v1/leads/web",
+            body,
+            {"Content-Type": "application/json", **(headers or {})},
+        )
 
-    def post_raw(self, body: bytes, content_type: str,
-                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        return http_json("POST", f"{self.base_url}/v1/leads/web", body,
-                         {"Content-Type": content_type, **(headers or {})})
+    def post_raw(
+        self, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        return http_json(
+            "POST",
+            f"{self.base_url}/v1/leads/web",
+            body,
+            {"Content-Type": content_type, **(headers or {})},
+        )
 
     def leads(self, **query: str) -> dict[str, Any]:
         status, answer = http_json(
-            "GET", f"{self.base_url}/v1/leads?{urllib.parse.urlencode(query)}")
+            "GET", f"{self.base_url}/v1/leads?{urllib.parse.urlencode(query)}"
+        )
         assert status == 200, answer
         return answer
 
-    def wait_for_leads(self, count: int, timeout_s: float = 30.0, **query: str,
-                       ) -> list[dict[str, Any]]:
+    def wait_for_leads(
+        self,
+        count: int,
+        timeout_s: float = 30.0,
+        **query: str,
+    ) -> list[dict[str, Any]]:
         """Poll until `count` leads match the query; fail with the process logs otherwise."""
         deadline = time.monotonic() + timeout_s
         leads: list[dict[str, Any]] = []
@@ -62,8 +81,9 @@ class Stack:
             if len(leads) >= count:
                 return leads
             time.sleep(0.2)
-        raise AssertionError(f"{len(leads)} of {count} leads after {timeout_s}s "
-                             f"for {query}\n{self.logs()}")
+        raise AssertionError(
+            f"{len(leads)} of {count} leads after {timeout_s}s for {query}\n{self.logs()}"
+        )
 
 
 def start_stack(bootstrap: str, prefix: str, data_dir: Path) -> Stack:
@@ -77,8 +97,10 @@ def start_stack(bootstrap: str, prefix: str, data_dir: Path) -> Stack:
         "CLICKHOUSE_FLUSH_INTERVAL_S": "0.2",
     }
     env.pop("CLICKHOUSE_DSN", None)
-    children = [spawn("worker", ["worker"], env, data_dir / "logs"),
-                spawn("serve", ["serve"], env, data_dir / "logs")]
+    children = [
+        spawn("worker", ["worker"], env, data_dir / "logs"),
+        spawn("serve", ["serve"], env, data_dir / "logs"),
+    ]
     stack = Stack(f"http://127.0.0.1:{port}", bootstrap, Topics(prefix), children, env)
     try:
         wait_healthy(stack.base_url, children, timeout_s=60)
@@ -88,11 +110,20 @@ def start_stack(bootstrap: str, prefix: str, data_dir: Path) -> Stack:
     return stack
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0,
-                     ) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 20.0,
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every message of `topic` from the start, waiting until at least `expected` arrived."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -104,5 +135,3 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float
     finally:
         await consumer.stop()
     return found
-
-

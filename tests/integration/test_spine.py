@@ -11,10 +11,16 @@ from tests.integration.processes import Stack, read_topic
 
 async def test_posted_form_lands_normalized_in_leads(stack: Stack) -> None:
     started = time.monotonic()
-    status, answer = stack.post_json({
-        "name": "  Foo   Bar ", "Email": " Foo@Example.COM ", "mobile": "１３８ ００１３ ８０００",
-        "company": "Example Inc", "utm_source": "google", "gclid": "abc123",
-    })
+    status, answer = stack.post_json(
+        {
+            "name": "  Foo   Bar ",
+            "Email": " Foo@Example.COM ",
+            "mobile": "１３８ ００１３ ８０００",
+            "company": "Example Inc",
+            "utm_source": "google",
+            "gclid": "abc123",
+        }
+    )
     assert status == 202, answer
 
     [lead] = stack.wait_for_leads(1, email="foo@example.com")
@@ -46,8 +52,12 @@ async def test_malformed_body_gets_4xx_and_a_dead_letter(stack: Stack) -> None:
     assert set(invalid["fields"]) == {"email", "phone"}
 
     letters = await read_topic(stack.bootstrap, stack.topics.dlq("web_form"), 2)
-    by_id = {DeadLetter.model_validate_json(m.value or b"").dead_letter_id:
-             DeadLetter.model_validate_json(m.value or b"") for m in letters}
+    by_id = {
+        DeadLetter.model_validate_json(
+            m.value or b""
+        ).dead_letter_id: DeadLetter.model_validate_json(m.value or b"")
+        for m in letters
+    }
     first = by_id[answer["dead_letter_id"]]
     assert first.stage == "web_form"
     assert first.reason == "invalid_json"
@@ -87,11 +97,16 @@ async def test_bad_envelope_on_the_raw_topic_is_dead_lettered_by_normalize(stack
     await producer.start()
     try:
         await producer.send_and_wait(stack.topics.leads_raw, b"\x00 not json", key=b"k1")
-        good = RawLead(event_id="evt-direct-1", channel="api", source_system="test",
-                       received_at="2026-03-01T00:00:00Z",
-                       fields={"email": "direct@example.com"})
-        await producer.send_and_wait(stack.topics.leads_raw, good.model_dump_json().encode(),
-                                     key=b"evt-direct-1")
+        good = RawLead(
+            event_id="evt-direct-1",
+            channel="api",
+            source_system="test",
+            received_at="2026-03-01T00:00:00Z",
+            fields={"email": "direct@example.com"},
+        )
+        await producer.send_and_wait(
+            stack.topics.leads_raw, good.model_dump_json().encode(), key=b"evt-direct-1"
+        )
     finally:
         await producer.stop()
     [letter_message] = await read_topic(stack.bootstrap, stack.topics.dlq("normalize"), 1)

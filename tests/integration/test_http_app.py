@@ -1,0 +1,88 @@
+"""The HTTP app in this process with a real Kafka producer: limits and failure answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from ingest_adapters.publisher import Publisher
+from leadflow.kafka_clients import ensure_topics, make_producer
+from leadflow.metrics import Metrics
+from leadflow.server import Roles, build_app
+from leadflow.settings import HttpSettings, KafkaSettings, Settings
+
+
+async def client_for(settings: Settings, bootstrap: str) -> AsyncIterator[TestClient]:
+    producer = make_producer(settings.kafka, bootstrap, request_timeout_ms=1500)
+    await producer.start()
+    metrics = Metrics()
+    publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)
+    app = build_app(settings, metrics, Roles.parse(["adapters"]), publisher, None)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+        await producer.stop()
+
+
+@pytest.fixture
+async def client(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[TestClient]:
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=topic_prefix),
+        http=HttpSettings(max_body_bytes=2048, publish_timeout_s=2),
+    )
+    await ensure_topics(settings.kafka, kafka_bootstrap)
+    async for made in client_for(settings, kafka_bootstrap):
+        yield made
+
+
+async def test_oversized_body_is_413_in_json(client: TestClient) -> None:
+    response = await client.post(
+        "/v1/leads/web",
+        data=b'{"email": "a@example.com", "pad": "' + b"x" * 4096 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 413
+    answer = await response.json()
+    assert answer["error"] == "body_too_large"
+    assert "2048" in answer["message"]
+
+
+async def test_unknown_route_and_method_answer_json(client: TestClient) -> None:
+    missing = await client.get("/v1/nothing-here")
+    assert missing.status == 404
+    assert (await missing.json())["error"] == "not_found"
+    wrong_method = await client.get("/v1/leads/web")
+    assert wrong_method.status == 405
+
+
+async def test_unsupported_media_type_is_415_with_a_dead_letter(client: TestClient) -> None:
+    response = await client.post(
+        "/v1/leads/web", data=b"email=a@example.com", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status == 415
+    answer = await response.json()
+    assert answer["error"] == "unsupported_media_type"
+    assert answer["dead_letter_id"]
+
+
+async def test_kafka_not_acknowledging_is_503_never_2xx(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    # Topics are not declared and the broker does not auto-create them, so no write is
+    # ever acknowledged: the adapter must answer 503 with Retry-After, not 202.
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=topic_prefix + "undeclared."),
+        http=HttpSettings(publish_timeout_s=1.5),
+    )
+    async for client in client_for(settings, kafka_bootstrap):
+        response = await client.post("/v1/leads/web", json={"email": "a@example.com"})
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert (await response.json())["error"] == "unavailable"
+        metrics = await (await client.get("/metrics")).text()
+        assert 'leadflow_http_requests_total{route="/v1/leads/web",status="503"} 1.0' in metrics
