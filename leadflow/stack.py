@@ -117,6 +117,7 @@ def run_up(settings: Settings, console: Console) -> int:
     kafka: LocalKafka | None = None
     children: list[Child] = []
     log_dir = settings.data_dir / "logs"
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if not bootstrap:
             kafka = LocalKafka(
@@ -148,15 +149,19 @@ def run_up(settings: Settings, console: Console) -> int:
             f"  curl '{base_url}/v1/leads?email=ada@example.com'\n"
             "Press Ctrl-C to stop everything."
         )
-        _wait_for_interrupt(children)
-        return 0
+        _wait_for_children(children)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C at any point, even during start-up, is the way to stop
     finally:
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         console.print("stopping ...")
         for child in reversed(children):
             child.stop()
         if kafka is not None:
             kafka.stop()
         console.print("[green]✓[/] stopped")
+    return 0
 
 
 def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> None:
@@ -207,16 +212,13 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
     console.print(dead)
 
 
-def _wait_for_interrupt(children: list[Child]) -> None:
-    stop = False
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop:
+def _wait_for_children(children: list[Child]) -> None:
+    """Sleep until Ctrl-C (KeyboardInterrupt) or until a child dies."""
+    while True:
         for child in children:
             if child.process.poll() is not None:
                 raise FatalError(
