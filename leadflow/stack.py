@@ -57,6 +57,9 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Own session: a terminal's Ctrl-C reaches only `up`, which stops the children
+            # in order (server first, so the writer commits what it inserted).
+            start_new_session=True,
         )
     return Child(name, process, log_path)
 
@@ -117,6 +120,8 @@ def run_up(settings: Settings, console: Console) -> int:
     kafka: LocalKafka | None = None
     children: list[Child] = []
     log_dir = settings.data_dir / "logs"
+    # Even when started with SIGINT ignored (a background job), Ctrl-C or kill -INT stops it.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if not bootstrap:

@@ -3,7 +3,7 @@ that owns the data directory can read it, so these routes live in that process."
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +13,14 @@ from sinks.clickhouse.client import ClickHouse
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+    """Times as ISO 8601 in UTC with an explicit offset (the columns are all UTC)."""
+    return {k: _iso_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _iso_utc(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _limit(request: web.Request) -> int:

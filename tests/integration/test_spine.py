@@ -31,6 +31,7 @@ async def test_posted_form_lands_normalized_in_leads(stack: Stack) -> None:
     assert lead["utm_source"] == "google"
     assert lead["channel"] == "web"
     assert lead["event_id"] == answer["event_id"]
+    assert lead["received_at"].endswith("Z")
     # Not a timing assert on the product: a generous bound that catches a stalled pipeline.
     assert landed_after < 30
 
