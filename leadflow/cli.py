@@ -20,7 +20,6 @@ import urllib.parse
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from leadflow.errors import FatalError, LeadflowError
 from leadflow.settings import Settings, load_settings
@@ -104,7 +103,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> in
 
 
 def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.stack import http_json
+    from leadflow.stack import http_json, lead_table
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     query = {
@@ -124,21 +123,7 @@ def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) ->
     if args.format == "json":
         print(json.dumps(answer, ensure_ascii=False, indent=2))
         return 0
-    columns = (
-        "lead_id",
-        "email",
-        "phone",
-        "full_name",
-        "company",
-        "country",
-        "channel",
-        "received_at",
-    )
-    table = Table(title=f"leads ({len(answer['leads'])} of {answer['total']})")
-    for column in columns:
-        table.add_column(column)
-    for lead in answer["leads"]:
-        table.add_row(*(str(lead.get(c) or "") for c in columns))
+    table = lead_table(answer["leads"], f"leads ({len(answer['leads'])} of {answer['total']})")
     console.print(table)
     return 0
 

@@ -93,6 +93,9 @@ class NormalizeSettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = "leadflow"
     web_port: int = Field(default=0, description="Faust's own web port; 0 disables it.")
+    rules_dir: Path | None = Field(
+        default=None, description="Folder of the rule files (default: ./config, else the bundled)."
+    )
 
 
 class Settings(BaseSettings):

@@ -187,25 +187,12 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
         while time.monotonic() < deadline:
             _, answer = http_json("GET", f"{base_url}/v1/leads?limit=50")
             leads = answer.get("leads", [])
-            if set(accepted) <= {lead["email"] for lead in leads}:
+            if set(accepted) <= {lead["email"] for lead in leads} and all(
+                lead["owner"] for lead in leads
+            ):
                 break
             time.sleep(0.3)
-    columns = (
-        "email",
-        "phone",
-        "full_name",
-        "company",
-        "country",
-        "channel",
-        "utm_source",
-        "received_at",
-    )
-    found = Table(title=f"leads in ClickHouse ({len(leads)} shown)")
-    for column in columns:
-        found.add_column(column)
-    for lead in leads:
-        found.add_row(*(str(lead.get(c) or "") for c in columns))
-    console.print(found)
+    console.print(lead_table(leads, f"leads in ClickHouse ({len(leads)} shown)"))
     _, answer = http_json("GET", f"{base_url}/v1/dead-letters?limit=20")
     dead = Table(title="dead letters in ClickHouse")
     for column in ("stage", "reason", "message", "source_detail"):
@@ -215,6 +202,25 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
             *(str(letter.get(c) or "") for c in ("stage", "reason", "message", "source_detail"))
         )
     console.print(dead)
+
+
+LEAD_TABLE_COLUMNS = {
+    "email": "email", "phone": "phone", "full_name": "name", "company": "company",
+    "country": "country", "first_touch_source": "source", "touch_count": "touches",
+    "score": "score", "grade": "grade", "team": "team", "owner": "owner",
+}  # fmt: skip
+
+
+def lead_table(leads: list[dict[str, Any]], title: str) -> Table:
+    """Leads as a table for people: who, where from, how hot, whose."""
+    table = Table(title=title)
+    for header in LEAD_TABLE_COLUMNS.values():
+        table.add_column(header, overflow="fold")
+    for lead in leads:
+        table.add_row(
+            *(str(lead.get(c) if lead.get(c) is not None else "") for c in LEAD_TABLE_COLUMNS)
+        )
+    return table
 
 
 def _raise_interrupt(*_: object) -> None:

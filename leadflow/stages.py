@@ -7,6 +7,10 @@ from typing import Final
 
 WEB_FORM: Final = "web_form"
 NORMALIZE: Final = "normalize"
+IDENTITY: Final = "identity"
+LEAD: Final = "lead"
+ROUTE: Final = "route"
+NOTIFY: Final = "notify"
 CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 
-ALL: Final = (WEB_FORM, NORMALIZE, CLICKHOUSE_WRITER)
+ALL: Final = (WEB_FORM, NORMALIZE, IDENTITY, LEAD, ROUTE, NOTIFY, CLICKHOUSE_WRITER)

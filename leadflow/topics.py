@@ -46,6 +46,26 @@ class Topics:
     def lead_transitions(self) -> str:
         return self._name("lead.transitions")
 
+    # Internal hops of the stream core (re-keying through topics, never shared state).
+    @property
+    def identity_keys(self) -> str:
+        """Identity probes keyed by match key (`email:…`, `phone:…`, `company:…`)."""
+        return self._name("identity.keys")
+
+    @property
+    def lead_updates(self) -> str:
+        """Events for the lead stage, keyed by lead id: new leads, merges, absorbs."""
+        return self._name("lead.updates")
+
+    @property
+    def routing_requests(self) -> str:
+        """Routing requests keyed by team, so one partition owns a team's turns."""
+        return self._name("routing.requests")
+
+    @property
+    def lead_merges(self) -> str:
+        return self._name("lead.merges")
+
     def dlq(self, stage: str) -> str:
         """The dead-letter topic of one stage: `dlq.<stage>`."""
         return self._name(f"dlq.{stage}")
@@ -63,6 +83,10 @@ class Topics:
             self.leads_identified,
             self.leads_assigned,
             self.lead_transitions,
+            self.identity_keys,
+            self.lead_updates,
+            self.routing_requests,
+            self.lead_merges,
             *self.all_dlq(),
         ]
 

@@ -8,20 +8,42 @@ canonical `Lead`, row models that are exactly the ClickHouse columns, and the
 from schemas.dead_letter import DeadLetter, FieldProblem
 from schemas.envelope import Channel, RawLead
 from schemas.lead import Lead
-from schemas.rows import DeadLetterRow, LeadRow
+from schemas.lead_state import (
+    Assignment,
+    Engagement,
+    IdentityProbe,
+    LeadState,
+    MatchRecord,
+    MergeRecord,
+    ScoreResult,
+    Touch,
+)
+from schemas.rows import DeadLetterRow, LeadRow, MergeRow
 
 __all__ = [
+    "Assignment",
     "Channel",
     "DeadLetter",
     "DeadLetterRow",
+    "Engagement",
     "FieldProblem",
+    "IdentityProbe",
     "Lead",
     "LeadRow",
+    "LeadState",
+    "MatchRecord",
+    "MergeRecord",
+    "MergeRow",
     "RawLead",
+    "ScoreResult",
+    "Touch",
     "json_schemas",
 ]
 
 
 def json_schemas() -> dict[str, dict[str, object]]:
     """JSON Schema of every message model, for producers outside Python."""
-    return {model.__name__: model.model_json_schema() for model in (RawLead, Lead, DeadLetter)}
+    return {
+        model.__name__: model.model_json_schema()
+        for model in (RawLead, Lead, LeadState, Assignment, MergeRecord, DeadLetter)
+    }

@@ -24,6 +24,11 @@ class Lead(BaseModel):
     first_name: str | None = None
     last_name: str | None = None
     company: str | None = None
+    company_key: str | None = Field(
+        default=None, description="Company for matching: case, punctuation, legal suffixes gone."
+    )
+    company_size: int | None = Field(default=None, description="Employees (lower bound).")
+    industry: str | None = None
     title: str | None = None
     country: str | None = Field(default=None, description="ISO 3166-1 alpha-2.")
     message: str | None = None

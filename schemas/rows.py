@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from schemas.dead_letter import DeadLetter
-from schemas.lead import Lead
+from schemas.lead_state import LeadState, MergeRecord
 
 
 class _Row(BaseModel):
@@ -44,42 +44,115 @@ class LeadRow(_Row):
     company: str
     title: str
     country: str
-    message: str
     consent: int | None
-    utm_source: str
-    utm_medium: str
-    utm_campaign: str
-    utm_term: str
-    utm_content: str
-    referrer: str
-    landing_page: str
-    form_id: str
     attributes: dict[str, str]
-    received_at: datetime
-    normalized_at: datetime
     kafka_partition: int
     kafka_offset: int
+    first_seen: datetime
+    updated_at: datetime
+    merged_into: str
+    merged_from: list[str]
+    emails: list[str]
+    phones: list[str]
+    company_key: str
+    company_size: int | None
+    industry: str
+    first_touch_channel: str
+    first_touch_source: str
+    first_touch_medium: str
+    first_touch_campaign: str
+    last_touch_channel: str
+    last_touch_source: str
+    last_touch_medium: str
+    last_touch_campaign: str
+    touch_count: int
+    touch_event_ids: list[str]
+    touch_channels: list[str]
+    touch_sources: list[str]
+    touch_at: list[datetime]
+    score: float
+    grade: str
+    score_rules: dict[str, float]
+    mql_at: datetime | None
+    team: str
+    owner: str
+    owner_name: str
+    assignment_rule: str
+    assignment_reason: str
+    assigned_at: datetime | None
 
     @classmethod
-    def from_lead(cls, lead: Lead, partition: int, offset: int) -> LeadRow:
-        text = {
-            name: getattr(lead, name) or ""
-            for name in cls.model_fields
-            if name in Lead.model_fields
-            and name not in ("consent", "attributes")
-            and name not in ("received_at", "normalized_at")
-        }
+    def from_state(cls, state: LeadState, partition: int, offset: int) -> LeadRow:
+        first = state.touches[0] if state.touches else None
+        last = state.touches[-1] if state.touches else None
         return cls(
-            **text,
-            # The newest normalization of a lead wins in the ReplacingMergeTree.
-            version=int(lead.normalized_at.timestamp() * 1000),
-            consent=None if lead.consent is None else int(lead.consent),
-            attributes=dict(lead.attributes),
-            received_at=lead.received_at,
-            normalized_at=lead.normalized_at,
+            lead_id=state.lead_id,
+            # The lead stage bumps the version on every change: the newest row wins.
+            version=state.version,
+            event_id=state.event_ids[-1] if state.event_ids else "",
+            channel=first.channel if first else "",
+            source_system=first.source_system if first else "",
+            email=state.email or "",
+            phone=state.phone or "",
+            full_name=state.full_name or "",
+            first_name=state.first_name or "",
+            last_name=state.last_name or "",
+            company=state.company or "",
+            title=state.title or "",
+            country=state.country or "",
+            consent=None if state.consent is None else int(state.consent),
+            attributes=dict(state.attributes),
             kafka_partition=partition,
             kafka_offset=offset,
+            first_seen=state.first_seen,
+            updated_at=state.updated_at,
+            merged_into=state.merged_into or "",
+            merged_from=list(state.merged_from),
+            emails=list(state.emails),
+            phones=list(state.phones),
+            company_key=state.company_key or "",
+            company_size=state.company_size,
+            industry=state.industry or "",
+            first_touch_channel=first.channel if first else "",
+            first_touch_source=first.source if first else "",
+            first_touch_medium=first.medium if first else "",
+            first_touch_campaign=first.campaign if first else "",
+            last_touch_channel=last.channel if last else "",
+            last_touch_source=last.source if last else "",
+            last_touch_medium=last.medium if last else "",
+            last_touch_campaign=last.campaign if last else "",
+            touch_count=len(state.touches),
+            touch_event_ids=[t.event_id for t in state.touches],
+            touch_channels=[t.channel for t in state.touches],
+            touch_sources=[t.source for t in state.touches],
+            touch_at=[t.at for t in state.touches],
+            score=state.score,
+            grade=state.grade,
+            score_rules={name: points for name, points in state.score_rules},
+            mql_at=state.mql_at,
+            team=state.team or "",
+            owner=state.owner or "",
+            owner_name=state.owner_name or "",
+            assignment_rule=state.assignment_rule or "",
+            assignment_reason=state.assignment_reason or "",
+            assigned_at=state.assigned_at,
         )
+
+
+class MergeRow(_Row):
+    table: ClassVar[str] = "lead_merges"
+
+    merge_id: str
+    survivor_id: str
+    merged_id: str
+    rule: str
+    score: float
+    event_id: str
+    merged_at: datetime
+
+    @classmethod
+    def from_record(cls, record: MergeRecord) -> MergeRow:
+        return cls(**record.model_dump())
 
 
 class DeadLetterRow(_Row):

@@ -8,14 +8,17 @@ flushed what the agent sent for it, and every downstream write is idempotent
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
 import faust
 
+from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
-from streams import normalize_agent
+from streams import identity_agent, lead_agent, normalize_agent, routing_agent
+from streams.rules import Rules, load_rules
 
 
 def broker_url(bootstrap: str) -> str:
@@ -40,11 +43,14 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     return faust.SSLCredentials(context) if context is not None else None
 
 
-def create_app(settings: Settings, bootstrap: str) -> faust.App:
+def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -> faust.App:
     topics = Topics(settings.kafka.topic_prefix)
     options: dict[str, Any] = {
         "broker": broker_url(bootstrap),
-        "store": "memory://",
+        # Tables live in RocksDB (rocksdict) under the data dir and are rebuilt from their
+        # changelog topics when a worker starts elsewhere.
+        "store": "rocksdb://",
+        "datadir": str((settings.data_dir / "worker-state").resolve()),
         "autodiscover": False,
         "topic_partitions": settings.kafka.partitions,
         "topic_replication_factor": settings.kafka.replication_factor,
@@ -61,12 +67,16 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     if credentials is not None:
         options["broker_credentials"] = credentials
     app = faust.App(f"{settings.kafka.topic_prefix}{settings.worker.app_id}", **options)
-    normalize_agent.register(app, topics, settings)
+    rules = rules or load_rules(settings.worker.rules_dir)
+    for stage in (normalize_agent, identity_agent, lead_agent, routing_agent):
+        stage.register(app, topics, settings, rules)
     return app
 
 
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
     """Run the Faust worker in this process until SIGINT/SIGTERM."""
     app = create_app(settings, bootstrap)
+    # Declare every product topic first: Faust only declares those it reads.
+    asyncio.run(ensure_topics(settings.kafka, bootstrap))
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
     worker.execute_from_commandline()

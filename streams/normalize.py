@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import phonenumbers
+import pycountry
 from email_validator import EmailNotValidError, validate_email
 
 from leadflow import stages
@@ -70,6 +71,17 @@ FIELD_ALIASES: Mapping[str, tuple[str, ...]] = {
         "公司名称",
         "单位",
     ),
+    "company_size": (
+        "company_size",
+        "employees",
+        "employee_count",
+        "number_of_employees",
+        "size",
+        "公司规模",
+        "员工人数",
+        "人数",
+    ),
+    "industry": ("industry", "sector", "行业", "所属行业"),
     "title": ("title", "job_title", "position", "role", "职位", "职务"),
     "country": ("country", "country_code", "国家", "国家/地区"),
     "message": ("message", "comments", "comment", "note", "notes", "留言", "备注"),
@@ -117,6 +129,41 @@ _COUNTRY_NAMES = {
     "india": "IN",
     "brazil": "BR",
 }
+_LEGAL_SUFFIXES = frozenset(
+    {
+        "inc",
+        "incorporated",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "ltd",
+        "limited",
+        "llc",
+        "llp",
+        "plc",
+        "gmbh",
+        "ag",
+        "kg",
+        "sa",
+        "sas",
+        "sarl",
+        "srl",
+        "spa",
+        "bv",
+        "nv",
+        "oy",
+        "ab",
+        "as",
+        "kk",
+        "pte",
+        "pty",
+        "lp",
+        "se",
+    }
+)
+_CJK_LEGAL_SUFFIXES = ("股份有限公司", "有限责任公司", "集团有限公司", "有限公司", "公司")
+_BRACKETED = re.compile(r"[(（\[【][^)）\]】]*[)）\]】]")
 _TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on", "checked", "是", "同意"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "n", "off", "否", "不同意"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
@@ -162,11 +209,49 @@ def normalize_phone(value: str, region: str) -> str:
 
 
 def normalize_country(value: str) -> str | None:
-    """ISO 3166-1 alpha-2 for a code or a common English/Chinese name; None when unknown."""
+    """ISO 3166-1 alpha-2 for a code, an ISO name or a common English/Chinese name."""
     text = clean_text(unicodedata.normalize("NFKC", value))
-    if len(text) == 2 and text.isascii() and text.isalpha():
-        return text.upper()
-    return _COUNTRY_NAMES.get(text.lower())
+    if not text:
+        return None
+    known = _COUNTRY_NAMES.get(text.lower())
+    if known:
+        return known
+    try:
+        country = pycountry.countries.lookup(text)
+    except LookupError:
+        return None
+    return str(country.alpha_2)
+
+
+def company_key(value: str) -> str | None:
+    """The company for matching: `Fabrikam, S.A.` and `FABRIKAM` give `fabrikam`.
+
+    Case, punctuation, bracketed parts such as `(China)`/`（中国）` and legal
+    suffixes in English, European and Chinese forms are removed.
+    """
+    text = _BRACKETED.sub(" ", unicodedata.normalize("NFKC", value).lower())
+    text = text.replace(".", "").replace("&", " and ")
+    text = re.sub(r"[^\w\s]", " ", text)
+    tokens = text.split()
+    while len(tokens) > 1 and tokens[-1] in _LEGAL_SUFFIXES:
+        tokens.pop()
+    key = " ".join(tokens)
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix in _CJK_LEGAL_SUFFIXES:
+            if key.endswith(suffix) and len(key) > len(suffix):
+                key = key[: -len(suffix)].strip()
+                stripped = True
+    return key or None
+
+
+def parse_company_size(value: str) -> int | None:
+    """Employees as a number: `200-500` → 200, `1,000+` → 1000, `500人以上` → 500."""
+    match = re.search(r"\d[\d,]*", unicodedata.normalize("NFKC", value))
+    if not match:
+        return None
+    return int(match.group().replace(",", ""))
 
 
 def parse_consent(value: str) -> bool | None:
@@ -225,7 +310,17 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         problems["email"] = "required when no phone number is given"
         problems["phone"] = "required when no email address is given"
 
+    company_size = None
+    if "company_size" in canonical:
+        company_size = parse_company_size(canonical["company_size"])
+        if company_size is None:
+            extra["company_size_raw"] = canonical["company_size"]
+
     consent = None
+    if country is None and phone is not None:
+        # A number with a country code says where the person is when the form did not.
+        country = phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or None
+
     if "consent" in canonical:
         consent = parse_consent(canonical["consent"])
         if consent is None:
@@ -242,7 +337,7 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
     text = {
         name: clean_text(value) or None
         for name, value in canonical.items()
-        if name not in ("email", "phone", "country", "consent")
+        if name not in ("email", "phone", "country", "consent", "company_size")
     }
     full_name = text.get("full_name")
     if full_name is None and (text.get("first_name") or text.get("last_name")):
@@ -257,6 +352,8 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         phone=phone,
         country=country,
         consent=consent,
+        company_key=company_key(company) if (company := text.get("company")) else None,
+        company_size=company_size,
         form_id=raw.form_id,
         attributes={clean_text(k): v for k, v in extra.items()},
         received_at=raw.received_at.astimezone(UTC),

@@ -1,8 +1,9 @@
-"""The agent of stage `normalize`: reads `leads.raw`, writes `leads.identified` or `dlq.normalize`.
+"""The agent of stage `normalize`: reads `leads.raw`, starts the identity chain or dead-letters.
 
 Concurrency 1 keeps per-partition order. The agent never raises for a bad
 record (Faust would acknowledge it and lose it): `normalize_message` returns
 a dead letter instead, which is sent before the offset can be committed.
+A good lead leaves as an identity probe keyed by its first match key.
 """
 
 from __future__ import annotations
@@ -15,21 +16,17 @@ import faust
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Lead
+from streams.identity import start_probe, table_key
 from streams.normalize import STAGE, normalize_message
+from streams.rules import Rules
+from streams.wiring import raw_topic
 
 log = logging.getLogger(__name__)
 
 
-def raw_topic(app: faust.App, name: str) -> Any:
-    """A topic whose keys and values are bytes: leadflow does its own (de)serialization."""
-    return app.topic(
-        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
-
-
-def register(app: faust.App, topics: Topics, settings: Settings) -> Any:
+def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = raw_topic(app, topics.leads_raw)
-    leads_out = raw_topic(app, topics.leads_identified)
+    keys_out = raw_topic(app, topics.identity_keys)
     dead_letters = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
 
@@ -45,8 +42,10 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> Any:
                 offset=message.offset,
             )
             if isinstance(result, Lead):
-                await leads_out.send(
-                    key=result.lead_id.encode(), value=result.model_dump_json().encode()
+                probe = start_probe(result, rules.identity)
+                kind, value, _ = probe.keys[0]
+                await keys_out.send(
+                    key=table_key(kind, value).encode(), value=probe.model_dump_json().encode()
                 )
             else:
                 log.warning(

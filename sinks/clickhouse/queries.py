@@ -11,23 +11,12 @@ from typing import Any
 from sinks.clickhouse.client import ClickHouse
 
 LEAD_COLUMNS = (
-    "lead_id",
-    "event_id",
-    "channel",
-    "source_system",
-    "email",
-    "phone",
-    "full_name",
-    "company",
-    "title",
-    "country",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "form_id",
-    "received_at",
-    "normalized_at",
-)
+    "lead_id", "version", "email", "phone", "full_name", "company", "title", "country",
+    "company_size", "industry", "first_touch_channel", "first_touch_source",
+    "first_touch_medium", "first_touch_campaign", "last_touch_source", "touch_count", "score",
+    "grade", "team", "owner", "owner_name", "assignment_rule", "assignment_reason",
+    "merged_from", "event_id", "first_seen", "updated_at", "mql_at", "assigned_at",
+)  # fmt: skip
 
 
 async def find_leads(
@@ -38,23 +27,44 @@ async def find_leads(
     lead_id: str | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Leads matching every given filter, newest first."""
-    where: list[str] = []
+    """Current leads (merged ones excluded) matching every given filter, newest first.
+
+    An email or phone matches any address the person ever used; a lead id also
+    finds a lead merged into another, which answers with its survivor.
+    """
+    where: list[str] = ["merged_into = ''"]
     params: dict[str, Any] = {"limit": limit}
-    for column, value in (("email", email), ("phone", phone), ("lead_id", lead_id)):
-        if value is not None:
-            where.append(f"{column} = {{{column}:String}}")
-            params[column] = value
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    if email is not None:
+        where.append("has(emails, {email:String})")
+        params["email"] = email
+    if phone is not None:
+        where.append("has(phones, {phone:String})")
+        params["phone"] = phone
+    if lead_id is not None:
+        where.append("(lead_id = {lead_id:String} OR has(merged_from, {lead_id:String}))")
+        params["lead_id"] = lead_id
     return await clickhouse.query(
-        f"SELECT {', '.join(LEAD_COLUMNS)} FROM {clickhouse.database}.leads FINAL {clause} "
-        "ORDER BY received_at DESC, lead_id LIMIT {limit:UInt32}",
+        f"SELECT {', '.join(LEAD_COLUMNS)} FROM {clickhouse.database}.leads FINAL "
+        f"WHERE {' AND '.join(where)} "
+        "ORDER BY first_seen DESC, lead_id LIMIT {limit:UInt32}",
         params,
     )
 
 
+async def lead_merges(clickhouse: ClickHouse, lead_id: str) -> list[dict[str, Any]]:
+    """Every merge into this lead: which lead, by which rule, with what score."""
+    return await clickhouse.query(
+        "SELECT survivor_id, merged_id, rule, score, event_id, merged_at "
+        f"FROM {clickhouse.database}.lead_merges FINAL "
+        "WHERE survivor_id = {lead_id:String} ORDER BY merged_at",
+        {"lead_id": lead_id},
+    )
+
+
 async def count_leads(clickhouse: ClickHouse) -> int:
-    rows = await clickhouse.query(f"SELECT count() AS n FROM {clickhouse.database}.leads FINAL")
+    rows = await clickhouse.query(
+        f"SELECT count() AS n FROM {clickhouse.database}.leads FINAL WHERE merged_into = ''"
+    )
     return int(rows[0]["n"])
 
 

@@ -1,8 +1,8 @@
 """The ClickHouse writer: Kafka topics in, batched idempotent inserts out.
 
-Input topics: `leads.identified` → table `leads`; every `dlq.<stage>` →
-table `dead_letters`. Offsets are committed only after the rows of every
-message up to them are in ClickHouse.
+Input topics: `leads.identified` → table `leads`; `lead.merges` → table
+`lead_merges`; every `dlq.<stage>` → table `dead_letters`. Offsets are
+committed only after the rows of every message up to them are in ClickHouse.
 
 - A batch is one topic-partition's run of messages; its insert carries the
   dedup token `topic:partition:first-last`, so a retry of the same batch is
@@ -33,7 +33,7 @@ from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import DeadLetter, DeadLetterRow, Lead, LeadRow
+from schemas import DeadLetter, DeadLetterRow, LeadRow, LeadState, MergeRecord, MergeRow
 from sinks.clickhouse.client import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,13 @@ class Route:
 
 
 def _lead_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
-    lead = Lead.model_validate_json(message.value or b"")
-    return LeadRow.from_lead(lead, message.partition, message.offset).as_row()
+    state = LeadState.model_validate_json(message.value or b"")
+    return LeadRow.from_state(state, message.partition, message.offset).as_row()
+
+
+def _merge_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    record = MergeRecord.model_validate_json(message.value or b"")
+    return MergeRow.from_record(record).as_row()
 
 
 def _dead_letter_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
@@ -63,6 +68,7 @@ def _dead_letter_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
 def routes(topics: Topics) -> dict[str, Route]:
     table: dict[str, Route] = {
         topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
+        topics.lead_merges: Route(MergeRow.table, MergeRow.column_names(), _merge_row, False),
     }
     for name in topics.all_dlq():
         table[name] = Route(

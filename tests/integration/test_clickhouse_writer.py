@@ -17,8 +17,13 @@ from schemas import DeadLetter, LeadRow, RawLead
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.migrations import load_migrations, migrate
 from sinks.clickhouse.writer import ClickHouseWriter, routes
+from streams.identity import start_probe
+from streams.leads import apply_lead
 from streams.normalize import normalize_lead
+from streams.rules import load_rules
 from tests.integration.processes import read_topic
+
+RULES = load_rules()
 
 
 def make_settings(prefix: str, database: str) -> Settings:
@@ -98,8 +103,11 @@ async def publish_leads(
                 fields={"email": email},
             )
             lead = normalize_lead(raw, default_region="CN")
+            state = apply_lead(None, start_probe(lead, RULES.identity), RULES, datetime.now(UTC))
             await producer.send_and_wait(
-                topics.leads_identified, lead.model_dump_json().encode(), key=lead.lead_id.encode()
+                topics.leads_identified,
+                state.model_dump_json().encode(),
+                key=state.lead_id.encode(),
             )
         for value in extra:
             await producer.send_and_wait(topics.leads_identified, value, key=b"bad")
@@ -148,7 +156,8 @@ async def test_writer_retries_failed_inserts_and_commits_only_after(
         writer.fail_next_inserts = 3
         await wait_until(lambda: _has(clickhouse, "leads", 25))
     assert await count(clickhouse, "leads") == 25
-    assert running.metrics.insert_retries.labels(table="leads")._value.get() == 3
+    retries = running.metrics.insert_retries
+    assert sum(retries.labels(table=t)._value.get() for t in ("leads", "dead_letters")) == 3
 
     [letter_message] = await read_topic(kafka_bootstrap, running.topics.dlq("clickhouse_writer"), 1)
     letter = DeadLetter.model_validate_json(letter_message.value or b"")

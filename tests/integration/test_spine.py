@@ -28,10 +28,10 @@ async def test_posted_form_lands_normalized_in_leads(stack: Stack) -> None:
     assert lead["email"] == "foo@example.com"
     assert lead["phone"] == "+8613800138000"
     assert lead["full_name"] == "Foo Bar"
-    assert lead["utm_source"] == "google"
-    assert lead["channel"] == "web"
+    assert lead["first_touch_source"] == "google"
+    assert lead["first_touch_channel"] == "web"
     assert lead["event_id"] == answer["event_id"]
-    assert lead["received_at"].endswith("Z")
+    assert lead["first_seen"].endswith("Z")
     # Not a timing assert on the product: a generous bound that catches a stalled pipeline.
     assert landed_after < 30
 
@@ -81,8 +81,7 @@ async def test_same_idempotency_key_makes_one_lead(stack: Stack) -> None:
     # Both posts really reached Kafka: the dedupe is downstream, not a refused retry.
     messages = await read_topic(stack.bootstrap, stack.topics.leads_raw, 2)
     assert len(messages) == 2
-    # A third post without the key is a different event (and, until identity
-    # matching lands, a different lead).
+    # A third post without the key, from someone else, is another lead.
     assert stack.post_json({"name": "Other", "email": "other@example.net"})[0] == 202
     stack.wait_for_leads(1, email="other@example.net")
     leads = stack.leads(email="grace@example.net")
@@ -118,5 +117,5 @@ async def test_bad_envelope_on_the_raw_topic_is_dead_lettered_by_normalize(stack
     assert letter.source_offset is not None
     assert letter_message.key == b"k1"
     [lead] = stack.wait_for_leads(1, email="direct@example.com")
-    assert lead["channel"] == "api"
+    assert lead["first_touch_channel"] == "api"
     assert stack.leads()["total"] == 1  # the unreadable one is not a lead

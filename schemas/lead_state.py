@@ -1,0 +1,157 @@
+"""The lead as the stream core knows it: one person, every touch, score, owner.
+
+`LeadState` is the value of the partition-owned lead table (key: lead id) and
+the message on `leads.identified`. `IdentityProbe` travels the identity chain,
+`Assignment` is the routing decision on `leads.assigned`, `MergeRecord` says
+why two leads became one (table `lead_merges`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.lead import Lead
+
+MatchKey = Literal["email", "phone", "company", "domain"]
+
+
+class Touch(BaseModel):
+    """One contact of the person with us: where from, through which campaign, when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    channel: str
+    source: str
+    medium: str
+    campaign: str = ""
+    source_system: str = ""
+    at: datetime
+
+
+class Engagement(BaseModel):
+    """An engagement or call event that counts for the score (decays with time)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    kind: str
+    at: datetime
+
+
+class MatchRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: str
+    key: MatchKey
+    value: str
+    matched_lead_id: str
+    score: float
+
+
+class IdentityProbe(BaseModel):
+    """A new lead travelling the identity chain, one match key per hop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lead: Lead
+    lead_id: str = Field(description="The lead id resolved so far (the survivor).")
+    first_seen: datetime = Field(description="First-seen time of that lead id.")
+    keys: list[tuple[MatchKey, str, str]] = Field(
+        default_factory=list, description="(key kind, key value, rule name) still to visit."
+    )
+    matches: list[MatchRecord] = Field(default_factory=list)
+    absorbed: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="(lead id, rule) of existing leads found to be this person, to merge.",
+    )
+
+
+class MergeRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    merge_id: str
+    survivor_id: str
+    merged_id: str
+    rule: str
+    score: float
+    event_id: str
+    merged_at: datetime
+
+
+class ScoreResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score: float
+    grade: Literal["A", "B", "C", "D"]
+    rules: list[tuple[str, float]] = Field(description="(rule name, points) of every rule fired.")
+
+
+class Assignment(BaseModel):
+    """Who owns the lead now, and why: the message on `leads.assigned`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    assignment_id: str
+    lead_id: str
+    team: str
+    owner: str = Field(description="Rep id, or `queue:<team>` when no rep could take it.")
+    owner_name: str
+    owner_email: str | None = None
+    rule: str
+    reason: str
+    assigned_at: datetime
+    score: float
+    grade: str
+    full_name: str | None = None
+    company: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    source: str = ""
+
+
+class LeadState(BaseModel):
+    """Everything known about one person. Merged fields: first non-empty value wins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lead_id: str
+    version: int = 0
+    first_seen: datetime
+    updated_at: datetime
+    email: str | None = None
+    phone: str | None = None
+    emails: list[str] = Field(default_factory=list)
+    phones: list[str] = Field(default_factory=list)
+    full_name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    company_key: str | None = None
+    company_size: int | None = None
+    industry: str | None = None
+    title: str | None = None
+    country: str | None = None
+    consent: bool | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    field_channels: dict[str, str] = Field(
+        default_factory=dict, description="Channel that supplied each merged field."
+    )
+    event_ids: list[str] = Field(default_factory=list)
+    touches: list[Touch] = Field(default_factory=list)
+    engagements: list[Engagement] = Field(default_factory=list)
+    merged_from: list[str] = Field(default_factory=list)
+    merged_into: str | None = None
+    score: float = 0.0
+    grade: str = "D"
+    score_rules: list[tuple[str, float]] = Field(default_factory=list)
+    mql_at: datetime | None = None
+    team: str | None = None
+    owner: str | None = None
+    owner_name: str | None = None
+    assignment_rule: str | None = None
+    assignment_reason: str | None = None
+    assigned_at: datetime | None = None

@@ -1,0 +1,260 @@
+"""The agent of stage `lead`: the person's state, keyed by lead id.
+
+Inputs: `lead.updates` (new leads from the identity chain, merges, absorbs)
+and `leads.assigned` (owners chosen by routing), both keyed by lead id; the
+partition owning a lead id owns its `lead_state` table entry. Outputs:
+`leads.identified` (the whole state, for ClickHouse), `routing.requests`
+(keyed by team) while a lead has no owner, `lead.merges`, `lead.transitions`
+(crossing the MQL threshold), and `lead.updates` again for merges, which
+re-key to the partition of the lead they concern. A merged lead's entry
+redirects to its survivor. Unreadable updates go to `dlq.lead`.
+
+`handle_update` is the pure part: state and message in, new state and the
+messages to send out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from pydantic import ValidationError
+
+from leadflow import stages
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from schemas import Assignment, IdentityProbe, LeadState
+from schemas.transition import StageTransition
+from streams import leads
+from streams.routing import choose_team
+from streams.rules import Rules
+from streams.wiring import dead_letter, json_table, raw_topic
+
+STAGE = stages.LEAD
+_TRANSITION_NAMESPACE = uuid.UUID("3b8e6d2f-9a41-4c57-8f0e-6d1c2b3a4e59")
+
+
+@dataclass
+class Effects:
+    """What one update changes: the state to store and the messages to send (topic, key, value)."""
+
+    state: LeadState | None = None
+    sends: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+
+def _emit_state(effects: Effects, topics: Topics, state: LeadState) -> None:
+    effects.state = state
+    effects.sends.append((topics.leads_identified, state.lead_id, state.model_dump_json().encode()))
+
+
+def _after_change(
+    effects: Effects,
+    topics: Topics,
+    before: LeadState | None,
+    state: LeadState,
+    rules: Rules,
+    now: datetime,
+) -> None:
+    _emit_state(effects, topics, state)
+    if leads.needs_routing(state):
+        rule = choose_team(state, rules.routing)
+        request = {
+            "type": "route",
+            "rule": rule.name,
+            "team": rule.team,
+            "state": state.model_dump(mode="json"),
+        }
+        effects.sends.append((topics.routing_requests, rule.team, orjson.dumps(request)))
+    if state.mql_at is not None and (before is None or before.mql_at is None):
+        touch = state.touches[0] if state.touches else None
+        transition = StageTransition(
+            transition_id=str(uuid.uuid5(_TRANSITION_NAMESPACE, f"{state.lead_id}|mql")),
+            lead_id=state.lead_id,
+            from_stage="new",
+            to_stage="mql",
+            event_time=state.mql_at,
+            ingest_time=now,
+            owner=state.owner or "",
+            team=state.team or "",
+            channel=touch.channel if touch else "",
+            source=touch.source if touch else "",
+            campaign=touch.campaign if touch else "",
+            score=state.score,
+            reason="score crossed the MQL threshold",
+        )
+        effects.sends.append(
+            (topics.lead_transitions, state.lead_id, transition.model_dump_json().encode())
+        )
+
+
+def handle_update(
+    update: dict[str, Any], state: LeadState | None, topics: Topics, rules: Rules, now: datetime
+) -> Effects:
+    effects = Effects()
+    kind = update.get("type")
+    if kind == "lead":
+        probe = IdentityProbe.model_validate(update["probe"])
+        if state is not None and state.merged_into:
+            redirected = probe.model_copy(update={"lead_id": state.merged_into})
+            effects.sends.append(
+                (
+                    topics.lead_updates,
+                    state.merged_into,
+                    orjson.dumps({"type": "lead", "probe": redirected.model_dump(mode="json")}),
+                )
+            )
+            return effects
+        new = leads.apply_lead(state, probe, rules, now)
+        if new.version != (state.version if state else 0):
+            _after_change(effects, topics, state, new, rules, now)
+        if probe.lead.lead_id != probe.lead_id and probe.matches:
+            match = probe.matches[0]
+            record = leads.merge_record(
+                probe.lead_id, probe.lead.lead_id, match.rule, match.score, probe.lead.event_id, now
+            )
+            effects.sends.append(
+                (topics.lead_merges, probe.lead_id, record.model_dump_json().encode())
+            )
+        scores = {m.matched_lead_id: m.score for m in probe.matches}
+        for absorbed_id, rule in probe.absorbed:
+            if absorbed_id in (probe.lead_id, probe.lead.lead_id):
+                continue
+            merge = {
+                "type": "merge",
+                "loser": absorbed_id,
+                "survivor": probe.lead_id,
+                "survivor_seen": probe.first_seen.isoformat(),
+                "rule": rule,
+                "score": scores.get(absorbed_id, 100.0),
+                "event_id": probe.lead.event_id,
+            }
+            effects.sends.append((topics.lead_updates, absorbed_id, orjson.dumps(merge)))
+        return effects
+    if kind == "merge":
+        loser, survivor = update["loser"], update["survivor"]
+        survivor_seen = datetime.fromisoformat(update["survivor_seen"])
+        if loser == survivor or (state is not None and state.merged_into == survivor):
+            return effects
+        if state is not None and state.merged_into:
+            onward = {**update, "loser": state.merged_into}
+            effects.sends.append((topics.lead_updates, state.merged_into, orjson.dumps(onward)))
+            return effects
+        if state is not None and (state.first_seen, loser) < (survivor_seen, survivor):
+            # The "loser" is the earlier lead: it survives instead.
+            reverse = {
+                **update,
+                "loser": survivor,
+                "survivor": loser,
+                "survivor_seen": state.first_seen.isoformat(),
+            }
+            effects.sends.append((topics.lead_updates, survivor, orjson.dumps(reverse)))
+            return effects
+        record = leads.merge_record(
+            survivor, loser, update["rule"], update["score"], update["event_id"], now
+        )
+        effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
+        marked = leads.mark_merged(state, loser, survivor, survivor_seen, now)
+        effects.state = marked
+        if state is not None:
+            effects.sends.append(
+                (topics.leads_identified, loser, marked.model_dump_json().encode())
+            )
+            absorb = {
+                "type": "absorb",
+                "survivor": survivor,
+                "survivor_seen": survivor_seen.isoformat(),
+                "loser_state": state.model_dump(mode="json"),
+            }
+            effects.sends.append((topics.lead_updates, survivor, orjson.dumps(absorb)))
+        return effects
+    if kind == "absorb":
+        loser_state = LeadState.model_validate(update["loser_state"])
+        if state is not None and state.merged_into:
+            effects.sends.append(
+                (
+                    topics.lead_updates,
+                    state.merged_into,
+                    orjson.dumps({**update, "survivor": state.merged_into}),
+                )
+            )
+            return effects
+        new = leads.absorb(
+            state,
+            loser_state,
+            update["survivor"],
+            datetime.fromisoformat(update["survivor_seen"]),
+            rules,
+            now,
+        )
+        if new.version != (state.version if state else 0):
+            _after_change(effects, topics, state, new, rules, now)
+        return effects
+    raise ValueError(f"unknown lead update type {kind!r}")
+
+
+def handle_assignment(
+    assignment: Assignment, state: LeadState | None, topics: Topics, now: datetime
+) -> Effects:
+    effects = Effects()
+    if state is None or state.merged_into:
+        return effects  # the survivor is routed on its own
+    new = leads.apply_assignment(state, assignment, now)
+    if new is not state:
+        _emit_state(effects, topics, new)
+    return effects
+
+
+def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
+    source = app.topic(
+        topics.lead_updates,
+        topics.leads_assigned,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    outputs = {
+        name: raw_topic(app, name)
+        for name in (
+            topics.leads_identified,
+            topics.routing_requests,
+            topics.lead_merges,
+            topics.lead_transitions,
+            topics.lead_updates,
+        )
+    }
+    dlq = raw_topic(app, topics.dlq(STAGE))
+    table = json_table(app, "lead_state", settings.kafka.partitions)
+
+    async def fold_leads(stream: Any) -> None:
+        async for event in stream.events():
+            key = (event.key or b"").decode()
+            stored = table.get(key)
+            state = LeadState.model_validate(stored) if stored else None
+            now = datetime.now(UTC)
+            try:
+                if event.message.topic == topics.leads_assigned:
+                    effects = handle_assignment(
+                        Assignment.model_validate_json(event.value), state, topics, now
+                    )
+                else:
+                    effects = handle_update(orjson.loads(event.value), state, topics, rules, now)
+            except (
+                ValidationError,
+                ValueError,
+                KeyError,
+                TypeError,
+                orjson.JSONDecodeError,
+            ) as exc:
+                await dead_letter(dlq, STAGE, event, exc)
+                continue
+            if effects.state is not None:
+                table[key] = effects.state.model_dump(mode="json")
+            for topic, out_key, value in effects.sends:
+                await outputs[topic].send(key=out_key.encode(), value=value)
+
+    return app.agent(source, name=STAGE, concurrency=1)(fold_leads)

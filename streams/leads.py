@@ -1,0 +1,196 @@
+"""Stage `lead` (pure part): one person's state, folded from events, keyed by lead id.
+
+Every function takes the current `LeadState` (or None) and returns the new
+one; replaying the same event twice changes nothing (event ids are kept).
+Merge policy: the first non-empty value of a field wins, unless
+config/identity.yaml lets a fresher channel override that field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from schemas import Assignment, IdentityProbe, Lead, LeadState, MergeRecord, Touch
+from streams.rules import Rules
+from streams.scoring import score_lead
+from streams.tagging import tag_source
+
+_MERGE_NAMESPACE = uuid.UUID("7e0f3a55-1c2d-4e8b-b6a9-2f4d5c6e7a81")
+PROFILE_FIELDS = (
+    "email",
+    "phone",
+    "full_name",
+    "first_name",
+    "last_name",
+    "company",
+    "company_key",
+    "company_size",
+    "industry",
+    "title",
+    "country",
+    "consent",
+)
+
+
+def merge_id(survivor: str, merged: str) -> str:
+    return str(uuid.uuid5(_MERGE_NAMESPACE, f"{survivor}|{merged}"))
+
+
+def _merge_field(state: LeadState, name: str, value: object, channel: str, rules: Rules) -> None:
+    if value in (None, ""):
+        return
+    current = getattr(state, name)
+    override = channel in rules.identity.fresher_overrides.get(name, [])
+    if current in (None, "") or (override and current != value):
+        setattr(state, name, value)
+        state.field_channels[name] = channel
+
+
+def _add_touch(state: LeadState, touch: Touch) -> None:
+    if all(t.event_id != touch.event_id for t in state.touches):
+        state.touches.append(touch)
+        state.touches.sort(key=lambda t: (t.at, t.event_id))
+
+
+def _rescore(state: LeadState, rules: Rules) -> None:
+    result = score_lead(state, rules.scoring, rules.identity.free_mail_domains)
+    state.score, state.grade, state.score_rules = result.score, result.grade, result.rules
+    if state.mql_at is None and state.score >= rules.scoring.mql_threshold:
+        moments = [t.at for t in state.touches] + [e.at for e in state.engagements]
+        state.mql_at = max(moments) if moments else state.updated_at
+
+
+def apply_lead(
+    state: LeadState | None, probe: IdentityProbe, rules: Rules, now: datetime
+) -> LeadState:
+    """Fold one identified lead event into the survivor's state."""
+    lead: Lead = probe.lead
+    if state is None:
+        state = LeadState(lead_id=probe.lead_id, first_seen=probe.first_seen, updated_at=now)
+    else:
+        state = state.model_copy(deep=True)
+    if lead.event_id in state.event_ids:
+        return state
+    state.event_ids.append(lead.event_id)
+    for name in PROFILE_FIELDS:
+        _merge_field(state, name, getattr(lead, name), lead.channel, rules)
+    if lead.email and lead.email not in state.emails:
+        state.emails.append(lead.email)
+    if lead.phone and lead.phone not in state.phones:
+        state.phones.append(lead.phone)
+    for key, value in lead.attributes.items():
+        state.attributes.setdefault(key, value)
+    _add_touch(state, tag_source(lead, rules.sources))
+    if lead.lead_id != probe.lead_id and lead.lead_id not in state.merged_from:
+        state.merged_from.append(lead.lead_id)
+    state.first_seen = min(state.first_seen, probe.first_seen)
+    state.updated_at = now
+    state.version += 1
+    _rescore(state, rules)
+    return state
+
+
+def absorb(
+    survivor: LeadState | None,
+    loser: LeadState,
+    survivor_id: str,
+    survivor_seen: datetime,
+    rules: Rules,
+    now: datetime,
+) -> LeadState:
+    """The survivor takes the loser's events, fields and touches."""
+    if survivor is None:
+        survivor = LeadState(lead_id=survivor_id, first_seen=survivor_seen, updated_at=now)
+    else:
+        survivor = survivor.model_copy(deep=True)
+    if loser.lead_id in survivor.merged_from and all(
+        e in survivor.event_ids for e in loser.event_ids
+    ):
+        return survivor
+    for name in PROFILE_FIELDS:
+        _merge_field(
+            survivor, name, getattr(loser, name), loser.field_channels.get(name, ""), rules
+        )
+    for email in loser.emails:
+        if email not in survivor.emails:
+            survivor.emails.append(email)
+    for phone in loser.phones:
+        if phone not in survivor.phones:
+            survivor.phones.append(phone)
+    for event_id in loser.event_ids:
+        if event_id not in survivor.event_ids:
+            survivor.event_ids.append(event_id)
+    for touch in loser.touches:
+        _add_touch(survivor, touch)
+    known = {e.event_id for e in survivor.engagements}
+    survivor.engagements.extend(e for e in loser.engagements if e.event_id not in known)
+    for key, value in loser.attributes.items():
+        survivor.attributes.setdefault(key, value)
+    for merged in (loser.lead_id, *loser.merged_from):
+        if merged not in survivor.merged_from:
+            survivor.merged_from.append(merged)
+    if survivor.owner is None and loser.owner is not None:
+        survivor.team, survivor.owner, survivor.owner_name = (
+            loser.team,
+            loser.owner,
+            loser.owner_name,
+        )
+        survivor.assignment_rule, survivor.assignment_reason = (
+            loser.assignment_rule,
+            loser.assignment_reason,
+        )
+        survivor.assigned_at = loser.assigned_at
+    survivor.first_seen = min(survivor.first_seen, loser.first_seen)
+    survivor.updated_at = now
+    survivor.version += 1
+    _rescore(survivor, rules)
+    return survivor
+
+
+def mark_merged(
+    state: LeadState | None, lead_id: str, survivor_id: str, first_seen: datetime, now: datetime
+) -> LeadState:
+    """The loser's state after a merge: a redirect to its survivor."""
+    if state is None:
+        state = LeadState(lead_id=lead_id, first_seen=first_seen, updated_at=now)
+    else:
+        state = state.model_copy(deep=True)
+    state.merged_into = survivor_id
+    state.updated_at = now
+    state.version += 1
+    return state
+
+
+def merge_record(
+    survivor_id: str, merged_id: str, rule: str, score: float, event_id: str, now: datetime
+) -> MergeRecord:
+    return MergeRecord(
+        merge_id=merge_id(survivor_id, merged_id),
+        survivor_id=survivor_id,
+        merged_id=merged_id,
+        rule=rule,
+        score=score,
+        event_id=event_id,
+        merged_at=now,
+    )
+
+
+def apply_assignment(state: LeadState, assignment: Assignment, now: datetime) -> LeadState:
+    if state.owner == assignment.owner and state.team == assignment.team:
+        return state
+    state = state.model_copy(deep=True)
+    state.team, state.owner, state.owner_name = (
+        assignment.team,
+        assignment.owner,
+        assignment.owner_name,
+    )
+    state.assignment_rule, state.assignment_reason = assignment.rule, assignment.reason
+    state.assigned_at = assignment.assigned_at
+    state.updated_at = now
+    state.version += 1
+    return state
+
+
+def needs_routing(state: LeadState) -> bool:
+    return state.merged_into is None and state.owner is None
