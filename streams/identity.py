@@ -135,4 +135,9 @@ def visit_key(
     resolved, mine_survives = _adopt(probe, owner_id, datetime.fromisoformat(owner_seen), record)
     if mine_survives:
         names[best_index] = [names[best_index][0], resolved.lead_id, seen]
-    return resolved.model_copy(update={"keys": rest}), {"names": names}
+    if best_score < 100:
+        # Keep the variant too, so a later spelling close to it (not to the first) matches.
+        names.append([mine, resolved.lead_id, resolved.first_seen.isoformat()])
+    return resolved.model_copy(update={"keys": rest}), {
+        "names": names[-rules.max_names_per_key :]
+    }
