@@ -35,6 +35,8 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    args: list[str]
+    env: dict[str, str]
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process.poll() is not None:
@@ -61,7 +63,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
             # in order (server first, so the writer commits what it inserted).
             start_new_session=True,
         )
-    return Child(name, process, log_path)
+    return Child(name, process, log_path, args, env)
 
 
 def http_json(

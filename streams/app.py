@@ -75,6 +75,7 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
 
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
     """Run the Faust worker in this process until SIGINT/SIGTERM."""
+    (settings.data_dir / "worker-state").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, bootstrap)
     # Declare every product topic first: Faust only declares those it reads.
     asyncio.run(ensure_topics(settings.kafka, bootstrap))

@@ -138,6 +138,4 @@ def visit_key(
     if best_score < 100:
         # Keep the variant too, so a later spelling close to it (not to the first) matches.
         names.append([mine, resolved.lead_id, resolved.first_seen.isoformat()])
-    return resolved.model_copy(update={"keys": rest}), {
-        "names": names[-rules.max_names_per_key :]
-    }
+    return resolved.model_copy(update={"keys": rest}), {"names": names[-rules.max_names_per_key :]}

@@ -31,6 +31,18 @@ class Stack:
         for child in reversed(self.children):
             child.stop()
 
+    def restart(self, name: str) -> None:
+        """Stop one child by its name (SIGTERM) and start it again with the same settings."""
+        index = next(i for i, c in enumerate(self.children) if c.name == name)
+        child = self.children[index]
+        child.stop()
+        self.children[index] = spawn(name, child.args, child.env, child.log_path.parent)
+
+    def assert_running(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            assert code is None, f"{child.name} exited with {code}\n{self.logs()}"
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {c.name} ---\n{c.log_path.read_text(errors='replace')[-4000:]}"
@@ -77,6 +89,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         leads: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
+            self.assert_running()
             leads = self.leads(**query)["leads"]
             if len(leads) >= count:
                 return leads
@@ -86,7 +99,7 @@ class Stack:
         )
 
 
-def start_stack(bootstrap: str, prefix: str, data_dir: Path) -> Stack:
+def start_stack(bootstrap: str, prefix: str, data_dir: Path, workers: int = 1) -> Stack:
     port = free_port()
     env = {
         **os.environ,
@@ -98,9 +111,16 @@ def start_stack(bootstrap: str, prefix: str, data_dir: Path) -> Stack:
     }
     env.pop("CLICKHOUSE_DSN", None)
     children = [
-        spawn("worker", ["worker"], env, data_dir / "logs"),
-        spawn("serve", ["serve"], env, data_dir / "logs"),
+        # Each worker keeps its RocksDB tables in a folder of its own.
+        spawn(
+            f"worker{n}" if workers > 1 else "worker",
+            ["worker"],
+            {**env, "LEADFLOW_DATA_DIR": str(data_dir / f"worker{n}")},
+            data_dir / "logs",
+        )
+        for n in range(1, workers + 1)
     ]
+    children.append(spawn("serve", ["serve"], env, data_dir / "logs"))
     stack = Stack(f"http://127.0.0.1:{port}", bootstrap, Topics(prefix), children, env)
     try:
         wait_healthy(stack.base_url, children, timeout_s=60)

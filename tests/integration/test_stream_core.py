@@ -1,0 +1,102 @@
+"""The stream core on the real broker: 4 partitions, two worker processes, a restart.
+
+A mixed sample from every channel, with known duplicates, must come out as
+exactly the people the matching rules define (the oracle of tests/topology.py),
+each with an owner from its team and the grade its touches earn.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leadflow.kafka_clients import make_producer
+from leadflow.samples.generate import Sample, generate
+from leadflow.settings import KafkaSettings
+from streams.rules import Rules, load_rules
+from tests.integration.processes import Stack, start_stack
+from tests.topology import expected_people
+
+
+@pytest.fixture(scope="module")
+def rules() -> Rules:
+    return load_rules()
+
+
+@pytest.fixture
+def two_workers(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    running = start_stack(kafka_bootstrap, topic_prefix, tmp_path, workers=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def publish(stack: Stack, sample: Sample, start: int, end: int) -> None:
+    producer = make_producer(KafkaSettings(), stack.bootstrap)
+    await producer.start()
+    try:
+        for envelope in sample.envelopes[start:end]:
+            await producer.send(
+                stack.topics.leads_raw,
+                envelope.model_dump_json().encode(),
+                key=envelope.event_id.encode(),
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def settled_leads(stack: Stack, expected: int, timeout_s: float = 150.0) -> list[dict[str, Any]]:
+    """Leads once `expected` of them exist, all owned, and nothing changed for 3 seconds."""
+    deadline = time.monotonic() + timeout_s
+    last: list[tuple[str, int]] = []
+    stable_since = time.monotonic()
+    leads: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        stack.assert_running()
+        leads = stack.leads(limit="10000")["leads"]
+        snapshot = sorted((lead["lead_id"], lead["version"]) for lead in leads)
+        if snapshot != last:
+            last, stable_since = snapshot, time.monotonic()
+        elif (
+            len(leads) == expected
+            and all(lead["owner"] for lead in leads)
+            and time.monotonic() - stable_since > 3
+        ):
+            return leads
+        time.sleep(0.5)
+    raise AssertionError(f"{len(leads)} leads, expected {expected}\n{stack.logs()}")
+
+
+def check(leads: list[dict[str, Any]], groups: list[set[str]], rules: Rules) -> None:
+    got = sorted(sorted(lead["touch_event_ids"]) for lead in leads)
+    assert got == sorted(sorted(group) for group in groups)
+    for lead in leads:
+        team = rules.routing.teams[lead["team"]]
+        assert lead["owner"] in {r.id for r in team.reps} | {f"queue:{lead['team']}"}
+        assert lead["grade"] in "ABCD"
+
+
+async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rules: Rules) -> None:
+    sample = generate(200, duplicate_share=0.3, seed=11)
+    groups = expected_people(sample.envelopes, rules)
+    duplicates = len(sample.envelopes) - len(groups)
+    assert duplicates >= 40  # the sample really exercises dedupe
+
+    half = len(sample.envelopes) // 2
+    await publish(two_workers, sample, 0, half)
+    two_workers.restart("worker2")  # mid-run: its partitions move, then come back
+    await publish(two_workers, sample, half, len(sample.envelopes))
+
+    leads = settled_leads(two_workers, len(groups))
+    check(leads, groups, rules)
+    # Chinese leads reach the China teams, others the global ones.
+    by_country = {(lead["country"], lead["team"]) for lead in leads}
+    assert all(team.startswith("china") for country, team in by_country if country == "CN")
+    merges = sum(len(lead["merged_from"]) for lead in leads)
+    assert merges >= duplicates * 0.5
