@@ -15,7 +15,8 @@ LEAD_COLUMNS = (
     "company_size", "industry", "first_touch_channel", "first_touch_source",
     "first_touch_medium", "first_touch_campaign", "last_touch_source", "touch_count", "score",
     "grade", "team", "owner", "owner_name", "assignment_rule", "assignment_reason",
-    "merged_from", "touch_event_ids", "event_id", "first_seen", "updated_at", "mql_at", "assigned_at",
+    "merged_from", "touch_event_ids", "event_id", "first_seen", "updated_at", "mql_at",
+    "assigned_at",
 )  # fmt: skip
 
 
