@@ -226,7 +226,7 @@ def _envelope(
     event_id = str(uuid.UUID(int=rng.getrandbits(128)))
     return RawLead(
         event_id=event_id,
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         source_system={
             "web": "web_form",
             "social": "meta_lead_ads",
