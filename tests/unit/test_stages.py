@@ -1,0 +1,386 @@
+"""Pure stages of the stream core: tagging, scoring, identity hops, lead folding, routing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from leadflow.errors import ConfigurationError
+from schemas import Engagement, Lead, LeadState, RawLead
+from streams.identity import start_probe, visit_key
+from streams.leads import absorb, apply_lead
+from streams.normalize import company_key, normalize_lead
+from streams.routing import TeamView, assign_owner, choose_team, in_working_hours
+from streams.rules import Rep, Rules, load_rules
+from streams.scoring import score_lead
+from streams.tagging import tag_source
+from tests.topology import Topology
+
+T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # a Monday, 10:00 in Shanghai
+
+
+@pytest.fixture(scope="module")
+def rules() -> Rules:
+    return load_rules()
+
+
+@pytest.fixture
+def lead(make_raw_lead: Callable[..., RawLead]) -> Callable[..., Lead]:
+    def make(fields: dict[str, str], **overrides: object) -> Lead:
+        return normalize_lead(make_raw_lead(fields, **overrides), default_region="CN")
+
+    return make
+
+
+# Normalization for matching ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Fabrikam", "Fabrikam S.A."),
+        ("Fabrikam, Inc.", "FABRIKAM INC"),
+        ("Contoso (China) Co., Ltd.", "Contoso"),
+        ("示例科技有限公司", "示例科技股份有限公司（中国）"),
+    ],
+)
+def test_company_keys_ignore_legal_forms(a: str, b: str) -> None:
+    assert company_key(a) == company_key(b)
+
+
+def test_different_companies_keep_different_keys() -> None:
+    assert company_key("Fabrikam") != company_key("Fabrikam Holdings")
+
+
+def test_country_comes_from_the_phone_when_missing(lead: Callable[..., Lead]) -> None:
+    assert lead({"phone": "+44 20 7946 0018"}).country == "GB"
+    assert lead({"phone": "+44 20 7946 0018", "country": "DE"}).country == "DE"
+
+
+# Source tagging ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "channel", "source", "medium"),
+    [
+        ({"utm_source": "Google", "utm_medium": "CPC"}, "web", "google", "cpc"),
+        ({"bd_vid": "x"}, "web", "baidu", "cpc"),
+        ({"gclid": "x", "referrer": "https://www.baidu.com/s"}, "web", "google", "cpc"),
+        ({"referrer": "https://www.zhihu.com/question/1"}, "web", "zhihu", "social"),
+        ({"referrer": "https://mp.weixin.qq.com/s/abc"}, "web", "wechat", "social"),
+        ({"referrer": "https://news.example.org/"}, "web", "direct", "none"),
+        ({"event": "CIIE 2026"}, "tradeshow", "ciie 2026", "event"),
+        ({}, "call", "call_center", "phone"),
+        ({}, "web", "direct", "none"),
+    ],
+)
+def test_tag_source(
+    lead: Callable[..., Lead],
+    rules: Rules,
+    fields: dict[str, str],
+    channel: str,
+    source: str,
+    medium: str,
+) -> None:
+    touch = tag_source(lead({"email": "a@example.com", **fields}, channel=channel), rules.sources)
+    assert (touch.source, touch.medium) == (source, medium)
+
+
+# Scoring -------------------------------------------------------------------------
+
+
+def state_of(lead: Lead, rules: Rules) -> LeadState:
+    return apply_lead(None, start_probe(lead, rules.identity), rules, T0)
+
+
+def test_fit_and_negative_rules_fire_with_reasons(lead: Callable[..., Lead], rules: Rules) -> None:
+    hot = state_of(
+        lead(
+            {
+                "email": "cto@fabrikam.example",
+                "phone": "13800138000",
+                "title": "销售总监",
+                "employees": "1000-5000",
+                "industry": "软件",
+                "country": "CN",
+            }
+        ),
+        rules,
+    )
+    fired = dict(hot.score_rules)
+    assert set(fired) == {
+        "company_size_1000_plus",
+        "target_industry",
+        "senior_title",
+        "core_market",
+        "has_phone",
+        "corporate_email",
+    }
+    assert hot.score == 80
+    assert hot.grade == "A"
+    assert hot.mql_at == hot.touches[0].at  # crossed the MQL threshold with this touch
+
+    cold = state_of(lead({"email": "kid@qq.com", "title": "Student"}), rules)
+    assert dict(cold.score_rules) == {"free_mail": -10, "student": -20}
+    assert (cold.score, cold.grade, cold.mql_at) == (0, "D", None)
+
+
+def test_engagement_decays_by_half_life(lead: Callable[..., Lead], rules: Rules) -> None:
+    state = state_of(lead({"email": "a@qq.com"}), rules)
+    at = state.touches[0].at
+    state.engagements = [Engagement(event_id="e1", kind="webinar_attended", at=at)]
+    fresh = dict(score_lead(state, rules.scoring, rules.identity.free_mail_domains, as_of=at).rules)
+    month = dict(
+        score_lead(
+            state, rules.scoring, rules.identity.free_mail_domains, as_of=at + timedelta(days=30)
+        ).rules
+    )
+    assert fresh["webinar_attended"] == 15
+    assert month["webinar_attended"] == 7.5
+
+
+# Identity hops -------------------------------------------------------------------
+
+
+def test_exact_key_older_owner_wins(lead: Callable[..., Lead], rules: Rules) -> None:
+    first = start_probe(lead({"email": "a@example.com"}, event_id="e1"), rules.identity)
+    first, entry = visit_key(first, None, rules.identity)
+    assert entry["lead_id"] == first.lead_id
+    assert not first.matches
+
+    later = start_probe(
+        lead({"email": "A@Example.com"}, event_id="e2", received_at=T0 + timedelta(days=1)),
+        rules.identity,
+    )
+    later, after = visit_key(later, entry, rules.identity)
+    assert later.lead_id == first.lead_id
+    assert later.matches[0].rule == "email_exact"
+    assert after == entry
+
+    earlier = start_probe(
+        lead({"email": "a@example.com"}, event_id="e0", received_at=T0 - timedelta(days=1)),
+        rules.identity,
+    )
+    earlier, replaced = visit_key(earlier, entry, rules.identity)
+    assert earlier.lead_id == earlier.lead.lead_id  # the earlier lead survives
+    assert replaced["lead_id"] == earlier.lead_id
+    assert earlier.absorbed == [(first.lead_id, "email_exact")]
+
+
+@pytest.mark.parametrize(
+    ("company_a", "company_b", "people"),
+    [
+        ("Fabrikam", "Fabrikam S.A.", 1),  # one company, one person
+        ("Fabrikam", "Contoso", 2),  # same name elsewhere: two people
+    ],
+)
+def test_same_name_merges_only_at_the_same_company(
+    lead: Callable[..., Lead], rules: Rules, company_a: str, company_b: str, people: int
+) -> None:
+    topology = Topology(rules)
+    topology.publish_lead(
+        lead({"name": "Li Wei", "company": company_a, "phone": "13800138000"}, event_id="a")
+    )
+    topology.publish_lead(
+        lead(
+            {"name": "Li  Wei", "company": company_b, "phone": "13900139000"},
+            event_id="b",
+            received_at=T0 + timedelta(days=1),
+        )
+    )
+    topology.run()
+    assert len(topology.people()) == people
+    if people == 1:
+        [merge] = topology.merges
+        assert merge["rule"] == "name_company_fuzzy"
+
+
+def test_fuzzy_name_at_the_same_company_matches(lead: Callable[..., Lead], rules: Rules) -> None:
+    a = start_probe(
+        lead(
+            {"name": "Jonathan Smith", "company": "Fabrikam S.A.", "email": "jsmith@gmail.com"},
+            event_id="a",
+        ),
+        rules.identity,
+    )
+    b = start_probe(
+        lead(
+            {"name": "Jonathon Smith", "company": "FABRIKAM", "phone": "+1 415 555 2671"},
+            event_id="b",
+            received_at=T0 + timedelta(hours=1),
+        ),
+        rules.identity,
+    )
+    company_a = next(k for k in a.keys if k[0] == "company")
+    assert all(k[0] != "domain" for k in a.keys)  # gmail says nothing about the employer
+    _, entry = visit_key(a.model_copy(update={"keys": [company_a]}), None, rules.identity)
+    company_b = next(k for k in b.keys if k[0] == "company")
+    matched, _ = visit_key(b.model_copy(update={"keys": [company_b]}), entry, rules.identity)
+    assert matched.lead_id == a.lead_id
+    assert matched.matches[0].rule == "name_company_fuzzy"
+    assert 88 <= matched.matches[0].score < 100
+
+
+# Folding a lead ------------------------------------------------------------------
+
+
+def test_first_non_empty_wins_and_replays_change_nothing(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    first = lead({"email": "a@example.com", "title": "Engineer"}, event_id="e1")
+    state = apply_lead(None, start_probe(first, rules.identity), rules, T0)
+    second = lead(
+        {"email": "a@example.com", "company": "Fabrikam", "title": "CTO"},
+        event_id="e2",
+        channel="call",
+    )
+    probe = start_probe(second, rules.identity).model_copy(update={"lead_id": state.lead_id})
+    merged = apply_lead(state, probe, rules, T0)
+    assert merged.company == "Fabrikam"  # filled in
+    assert merged.title == "Engineer"  # calls may not override titles
+    assert [t.event_id for t in merged.touches] == ["e1", "e2"]
+    assert apply_lead(merged, probe, rules, T0) == merged  # a redelivery is a no-op
+
+
+def test_absorb_takes_touches_and_owner(lead: Callable[..., Lead], rules: Rules) -> None:
+    survivor = state_of(lead({"email": "a@example.com"}, event_id="s"), rules)
+    loser = state_of(lead({"phone": "13800138000"}, event_id="l"), rules)
+    loser.owner, loser.team, loser.owner_name = "liu.yang", "china_inbound", "刘洋"
+    merged = absorb(survivor, loser, survivor.lead_id, survivor.first_seen, rules, T0)
+    assert merged.phone == "+8613800138000"
+    assert {t.event_id for t in merged.touches} == {"s", "l"}
+    assert merged.owner == "liu.yang"
+    assert loser.lead_id in merged.merged_from
+
+
+# Routing -------------------------------------------------------------------------
+
+
+def test_rules_pick_teams_in_order(lead: Callable[..., Lead], rules: Rules) -> None:
+    big_cn = state_of(lead({"email": "a@x.cn", "country": "CN", "employees": "800"}), rules)
+    small_cn = state_of(lead({"email": "b@x.cn", "country": "CN"}), rules)
+    douyin = state_of(lead({"email": "c@x.com", "utm_source": "douyin"}), rules)
+    other = state_of(lead({"email": "d@x.com", "country": "US"}), rules)
+    assert choose_team(big_cn, rules.routing).name == "china_enterprise"
+    assert choose_team(small_cn, rules.routing).name == "china_inbound"
+    assert choose_team(douyin, rules.routing).team == "china_inbound"
+    assert choose_team(other, rules.routing).name == "global_inbound"
+
+
+def route_many(
+    rules: Rules, team: str, count: int, at: datetime = T0, view: TeamView | None = None
+) -> list[str]:
+    rule = next(r for r in rules.routing.rules if r.team == team)
+    owners = []
+    view = view or TeamView()
+    for n in range(count):
+        state = LeadState(lead_id=f"l{n}", first_seen=at, updated_at=at, email=f"x{n}@qq.com")
+        assignment, view = assign_owner(
+            state, rule, rules.routing.teams[team], TeamView(turn=view.turn, loads=view.loads), at
+        )
+        owners.append(assignment.owner)
+    return owners
+
+
+def test_weighted_round_robin(rules: Rules) -> None:
+    # carol.d has weight 2, dan.o weight 1.
+    assert route_many(rules, "global_inbound", 6) == ["carol.d", "dan.o", "carol.d"] * 2
+
+
+def test_working_hours_in_the_reps_time_zone(rules: Rules) -> None:
+    rep = rules.routing.teams["china_enterprise"].reps[0]
+    assert in_working_hours(rep, T0)  # Monday 10:00 in Shanghai
+    assert not in_working_hours(rep, T0 + timedelta(hours=12))  # 22:00
+    assert not in_working_hours(rep, T0 + timedelta(days=5))  # Saturday
+    night = route_many(rules, "china_enterprise", 1, at=T0 + timedelta(hours=12))
+    assert night == ["queue:china_enterprise"]
+
+
+def test_capacity_and_out_of_office_are_skipped(rules: Rules) -> None:
+    team = rules.routing.teams["global_inbound"]
+    busy = team.model_copy(
+        update={
+            "reps": [
+                team.reps[0].model_copy(update={"capacity": 1}),
+                team.reps[1].model_copy(update={"out_of_office": True}),
+            ]
+        }
+    )
+    rule = next(r for r in rules.routing.rules if r.team == "global_inbound")
+    state = LeadState(lead_id="l1", first_seen=T0, updated_at=T0)
+    first, view = assign_owner(state, rule, busy, TeamView(), T0)
+    second, _ = assign_owner(
+        state.model_copy(update={"lead_id": "l2"}),
+        rule,
+        busy,
+        TeamView(turn=view.turn, loads=view.loads),
+        T0,
+    )
+    assert first.owner == "carol.d"
+    assert second.owner == "queue:global_inbound"
+    assert "at capacity" in second.reason
+    assert "out of office" in second.reason
+
+
+def test_account_stickiness_and_replays(rules: Rules) -> None:
+    rule = next(r for r in rules.routing.rules if r.team == "global_inbound")
+    team = rules.routing.teams["global_inbound"]
+    state = LeadState(lead_id="l9", first_seen=T0, updated_at=T0, company_key="fabrikam")
+    sticky, _ = assign_owner(state, rule, team, TeamView(turn=0, account_owner="dan.o"), T0)
+    assert (sticky.owner, sticky.reason) == ("dan.o", "account owner (sticky)")
+    again, view = assign_owner(
+        state, rule, team, TeamView(turn=1, loads={"dan.o": 3}, lead_owner="dan.o"), T0
+    )
+    assert again.owner == "dan.o"
+    assert again.assignment_id == sticky.assignment_id
+    assert view.turn == 1
+    assert view.loads == {"dan.o": 3}
+
+
+# Rule files ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "message"),
+    [
+        (
+            "routing.yaml",
+            lambda d: d["rules"].append({"name": "x", "team": "nobody"}),
+            "unknown team",
+        ),
+        ("routing.yaml", lambda d: d["rules"].pop(), "must match every lead"),
+        (
+            "scoring.yaml",
+            lambda d: d["fit"].append(
+                {"name": "bad", "field": "title", "op": "matches", "value": "(", "points": 1}
+            ),
+            "bad pattern",
+        ),
+        (
+            "identity.yaml",
+            lambda d: d["rules"].append({"name": "f", "key": "company"}),
+            "needs name_threshold",
+        ),
+        ("scoring.yaml", lambda d: d.update(grades={"A": 10, "B": 50, "C": 5}), "A > B > C"),
+    ],
+)
+def test_bad_rule_files_stop_the_start(
+    tmp_path: Path, file: str, change: Callable[[dict[str, object]], object], message: str
+) -> None:
+    source = Path(__file__).parents[2] / "config"
+    for name in ("identity", "sources", "scoring", "routing"):
+        data = yaml.safe_load((source / f"{name}.yaml").read_text())
+        if f"{name}.yaml" == file:
+            change(data)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(ConfigurationError, match=message):
+        load_rules(tmp_path)
+
+
+def test_rep_time_zone_is_checked() -> None:
+    with pytest.raises(ValueError, match="unknown time zone"):
+        Rep(id="x", name="X", timezone="Mars/Olympus")
