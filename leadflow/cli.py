@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = verbs.add_parser("serve", help="run HTTP adapters, ClickHouse writer, query API")
     serve.add_argument(
-        "--roles", default="adapters,sink,query", help="comma-separated: adapters, sink, query"
+        "--roles",
+        default="adapters,sink,query,notifier",
+        help="comma-separated: adapters, sink, query, notifier",
     )
     serve.set_defaults(fn=cmd_serve)
 

@@ -78,8 +78,14 @@ async def ensure_topics(kafka: KafkaSettings, bootstrap: str, timeout_s: float =
         try:
             await admin.start()
             existing = set(await admin.list_topics())
+            compacted = topics.compacted()
             wanted = [
-                NewTopic(name, kafka.partitions, kafka.replication_factor)
+                NewTopic(
+                    name,
+                    kafka.partitions,
+                    kafka.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
+                )
                 for name in topics.all()
                 if name not in existing
             ]

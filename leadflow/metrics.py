@@ -44,5 +44,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.notifications = Counter(
+            "leadflow_notifications",
+            "Rep notifications, by channel kind and outcome.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

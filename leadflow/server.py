@@ -1,4 +1,4 @@
-"""`leadflow serve`: the HTTP adapters, the ClickHouse writer and the query API in one process.
+"""`leadflow serve`: HTTP adapters, ClickHouse writer, query API and rep notifier.
 
 Roles can be split across processes in production (adapters scale out; one
 writer per partition set), but with the embedded engine the writer and the
@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 from ingest_adapters.http_app import MAX_BODY_KEY, METRICS_KEY, IngestRoutes, json_errors
 from ingest_adapters.publisher import Publisher
@@ -29,10 +32,12 @@ from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.migrations import migrate
 from sinks.clickhouse.query_api import QueryRoutes
 from sinks.clickhouse.writer import ClickHouseWriter, routes
+from sinks.notifier import Notifier
+from streams.rules import load_rules
 
 log = logging.getLogger(__name__)
 
-ROLES = ("adapters", "sink", "query")
+ROLES = ("adapters", "sink", "query", "notifier")
 READY_PREFIX = "leadflow serving on"
 
 
@@ -41,6 +46,7 @@ class Roles:
     adapters: bool
     sink: bool
     query: bool
+    notifier: bool
 
     @classmethod
     def parse(cls, names: Iterable[str]) -> Roles:
@@ -48,7 +54,7 @@ class Roles:
         unknown = chosen - set(ROLES)
         if unknown or not chosen:
             raise ValueError(f"roles must be some of {', '.join(ROLES)}; got {sorted(chosen)}")
-        return cls(adapters="adapters" in chosen, sink="sink" in chosen, query="query" in chosen)
+        return cls(**{name: name in chosen for name in ROLES})
 
     def names(self) -> list[str]:
         return [name for name in ROLES if getattr(self, name)]
@@ -80,17 +86,59 @@ def build_app(
     return app
 
 
+@dataclass
+class Background:
+    """A consuming service run beside the HTTP app: its task, how to stop it, what to close."""
+
+    name: str
+    task: asyncio.Task[None]
+    stop: Callable[[], None]
+    closers: list[Callable[[], Awaitable[object]]]
+
+
+async def _start_writer(
+    settings: Settings,
+    bootstrap: str,
+    topics: Topics,
+    clickhouse: ClickHouse,
+    producer: AIOKafkaProducer,
+    metrics: Metrics,
+) -> Background:
+    consumer = make_consumer(
+        settings.kafka, bootstrap, *routes(topics), group_id=topics.group("clickhouse-writer")
+    )
+    await consumer.start()
+    writer = ClickHouseWriter(settings, clickhouse, consumer, producer, metrics)
+    task = asyncio.create_task(writer.run(), name="clickhouse-writer")
+    return Background("the ClickHouse writer", task, writer.stop, [consumer.stop])
+
+
+async def _start_notifier(
+    settings: Settings, bootstrap: str, topics: Topics, producer: AIOKafkaProducer, metrics: Metrics
+) -> Background:
+    rules = load_rules(settings.worker.rules_dir)
+    consumer = make_consumer(
+        settings.kafka, bootstrap, topics.leads_assigned, group_id=topics.group("notifier")
+    )
+    session = aiohttp.ClientSession()
+    notifier = Notifier(
+        settings.notify, topics, rules.routing, consumer, producer, metrics, session
+    )
+    await notifier.load_delivered(bootstrap)
+    await consumer.start()
+    task = asyncio.create_task(notifier.run(), name="notifier")
+    return Background("the rep notifier", task, notifier.stop, [consumer.stop, session.close])
+
+
 async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
-    """Run until SIGINT/SIGTERM or until the writer fails; re-raise the writer's failure."""
+    """Run until SIGINT/SIGTERM or until a background service fails; re-raise its failure."""
     metrics = Metrics()
     topics = Topics(settings.kafka.topic_prefix)
     await ensure_topics(settings.kafka, bootstrap)
     producer = make_producer(settings.kafka, bootstrap)
     await producer.start()
     clickhouse: ClickHouse | None = None
-    writer: ClickHouseWriter | None = None
-    writer_task: asyncio.Task[None] | None = None
-    consumer = None
+    services: list[Background] = []
     runner: web.AppRunner | None = None
     try:
         if roles.sink or roles.query:
@@ -100,15 +148,11 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
                 log.info("applied migrations: %s", ", ".join(applied))
         if roles.sink:
             assert clickhouse is not None
-            consumer = make_consumer(
-                settings.kafka,
-                bootstrap,
-                *routes(topics),
-                group_id=topics.group("clickhouse-writer"),
+            services.append(
+                await _start_writer(settings, bootstrap, topics, clickhouse, producer, metrics)
             )
-            await consumer.start()
-            writer = ClickHouseWriter(settings, clickhouse, consumer, producer, metrics)
-            writer_task = asyncio.create_task(writer.run(), name="clickhouse-writer")
+        if roles.notifier:
+            services.append(await _start_notifier(settings, bootstrap, topics, producer, metrics))
         publisher = None
         if roles.adapters:
             publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)
@@ -122,31 +166,33 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             f"(roles: {', '.join(roles.names())})",
             flush=True,
         )
-        await _wait_for_stop(writer_task)
+        await _wait_for_stop(services)
     finally:
         if runner is not None:
             await runner.cleanup()
-        if writer is not None and writer_task is not None:
-            writer.stop()
-            await asyncio.gather(writer_task, return_exceptions=True)
-        if consumer is not None:
-            await consumer.stop()
+        for service in services:
+            service.stop()
+            await asyncio.gather(service.task, return_exceptions=True)
+            for close in service.closers:
+                await close()
         await producer.stop()
         if clickhouse is not None:
             await clickhouse.close()
-    if writer_task is not None and writer_task.done() and writer_task.exception():
-        raise writer_task.exception()  # type: ignore[misc]
+        log.info("stopped")
+    for service in services:
+        if service.task.done() and not service.task.cancelled() and service.task.exception():
+            raise service.task.exception()  # type: ignore[misc]
 
 
-async def _wait_for_stop(writer_task: asyncio.Task[None] | None) -> None:
+async def _wait_for_stop(services: list[Background]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
-    if writer_task is not None:
-        waiters.append(writer_task)  # type: ignore[arg-type]
+    stopper = asyncio.ensure_future(stop.wait())
+    waiters: set[asyncio.Future[Any]] = {stopper, *(s.task for s in services)}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    if writer_task is not None and writer_task.done() and writer_task.exception():
-        log.error("the ClickHouse writer stopped: %s", writer_task.exception())
-    waiters[0].cancel()
+    for service in services:
+        if service.task.done() and service.task.exception():
+            log.error("%s stopped: %s", service.name, service.task.exception())
+    stopper.cancel()

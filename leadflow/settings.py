@@ -90,6 +90,18 @@ class NormalizeSettings(_Section):
         return value
 
 
+class NotifySettings(_Section):
+    max_attempts: Annotated[int, Field(ge=1, description="Delivery attempts per rep notice.")] = 5
+    backoff_s: Annotated[float, Field(ge=0, description="First pause between attempts.")] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, description="Per-attempt timeout.")] = 10.0
+    smtp_host: str = Field(default="127.0.0.1", description="SMTP server for email notices.")
+    smtp_port: int = 25
+    smtp_from: str = "leadflow@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+
+
 class WorkerSettings(_Section):
     app_id: str = "leadflow"
     web_port: int = Field(default=0, description="Faust's own web port; 0 disables it.")
@@ -118,6 +130,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     http: HttpSettings = HttpSettings()
     normalize: NormalizeSettings = NormalizeSettings()
+    notify: NotifySettings = NotifySettings()
     worker: WorkerSettings = WorkerSettings()
 
     @property
@@ -137,6 +150,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "clickhouse": ClickHouseSettings,
     "http": HttpSettings,
     "normalize": NormalizeSettings,
+    "notify": NotifySettings,
     "worker": WorkerSettings,
 }
 

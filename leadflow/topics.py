@@ -66,6 +66,11 @@ class Topics:
     def lead_merges(self) -> str:
         return self._name("lead.merges")
 
+    @property
+    def notifier_delivered(self) -> str:
+        """Compacted: assignment ids the notifier has delivered or dead-lettered."""
+        return self._name("notifier.delivered")
+
     def dlq(self, stage: str) -> str:
         """The dead-letter topic of one stage: `dlq.<stage>`."""
         return self._name(f"dlq.{stage}")
@@ -87,8 +92,13 @@ class Topics:
             self.lead_updates,
             self.routing_requests,
             self.lead_merges,
+            self.notifier_delivered,
             *self.all_dlq(),
         ]
+
+    def compacted(self) -> set[str]:
+        """Topics that keep only the latest value per key."""
+        return {self.notifier_delivered}
 
     def group(self, role: str) -> str:
         """Consumer group id of one role (clickhouse writer, notifier ...)."""

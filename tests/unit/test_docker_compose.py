@@ -12,7 +12,7 @@ from leadflow.server import Roles
 from leadflow.settings import Settings, environment_variables
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
-LEADFLOW_SERVICES = ("worker", "adapters", "sink")
+LEADFLOW_SERVICES = ("worker", "adapters", "sink", "notifier")
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,6 @@ def test_roles_split_across_services(compose: dict[str, Any]) -> None:
     assert sink.query
     assert not sink.adapters
     assert "clickhouse" in services["sink"]["depends_on"]
+    notifier = Roles.parse(services["notifier"]["command"][2].split(","))
+    assert notifier.notifier
+    assert not notifier.sink
