@@ -3,9 +3,10 @@
 leadflow up                         the local stack with sample leads (Ctrl-C stops it)
 leadflow kafka start|stop|status|logs   the project's own Kafka broker
 leadflow worker                     the Faust worker (stream stages)
-leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API
+leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API, notifier
 leadflow migrate                    apply ClickHouse migrations and exit
 leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
+leadflow explain LEAD_ID            why a lead was merged, scored and routed
 leadflow schemas [--out DIR]        JSON Schema of every message
 """
 
@@ -103,7 +104,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> in
 
 
 def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.stack import http_json, lead_table
+    from leadflow.stack import http_json
+    from leadflow.views import lead_table
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     query = {
@@ -125,6 +127,24 @@ def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) ->
         return 0
     table = lead_table(answer["leads"], f"leads ({len(answer['leads'])} of {answer['total']})")
     console.print(table)
+    return 0
+
+
+def cmd_explain(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.stack import http_json
+    from leadflow.views import explain_panels
+
+    base = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    path = f"/v1/leads/{urllib.parse.quote(args.lead_id)}/explain"
+    status, answer = http_json("GET", base + path)
+    if status != 200:
+        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+        return 1
+    if args.format == "json":
+        print(json.dumps(answer, ensure_ascii=False, indent=2))
+        return 0
+    for panel in explain_panels(answer):
+        console.print(panel)
     return 0
 
 
@@ -180,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     leads.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     leads.add_argument("--format", choices=["table", "json"], default="table")
     leads.set_defaults(fn=cmd_leads)
+
+    explain = verbs.add_parser("explain", help="why a lead was merged, scored and routed")
+    explain.add_argument("lead_id")
+    explain.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.set_defaults(fn=cmd_explain)
 
     schemas = verbs.add_parser("schemas", help="print or write JSON Schemas")
     schemas.add_argument("--out", type=Path)

@@ -28,6 +28,7 @@ from rich.table import Table
 from leadflow.broker.local import LocalKafka
 from leadflow.errors import FatalError
 from leadflow.settings import Settings
+from leadflow.views import lead_table
 
 
 @dataclass
@@ -204,25 +205,6 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
             *(str(letter.get(c) or "") for c in ("stage", "reason", "message", "source_detail"))
         )
     console.print(dead)
-
-
-LEAD_TABLE_COLUMNS = {
-    "email": "email", "phone": "phone", "full_name": "name", "company": "company",
-    "country": "country", "first_touch_source": "source", "touch_count": "touches",
-    "score": "score", "grade": "grade", "team": "team", "owner": "owner",
-}  # fmt: skip
-
-
-def lead_table(leads: list[dict[str, Any]], title: str) -> Table:
-    """Leads as a table for people: who, where from, how hot, whose."""
-    table = Table(title=title)
-    for header in LEAD_TABLE_COLUMNS.values():
-        table.add_column(header, overflow="fold")
-    for lead in leads:
-        table.add_row(
-            *(str(lead.get(c) if lead.get(c) is not None else "") for c in LEAD_TABLE_COLUMNS)
-        )
-    return table
 
 
 def _raise_interrupt(*_: object) -> None:

@@ -84,3 +84,72 @@ async def recent_dead_letters(
         "ORDER BY failed_at DESC LIMIT {limit:UInt32}",
         params,
     )
+
+
+async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] | None:
+    """Why a lead is what it is: merges (rule, score), score rules, routing decision, touches.
+
+    A merged lead id is followed to its survivor; `requested_id` keeps the one asked for.
+    """
+    db = clickhouse.database
+    current = lead_id
+    for _ in range(10):  # merge chains are short; the bound only guards against a cycle
+        rows = await clickhouse.query(
+            "SELECT lead_id, merged_into, merged_from, email, phone, full_name, company, "
+            "company_key, title, country, company_size, industry, score, grade, score_rules, "
+            "mql_at, team, owner, owner_name, assignment_rule, assignment_reason, assigned_at, "
+            "touch_event_ids, touch_channels, touch_sources, touch_at, first_seen, updated_at "
+            f"FROM {db}.leads FINAL WHERE lead_id = {{lead_id:String}}",
+            {"lead_id": current},
+        )
+        if not rows:
+            # A lead merged at first sight never had a row: its merge names the survivor.
+            merged = await clickhouse.query(
+                f"SELECT survivor_id FROM {db}.lead_merges FINAL "
+                "WHERE merged_id = {lead_id:String} LIMIT 1",
+                {"lead_id": current},
+            )
+            if not merged:
+                return None
+            current = merged[0]["survivor_id"]
+            continue
+        lead = rows[0]
+        if not lead["merged_into"]:
+            break
+        current = lead["merged_into"]
+    else:
+        return None
+    touches = [
+        {"event_id": e, "channel": c, "source": s, "at": a}
+        for e, c, s, a in zip(
+            lead.pop("touch_event_ids"),
+            lead.pop("touch_channels"),
+            lead.pop("touch_sources"),
+            lead.pop("touch_at"),
+            strict=True,
+        )
+    ]
+    score_rules = lead.pop("score_rules")
+    return {
+        "requested_id": lead_id,
+        "lead": lead,
+        "merges": await lead_merges(clickhouse, current),
+        "score": {
+            "score": lead["score"],
+            "grade": lead["grade"],
+            "mql_at": lead["mql_at"],
+            "rules": dict(sorted(score_rules.items(), key=lambda kv: -abs(kv[1]))),
+        },
+        "routing": {
+            k: lead[k]
+            for k in (
+                "team",
+                "owner",
+                "owner_name",
+                "assignment_rule",
+                "assignment_reason",
+                "assigned_at",
+            )
+        },
+        "touches": touches,
+    }

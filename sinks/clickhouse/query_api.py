@@ -17,6 +17,16 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _iso_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
+def _deep_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return _iso_utc(value)
+    return value
+
+
 def _iso_utc(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
@@ -36,6 +46,7 @@ class QueryRoutes:
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/v1/leads", self.get_leads)
+        app.router.add_get("/v1/leads/{lead_id}/explain", self.get_explain)
         app.router.add_get("/v1/dead-letters", self.get_dead_letters)
 
     async def get_leads(self, request: web.Request) -> web.Response:
@@ -48,6 +59,12 @@ class QueryRoutes:
         )
         total = await queries.count_leads(self._clickhouse)
         return web.json_response({"total": total, "leads": [_jsonable(r) for r in rows]})
+
+    async def get_explain(self, request: web.Request) -> web.Response:
+        explained = await queries.explain_lead(self._clickhouse, request.match_info["lead_id"])
+        if explained is None:
+            raise web.HTTPNotFound(reason="no lead with this id")
+        return web.json_response(_deep_jsonable(explained))
 
     async def get_dead_letters(self, request: web.Request) -> web.Response:
         rows = await queries.recent_dead_letters(

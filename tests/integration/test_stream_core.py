@@ -7,6 +7,10 @@ each with an owner from its team and the grade its touches earn.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +21,7 @@ import pytest
 from leadflow.kafka_clients import make_producer
 from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
+from leadflow.stack import http_json
 from streams.rules import Rules, load_rules
 from tests.integration.processes import Stack, start_stack
 from tests.topology import expected_people
@@ -100,3 +105,42 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
     assert all(team.startswith("china") for country, team in by_country if country == "CN")
     merges = sum(len(lead["merged_from"]) for lead in leads)
     assert merges >= duplicates * 0.5
+
+    # `explain` says why: the merge rules, the score's rules, the routing decision.
+    merged = max(leads, key=lambda lead: len(lead["merged_from"]))
+    status, why = http_json("GET", f"{two_workers.base_url}/v1/leads/{merged['lead_id']}/explain")
+    assert status == 200
+    assert {m["merged_id"] for m in why["merges"]} <= set(merged["merged_from"])
+    assert why["merges"]
+    assert all(m["rule"] in {r.name for r in rules.identity.rules} for m in why["merges"])
+    assert sum(why["score"]["rules"].values()) == pytest.approx(
+        why["score"]["score"], abs=0.1
+    ) or why["score"]["score"] in (0, 100)
+    assert why["routing"]["owner"] == merged["owner"]
+    assert len(why["touches"]) == len(merged["touch_event_ids"])
+    # Asking by a merged-away id answers with the survivor.
+    status, via_loser = http_json(
+        "GET", f"{two_workers.base_url}/v1/leads/{why['merges'][0]['merged_id']}/explain"
+    )
+    assert status == 200
+    assert via_loser["lead"]["lead_id"] == merged["lead_id"]
+
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "leadflow",
+            "explain",
+            merged["lead_id"],
+            "--url",
+            two_workers.base_url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "merged because" in shown.stdout
+    assert why["merges"][0]["rule"] in shown.stdout
+    assert f"grade {why['score']['grade']}" in shown.stdout
