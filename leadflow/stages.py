@@ -10,7 +10,8 @@ NORMALIZE: Final = "normalize"
 IDENTITY: Final = "identity"
 LEAD: Final = "lead"
 ROUTE: Final = "route"
+EVENTS: Final = "events"
 NOTIFY: Final = "notify"
 CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 
-ALL: Final = (WEB_FORM, NORMALIZE, IDENTITY, LEAD, ROUTE, NOTIFY, CLICKHOUSE_WRITER)
+ALL: Final = (WEB_FORM, NORMALIZE, IDENTITY, LEAD, ROUTE, EVENTS, NOTIFY, CLICKHOUSE_WRITER)

@@ -7,6 +7,7 @@ canonical `Lead`, row models that are exactly the ClickHouse columns, and the
 
 from schemas.dead_letter import DeadLetter, FieldProblem
 from schemas.envelope import Channel, RawLead
+from schemas.events import CallEvent, EngagementEvent
 from schemas.lead import Lead
 from schemas.lead_state import (
     Assignment,
@@ -22,10 +23,12 @@ from schemas.rows import DeadLetterRow, LeadRow, MergeRow
 
 __all__ = [
     "Assignment",
+    "CallEvent",
     "Channel",
     "DeadLetter",
     "DeadLetterRow",
     "Engagement",
+    "EngagementEvent",
     "FieldProblem",
     "IdentityProbe",
     "Lead",

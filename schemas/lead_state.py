@@ -64,6 +64,15 @@ class IdentityProbe(BaseModel):
         default_factory=list, description="(key kind, key value, rule name) still to visit."
     )
     matches: list[MatchRecord] = Field(default_factory=list)
+    engagements: list[Engagement] = Field(
+        default_factory=list, description="Engagement this event brings (counts for the score)."
+    )
+    touch_id: str | None = Field(
+        default=None, description="Id of the touch, when several events are one contact (a call)."
+    )
+    creates_touch: bool = Field(
+        default=True, description="False for engagement that is not a new contact (a click)."
+    )
     absorbed: list[tuple[str, str]] = Field(
         default_factory=list,
         description="(lead id, rule) of existing leads found to be this person, to merge.",

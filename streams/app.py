@@ -17,7 +17,7 @@ import faust
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
-from streams import identity_agent, lead_agent, normalize_agent, routing_agent
+from streams import events_agent, identity_agent, lead_agent, normalize_agent, routing_agent
 from streams.rules import Rules, load_rules
 
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
         options["broker_credentials"] = credentials
     app = faust.App(f"{settings.kafka.topic_prefix}{settings.worker.app_id}", **options)
     rules = rules or load_rules(settings.worker.rules_dir)
-    for stage in (normalize_agent, identity_agent, lead_agent, routing_agent):
+    for stage in (normalize_agent, events_agent, identity_agent, lead_agent, routing_agent):
         stage.register(app, topics, settings, rules)
     return app
 

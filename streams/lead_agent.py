@@ -25,9 +25,10 @@ import orjson
 from pydantic import ValidationError
 
 from leadflow import stages
+from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import Assignment, IdentityProbe, LeadState
+from schemas import Assignment, Engagement, IdentityProbe, LeadState
 from schemas.transition import StageTransition
 from streams import leads
 from streams.routing import choose_team
@@ -193,6 +194,23 @@ def handle_update(
         if new.version != (state.version if state else 0):
             _after_change(effects, topics, state, new, rules, now)
         return effects
+    if kind == "engagement":
+        if state is None:
+            raise BadRecordError("unknown_lead", f"no lead {update['lead_id']} to engage with")
+        if state.merged_into:
+            effects.sends.append(
+                (
+                    topics.lead_updates,
+                    state.merged_into,
+                    orjson.dumps({**update, "lead_id": state.merged_into}),
+                )
+            )
+            return effects
+        engagements = [Engagement.model_validate(e) for e in update["engagements"]]
+        new = leads.add_engagements(state, engagements, rules, now)
+        if new is not state:
+            _after_change(effects, topics, state, new, rules, now)
+        return effects
     raise ValueError(f"unknown lead update type {kind!r}")
 
 
@@ -244,6 +262,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
                 else:
                     effects = handle_update(orjson.loads(event.value), state, topics, rules, now)
             except (
+                BadRecordError,
                 ValidationError,
                 ValueError,
                 KeyError,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from schemas import Assignment, IdentityProbe, Lead, LeadState, MergeRecord, Touch
+from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
 from streams.rules import Rules
 from streams.scoring import score_lead
 from streams.tagging import tag_source
@@ -81,7 +81,13 @@ def apply_lead(
         state.phones.append(lead.phone)
     for key, value in lead.attributes.items():
         state.attributes.setdefault(key, value)
-    _add_touch(state, tag_source(lead, rules.sources))
+    if probe.creates_touch:
+        touch = tag_source(lead, rules.sources)
+        if probe.touch_id:
+            touch = touch.model_copy(update={"event_id": probe.touch_id})
+        _add_touch(state, touch)
+    known = {e.event_id for e in state.engagements}
+    state.engagements.extend(e for e in probe.engagements if e.event_id not in known)
     if lead.lead_id != probe.lead_id and lead.lead_id not in state.merged_from:
         state.merged_from.append(lead.lead_id)
     state.first_seen = min(state.first_seen, probe.first_seen)
@@ -146,6 +152,22 @@ def absorb(
     survivor.version += 1
     _rescore(survivor, rules)
     return survivor
+
+
+def add_engagements(
+    state: LeadState, engagements: list[Engagement], rules: Rules, now: datetime
+) -> LeadState:
+    """Engagement for a known lead: points that decay, then a new score."""
+    known = {e.event_id for e in state.engagements}
+    fresh = [e for e in engagements if e.event_id not in known]
+    if not fresh:
+        return state
+    state = state.model_copy(deep=True)
+    state.engagements.extend(fresh)
+    state.updated_at = now
+    state.version += 1
+    _rescore(state, rules)
+    return state
 
 
 def mark_merged(

@@ -97,6 +97,15 @@ class Topology:
             self.topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode()
         )
 
+    def publish_probe(self, probe: IdentityProbe) -> None:
+        kind, value, _ = probe.keys[0]
+        self.send(
+            self.topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode()
+        )
+
+    def publish_update(self, update: dict[str, Any]) -> None:
+        self.send(self.topics.lead_updates, update["lead_id"], orjson.dumps(update))
+
     def run(self, max_steps: int = 1_000_000) -> None:
         for _ in range(max_steps):
             ready = [q for q, items in self.queues.items() if items]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from leadflow.kafka_clients import make_producer
 from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
 from leadflow.stack import http_json
+from schemas import CallEvent, DeadLetter, EngagementEvent
 from streams.rules import Rules, load_rules
-from tests.integration.processes import Stack, start_stack
+from tests.integration.processes import Stack, read_topic, start_stack
 from tests.topology import expected_people
 
 
@@ -144,3 +146,77 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
     assert "merged because" in shown.stdout
     assert why["merges"][0]["rule"] in shown.stdout
     assert f"grade {why['score']['grade']}" in shown.stdout
+
+
+async def test_engagement_and_calls_rescore_the_lead(stack: Stack) -> None:
+    status, _ = stack.post_json(
+        {
+            "name": "Ada",
+            "email": "ada@fabrikam.example",
+            "phone": "+86 138 0013 8000",
+            "title": "Engineer",
+        }
+    )
+    assert status == 202
+    [before] = stack.wait_for_leads(1, email="ada@fabrikam.example")
+    now = datetime.now(UTC)
+    events = [
+        (
+            stack.topics.events_engagement,
+            b"ada@fabrikam.example",
+            EngagementEvent(
+                event_id="eng-1",
+                kind="webinar_attended",
+                occurred_at=now,
+                email="Ada@Fabrikam.example",
+            ),
+        ),
+        (
+            stack.topics.events_engagement,
+            b"ada@fabrikam.example",
+            EngagementEvent(
+                event_id="eng-2",
+                kind="demo_requested",
+                occurred_at=now,
+                email="ada@fabrikam.example",
+            ),
+        ),
+        (
+            stack.topics.events_calls,
+            b"+8613800138000",
+            CallEvent(
+                event_id="call-1",
+                call_id="CA9",
+                direction="inbound",
+                caller="+8613800138000",
+                status="completed",
+                duration_s=90,
+                started_at=now,
+            ),
+        ),
+    ]
+    producer = make_producer(KafkaSettings(), stack.bootstrap)
+    await producer.start()
+    try:
+        for topic, key, event in events:
+            await producer.send_and_wait(topic, event.model_dump_json().encode(), key=key)
+        await producer.send_and_wait(stack.topics.events_calls, b'{"call_id": 1}', key=b"?")
+    finally:
+        await producer.stop()
+
+    for _ in range(100):
+        [lead] = stack.leads(email="ada@fabrikam.example")["leads"]
+        if lead["touch_count"] >= 2 and lead["mql_at"]:
+            break
+        await asyncio.sleep(0.3)
+    else:
+        raise AssertionError(f"events did not land: {lead}\n{stack.logs()}")
+    assert lead["lead_id"] == before["lead_id"]
+    assert lead["touch_count"] == 2
+    assert lead["score"] > before["score"]
+    assert lead["mql_at"]
+    status, why = http_json("GET", f"{stack.base_url}/v1/leads/{lead['lead_id']}/explain")
+    assert {"webinar_attended", "demo_requested", "call_connected"} <= set(why["score"]["rules"])
+
+    [letter] = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 1)
+    assert DeadLetter.model_validate_json(letter.value or b"").original == b'{"call_id": 1}'

@@ -1,0 +1,99 @@
+"""Stage `events` (pure part): engagement and call events become identity probes.
+
+An event names the person by email, phone or lead id. Email and phone go
+through the identity chain like a new lead (so an event about someone new
+starts a lead, and one about a known person lands on that person); a lead id
+goes straight to the lead stage. Engagement is not a contact: it adds points
+that decay, not a touch. A call is a contact (one touch per call, however
+many status callbacks it has) and, once connected, engagement too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from leadflow.errors import BadRecordError
+from schemas import CallEvent, Engagement, EngagementEvent, IdentityProbe, Lead
+from streams.identity import start_probe
+from streams.normalize import lead_id_for, normalize_email, normalize_phone
+from streams.rules import IdentityRules
+
+
+def _lead(
+    event_id: str,
+    channel: str,
+    source_system: str,
+    at: datetime,
+    email: str | None,
+    phone: str | None,
+    region: str,
+) -> Lead:
+    problems: dict[str, str] = {}
+    clean_email = clean_phone = None
+    if email:
+        try:
+            clean_email = normalize_email(email)
+        except ValueError as exc:
+            problems["email"] = str(exc)
+    if phone:
+        try:
+            clean_phone = normalize_phone(phone, region)
+        except ValueError as exc:
+            problems["phone"] = str(exc)
+    if problems:
+        raise BadRecordError(
+            "invalid_fields", "; ".join(f"{k}: {v}" for k, v in problems.items()), problems
+        )
+    return Lead(
+        lead_id=lead_id_for(event_id),
+        event_id=event_id,
+        channel=channel,
+        source_system=source_system,
+        email=clean_email,
+        phone=clean_phone,
+        received_at=at.astimezone(UTC),
+        normalized_at=datetime.now(UTC),
+    )
+
+
+def engagement_update(
+    event: EngagementEvent,
+    rules: IdentityRules,
+    region: str,
+) -> IdentityProbe | dict[str, Any]:
+    """A probe for the identity chain, or (for a lead id) an update for the lead stage."""
+    engagement = Engagement(event_id=event.event_id, kind=event.kind, at=event.occurred_at)
+    if event.lead_id:
+        return {
+            "type": "engagement",
+            "lead_id": event.lead_id,
+            "engagements": [engagement.model_dump(mode="json")],
+        }
+    lead = _lead(
+        event.event_id, "web", "engagement", event.occurred_at, event.email, event.phone, region
+    )
+    probe = start_probe(lead, rules)
+    return probe.model_copy(update={"engagements": [engagement], "creates_touch": False})
+
+
+def call_probe(
+    event: CallEvent, rules: IdentityRules, region: str, connected_min_s: int = 1
+) -> IdentityProbe:
+    """The caller as a lead of channel `call`: one touch per call, engagement once connected."""
+    lead = _lead(
+        event.event_id, "call", event.source_system, event.started_at, None, event.caller, region
+    )
+    engagements = []
+    if event.status == "completed" and event.duration_s >= connected_min_s:
+        engagements.append(
+            Engagement(
+                event_id=f"call:{event.call_id}:connected",
+                kind="call_connected",
+                at=event.started_at,
+            )
+        )
+    probe = start_probe(lead, rules)
+    return probe.model_copy(
+        update={"engagements": engagements, "touch_id": f"call:{event.call_id}"}
+    )

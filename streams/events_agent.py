@@ -1,0 +1,68 @@
+"""The agent of stage `events`: engagement and call events into the identity chain.
+
+Inputs: `events.engagement` (key: email, phone or lead id) and `events.calls`
+(key: the caller's E.164 number). Output: an identity probe on
+`identity.keys`, keyed by its first match key, or, for an event that names
+a lead id, an update on `lead.updates`. Events that cannot be read or name
+nobody go to `dlq.events`. Replays are harmless: the lead stage keeps event
+ids, touch ids and engagement ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import orjson
+from pydantic import ValidationError
+
+from leadflow import stages
+from leadflow.errors import BadRecordError
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from schemas import CallEvent, EngagementEvent, IdentityProbe
+from streams.events import call_probe, engagement_update
+from streams.identity import table_key
+from streams.rules import Rules
+from streams.wiring import dead_letter, raw_topic
+
+STAGE = stages.EVENTS
+
+
+def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
+    source = app.topic(
+        topics.events_engagement,
+        topics.events_calls,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    keys_out = raw_topic(app, topics.identity_keys)
+    updates = raw_topic(app, topics.lead_updates)
+    dlq = raw_topic(app, topics.dlq(STAGE))
+    region = settings.normalize.default_phone_region
+
+    async def take_events(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                if event.message.topic == topics.events_calls:
+                    result: IdentityProbe | dict[str, Any] = call_probe(
+                        CallEvent.model_validate_json(event.value), rules.identity, region
+                    )
+                else:
+                    result = engagement_update(
+                        EngagementEvent.model_validate_json(event.value), rules.identity, region
+                    )
+            except (BadRecordError, ValidationError, ValueError) as exc:
+                await dead_letter(dlq, STAGE, event, exc)
+                continue
+            if isinstance(result, IdentityProbe):
+                kind, value, _ = result.keys[0]
+                await keys_out.send(
+                    key=table_key(kind, value).encode(), value=result.model_dump_json().encode()
+                )
+            else:
+                await updates.send(key=result["lead_id"].encode(), value=orjson.dumps(result))
+
+    return app.agent(source, name=STAGE, concurrency=1)(take_events)

@@ -1,0 +1,150 @@
+"""Engagement and call events land on the right person and move the score, not the touches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from leadflow.errors import BadRecordError
+from schemas import CallEvent, EngagementEvent, Lead, LeadState, RawLead
+from streams.events import call_probe, engagement_update
+from streams.lead_agent import handle_update
+from streams.normalize import normalize_lead
+from streams.rules import Rules, load_rules
+from tests.topology import NOW, Topology
+
+T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def rules() -> Rules:
+    return load_rules()
+
+
+@pytest.fixture
+def known(make_raw_lead: Callable[..., RawLead], rules: Rules) -> tuple[Topology, Lead]:
+    topology = Topology(rules)
+    lead = normalize_lead(
+        make_raw_lead(
+            {
+                "name": "Ada",
+                "email": "ada@fabrikam.example",
+                "phone": "13800138000",
+                "title": "Engineer",
+            },
+            event_id="web-1",
+            received_at=T0,
+        ),
+        default_region="CN",
+    )
+    topology.publish_lead(lead)
+    topology.run()
+    return topology, lead
+
+
+def only_person(topology: Topology) -> LeadState:
+    [person] = topology.people()
+    return person
+
+
+def engagement(kind: str, at: datetime, **who: str) -> EngagementEvent:
+    return EngagementEvent(event_id=f"{kind}-{at.isoformat()}", kind=kind, occurred_at=at, **who)
+
+
+def test_engagement_by_email_scores_without_a_touch(
+    known: tuple[Topology, Lead], rules: Rules
+) -> None:
+    topology, _ = known
+    before = only_person(topology)
+    for kind, hours in (("pricing_page_visit", 1), ("webinar_attended", 2), ("demo_requested", 3)):
+        probe = engagement_update(
+            engagement(kind, T0 + timedelta(hours=hours), email="ADA@fabrikam.example"),
+            rules.identity,
+            "CN",
+        )
+        assert not isinstance(probe, dict)
+        topology.publish_probe(probe)
+    topology.run()
+    after = only_person(topology)
+    assert len(after.touches) == len(before.touches) == 1
+    assert {e.kind for e in after.engagements} == {
+        "pricing_page_visit",
+        "webinar_attended",
+        "demo_requested",
+    }
+    assert after.score > before.score
+    assert after.score >= rules.scoring.mql_threshold
+    [mql] = topology.transitions
+    assert (mql["to_stage"], mql["lead_id"]) == ("mql", after.lead_id)
+
+
+def test_a_call_is_one_touch_and_connected_engagement(
+    known: tuple[Topology, Lead], rules: Rules
+) -> None:
+    topology, _ = known
+    for status, duration in (("ringing", 0), ("in-progress", 0), ("completed", 75)):
+        call = CallEvent(
+            event_id=f"CA1-{status}",
+            call_id="CA1",
+            direction="inbound",
+            caller="+8613800138000",
+            status=status,
+            duration_s=duration,
+            started_at=T0 + timedelta(days=1),
+        )
+        topology.publish_probe(call_probe(call, rules.identity, "CN"))
+    topology.run()
+    person = only_person(topology)
+    assert [t.event_id for t in person.touches] == ["web-1", "call:CA1"]
+    assert person.touches[1].channel == "call"
+    assert [e.kind for e in person.engagements] == ["call_connected"]
+
+
+def test_an_event_about_someone_new_starts_a_lead(rules: Rules) -> None:
+    topology = Topology(rules)
+    probe = engagement_update(
+        engagement("email_click", T0, email="new@example.org"), rules.identity, "CN"
+    )
+    assert not isinstance(probe, dict)
+    topology.publish_probe(probe)
+    topology.run()
+    person = only_person(topology)
+    assert person.email == "new@example.org"
+    assert person.touches == []
+
+
+def test_lead_id_events_need_a_known_lead(known: tuple[Topology, Lead], rules: Rules) -> None:
+    topology, _ = known
+    person = only_person(topology)
+    update = engagement_update(
+        engagement("email_click", T0, lead_id=person.lead_id), rules.identity, "CN"
+    )
+    assert isinstance(update, dict)
+    topology.publish_update(update)
+    topology.run()
+    assert [e.kind for e in only_person(topology).engagements] == ["email_click"]
+    unknown = {**update, "lead_id": "no-such-lead"}
+    with pytest.raises(BadRecordError, match="no lead"):
+        handle_update(unknown, None, topology.topics, rules, NOW)
+
+
+def test_events_that_name_nobody_or_nonsense_are_refused(rules: Rules) -> None:
+    with pytest.raises(ValueError, match="needs an email"):
+        EngagementEvent(event_id="e", kind="email_click", occurred_at=T0)
+    with pytest.raises(BadRecordError, match="email"):
+        engagement_update(engagement("email_click", T0, email="not-an-email"), rules.identity, "CN")
+    with pytest.raises(BadRecordError, match="phone"):
+        call_probe(
+            CallEvent(
+                event_id="x",
+                call_id="x",
+                direction="inbound",
+                caller="12",
+                status="completed",
+                started_at=T0,
+            ),
+            rules.identity,
+            "CN",
+        )
