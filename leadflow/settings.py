@@ -105,6 +105,9 @@ class NotifySettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = "leadflow"
     web_port: int = Field(default=0, description="Faust's own web port; 0 disables it.")
+    sla_check_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="How often unaccepted leads are checked against their SLA."
+    )
     rules_dir: Path | None = Field(
         default=None, description="Folder of the rule files (default: ./config, else the bundled)."
     )

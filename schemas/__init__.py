@@ -7,7 +7,7 @@ canonical `Lead`, row models that are exactly the ClickHouse columns, and the
 
 from schemas.dead_letter import DeadLetter, FieldProblem
 from schemas.envelope import Channel, RawLead
-from schemas.events import CallEvent, EngagementEvent
+from schemas.events import CallEvent, CrmEvent, EngagementEvent
 from schemas.lead import Lead
 from schemas.lead_state import (
     Assignment,
@@ -25,6 +25,7 @@ __all__ = [
     "Assignment",
     "CallEvent",
     "Channel",
+    "CrmEvent",
     "DeadLetter",
     "DeadLetterRow",
     "Engagement",

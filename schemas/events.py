@@ -32,6 +32,18 @@ class EngagementEvent(BaseModel):
         return self
 
 
+class CrmEvent(BaseModel):
+    """A rep's action on a lead, from the CRM or the rep's app: the message on `events.crm`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    lead_id: str
+    action: Literal["accept"] = Field(description="accept: the owner takes the lead (SLA met).")
+    rep_id: str | None = Field(default=None, description="Who acted; must be the owner if set.")
+    occurred_at: datetime
+
+
 class CallEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

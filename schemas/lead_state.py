@@ -164,3 +164,4 @@ class LeadState(BaseModel):
     assignment_rule: str | None = None
     assignment_reason: str | None = None
     assigned_at: datetime | None = None
+    accepted_at: datetime | None = None

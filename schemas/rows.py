@@ -80,6 +80,7 @@ class LeadRow(_Row):
     assignment_rule: str
     assignment_reason: str
     assigned_at: datetime | None
+    accepted_at: datetime | None
 
     @classmethod
     def from_state(cls, state: LeadState, partition: int, offset: int) -> LeadRow:
@@ -136,6 +137,7 @@ class LeadRow(_Row):
             assignment_rule=state.assignment_rule or "",
             assignment_reason=state.assignment_reason or "",
             assigned_at=state.assigned_at,
+            accepted_at=state.accepted_at,
         )
 
 

@@ -1,4 +1,4 @@
-"""Stage `events` (pure part): engagement and call events become identity probes.
+"""Stage `events` (pure part): engagement, call and CRM events for the lead stage.
 
 An event names the person by email, phone or lead id. Email and phone go
 through the identity chain like a new lead (so an event about someone new
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from leadflow.errors import BadRecordError
-from schemas import CallEvent, Engagement, EngagementEvent, IdentityProbe, Lead
+from schemas import CallEvent, CrmEvent, Engagement, EngagementEvent, IdentityProbe, Lead
 from streams.identity import start_probe
 from streams.normalize import lead_id_for, normalize_email, normalize_phone
 from streams.rules import IdentityRules
@@ -75,6 +75,17 @@ def engagement_update(
     )
     probe = start_probe(lead, rules)
     return probe.model_copy(update={"engagements": [engagement], "creates_touch": False})
+
+
+def crm_update(event: CrmEvent) -> dict[str, Any]:
+    """A rep's action, for the lead stage (keyed by the lead id it names)."""
+    return {
+        "type": event.action,
+        "lead_id": event.lead_id,
+        "rep_id": event.rep_id,
+        "at": event.occurred_at.isoformat(),
+        "event_id": event.event_id,
+    }
 
 
 def call_probe(

@@ -1,7 +1,8 @@
 """The agent of stage `events`: engagement and call events into the identity chain.
 
-Inputs: `events.engagement` (key: email, phone or lead id) and `events.calls`
-(key: the caller's E.164 number). Output: an identity probe on
+Inputs: `events.engagement` (key: email, phone or lead id), `events.calls`
+(key: the caller's E.164 number) and `events.crm` (key: lead id; today the
+rep's `accept`). Output: an identity probe on
 `identity.keys`, keyed by its first match key, or, for an event that names
 a lead id, an update on `lead.updates`. Events that cannot be read or name
 nobody go to `dlq.events`. Replays are harmless: the lead stage keeps event
@@ -20,8 +21,8 @@ from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import CallEvent, EngagementEvent, IdentityProbe
-from streams.events import call_probe, engagement_update
+from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
+from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import table_key
 from streams.rules import Rules
 from streams.wiring import dead_letter, raw_topic
@@ -33,6 +34,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     source = app.topic(
         topics.events_engagement,
         topics.events_calls,
+        topics.events_crm,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -45,9 +47,12 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
 
     async def take_events(stream: Any) -> None:
         async for event in stream.events():
+            result: IdentityProbe | dict[str, Any]
             try:
-                if event.message.topic == topics.events_calls:
-                    result: IdentityProbe | dict[str, Any] = call_probe(
+                if event.message.topic == topics.events_crm:
+                    result = crm_update(CrmEvent.model_validate_json(event.value))
+                elif event.message.topic == topics.events_calls:
+                    result = call_probe(
                         CallEvent.model_validate_json(event.value), rules.identity, region
                     )
                 else:

@@ -211,6 +211,41 @@ def handle_update(
         if new is not state:
             _after_change(effects, topics, state, new, rules, now)
         return effects
+    if kind == "accept":
+        if state is None:
+            raise BadRecordError("unknown_lead", f"no lead {update['lead_id']} to accept")
+        if state.merged_into:
+            effects.sends.append(
+                (
+                    topics.lead_updates,
+                    state.merged_into,
+                    orjson.dumps({**update, "lead_id": state.merged_into}),
+                )
+            )
+            return effects
+        if not state.owner or state.owner.startswith("queue:"):
+            raise BadRecordError("not_assigned", f"lead {state.lead_id} has no rep to accept it")
+        if update.get("rep_id") and update["rep_id"] != state.owner:
+            raise BadRecordError(
+                "not_owner",
+                f"{update['rep_id']} does not own lead {state.lead_id} ({state.owner} does)",
+            )
+        if state.accepted_at is None:
+            accepted = state.model_copy(deep=True)
+            accepted.accepted_at = datetime.fromisoformat(update["at"])
+            accepted.updated_at = now
+            accepted.version += 1
+            _emit_state(effects, topics, accepted)
+            effects.sends.append(
+                (
+                    topics.routing_requests,
+                    state.team or "",
+                    orjson.dumps(
+                        {"type": "accepted", "team": state.team, "lead_id": state.lead_id}
+                    ),
+                )
+            )
+        return effects
     raise ValueError(f"unknown lead update type {kind!r}")
 
 

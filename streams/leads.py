@@ -209,6 +209,7 @@ def apply_assignment(state: LeadState, assignment: Assignment, now: datetime) ->
     )
     state.assignment_rule, state.assignment_reason = assignment.rule, assignment.reason
     state.assigned_at = assignment.assigned_at
+    state.accepted_at = None  # a new owner has not accepted yet
     state.updated_at = now
     state.version += 1
     return state

@@ -103,9 +103,18 @@ def assignment_id(lead_id: str, team: str, owner: str) -> str:
 
 
 def assign_owner(
-    lead: LeadState, rule: AssignmentRule, team: Team, view: TeamView, at: datetime
+    lead: LeadState,
+    rule: AssignmentRule,
+    team: Team,
+    view: TeamView,
+    at: datetime,
+    exclude: frozenset[str] = frozenset(),
+    reason_prefix: str = "",
 ) -> tuple[Assignment, TeamView]:
-    """The owner of `lead` inside `rule.team`, and the team view after the decision."""
+    """The owner of `lead` inside `rule.team`, and the team view after the decision.
+
+    `exclude` names reps who may not take it (a re-route after a missed SLA).
+    """
     reps = {rep.id: rep for rep in team.reps}
     loads = dict(view.loads)
     turn = view.turn
@@ -123,7 +132,9 @@ def assign_owner(
         skipped: list[str] = []
         for step in range(len(cycle)):
             candidate = cycle[(turn + step) % len(cycle)]
-            if candidate.out_of_office:
+            if candidate.id in exclude:
+                skipped.append(f"{candidate.id} did not accept in time")
+            elif candidate.out_of_office:
                 skipped.append(f"{candidate.id} out of office")
             elif loads.get(candidate.id, 0) >= candidate.capacity:
                 skipped.append(f"{candidate.id} at capacity")
@@ -148,7 +159,7 @@ def assign_owner(
         owner_name=owner.name if owner else f"{rule.team} queue",
         owner_email=owner.email if owner else None,
         rule=rule.name,
-        reason=reason,
+        reason=reason_prefix + reason,
         assigned_at=at,
         score=lead.score,
         grade=lead.grade,

@@ -1,15 +1,19 @@
 """The agent of stage `route`: owner decisions, one partition per team.
 
 Input: `routing.requests`, keyed by team (the lead stage re-keys to it), so
-every decision about a team's round-robin turn, rep loads, account owners
-and already-assigned leads is made on the one partition that owns the team,
-in order. Output: an `Assignment` on `leads.assigned`, keyed by lead id, for
-the lead stage and the rep notifier. Unreadable requests go to `dlq.route`.
+every decision about a team's round-robin turn, rep loads, account owners,
+already-assigned leads and leads waiting for acceptance is made on the one
+partition that owns the team, in order. Messages: `route` (a lead without
+owner), `accepted` (the owner took it; the SLA clock stops) and `tick`
+(sent for every team every WORKER_SLA_CHECK_INTERVAL_S by a timer: leads
+not accepted within the team's `sla_minutes` go to another rep). Output: an
+`Assignment` on `leads.assigned`, keyed by lead id, for the lead stage and
+the rep notifier. Unreadable requests go to `dlq.route`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -27,8 +31,12 @@ from streams.wiring import dead_letter, json_table, raw_topic
 STAGE = stages.ROUTE
 
 
-def route_request(request: dict[str, Any], table: Any, rules: Rules, now: datetime) -> Assignment:
-    """Decide one request against the team's table entries and update them."""
+def _pending_key(team: str) -> str:
+    return f"{team}|pending"
+
+
+def route_lead(request: dict[str, Any], table: Any, rules: Rules, now: datetime) -> Assignment:
+    """Decide one routing request against the team's table entries and update them."""
     state = LeadState.model_validate(request["state"])
     rule = next(r for r in rules.routing.rules if r.name == request["rule"])
     team = rules.routing.teams[rule.team]
@@ -45,9 +53,82 @@ def route_request(request: dict[str, Any], table: Any, rules: Rules, now: dateti
     table[f"{rule.team}|counters"] = {"turn": after.turn, "loads": after.loads}
     if after.lead_owner is not None and view.lead_owner is None:
         table[f"{rule.team}|lead|{state.lead_id}"] = after.lead_owner
+        # The SLA clock runs from the decision, in wall-clock time.
+        pending = dict(table.get(_pending_key(rule.team)) or {})
+        pending[state.lead_id] = {
+            "owner": after.lead_owner,
+            "rule": rule.name,
+            "deadline": (now + timedelta(minutes=team.sla_minutes)).isoformat(),
+            "state": request["state"],
+        }
+        table[_pending_key(rule.team)] = pending
     if account and after.account_owner and view.account_owner is None:
         table[f"{rule.team}|account|{account}"] = after.account_owner
     return assignment
+
+
+def accept_lead(message: dict[str, Any], table: Any) -> None:
+    """The owner accepted the lead: its SLA clock stops."""
+    pending = dict(table.get(_pending_key(message["team"])) or {})
+    if pending.pop(message["lead_id"], None) is not None:
+        table[_pending_key(message["team"])] = pending
+
+
+def expire_pending(team_name: str, table: Any, rules: Rules, now: datetime) -> list[Assignment]:
+    """Re-route every lead of the team whose owner let the SLA pass without accepting."""
+    team = rules.routing.teams.get(team_name)
+    pending = dict(table.get(_pending_key(team_name)) or {})
+    if team is None or not pending:
+        return []
+    counters = table.get(f"{team_name}|counters") or {"turn": 0, "loads": {}}
+    turn, loads = counters["turn"], dict(counters["loads"])
+    moved: list[Assignment] = []
+    for lead_id, entry in sorted(pending.items(), key=lambda kv: kv[1]["deadline"]):
+        if datetime.fromisoformat(entry["deadline"]) > now:
+            continue
+        state = LeadState.model_validate(entry["state"])
+        rule = next(r for r in rules.routing.rules if r.name == entry["rule"])
+        previous = entry["owner"]
+        loads[previous] = max(0, loads.get(previous, 0) - 1)
+        assignment, after = assign_owner(
+            state,
+            rule,
+            team,
+            TeamView(turn=turn, loads=loads),
+            now,
+            exclude=frozenset({previous}),
+            reason_prefix=f"re-routed: {previous} did not accept within {team.sla_minutes:g} min; ",
+        )
+        turn, loads = after.turn, after.loads
+        del pending[lead_id]
+        if after.lead_owner is not None:
+            table[f"{team_name}|lead|{lead_id}"] = after.lead_owner
+            pending[lead_id] = {
+                **entry,
+                "owner": after.lead_owner,
+                "deadline": (now + timedelta(minutes=team.sla_minutes)).isoformat(),
+            }
+        else:
+            table.pop(f"{team_name}|lead|{lead_id}", None)
+        moved.append(assignment)
+    table[f"{team_name}|counters"] = {"turn": turn, "loads": loads}
+    table[_pending_key(team_name)] = pending
+    return moved
+
+
+def handle_routing(
+    message: dict[str, Any], table: Any, rules: Rules, now: datetime
+) -> list[Assignment]:
+    """One message of `routing.requests`: a lead to route, an acceptance, or an SLA tick."""
+    kind = message.get("type")
+    if kind == "route":
+        return [route_lead(message, table, rules, now)]
+    if kind == "accepted":
+        accept_lead(message, table)
+        return []
+    if kind == "tick":
+        return expire_pending(message["team"], table, rules, now)
+    raise ValueError(f"unknown routing message type {kind!r}")
 
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
@@ -59,7 +140,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     async def assign_owners(stream: Any) -> None:
         async for event in stream.events():
             try:
-                assignment = route_request(
+                assignments = handle_routing(
                     orjson.loads(event.value), table, rules, datetime.now(UTC)
                 )
             except (
@@ -72,8 +153,16 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
             ) as exc:
                 await dead_letter(dlq, STAGE, event, exc)
                 continue
-            await assigned.send(
-                key=assignment.lead_id.encode(), value=assignment.model_dump_json().encode()
-            )
+            for assignment in assignments:
+                await assigned.send(
+                    key=assignment.lead_id.encode(), value=assignment.model_dump_json().encode()
+                )
 
+    async def tick_teams() -> None:
+        # Every worker ticks every team; the team's own partition decides, so extra
+        # ticks cost a lookup and nothing else.
+        for team in rules.routing.teams:
+            await source.send(key=team.encode(), value=orjson.dumps({"type": "tick", "team": team}))
+
+    app.timer(interval=settings.worker.sla_check_interval_s)(tick_teams)
     return app.agent(source, name=STAGE, concurrency=1)(assign_owners)

@@ -189,7 +189,9 @@ class Notify(_Rule):
 class Team(_Rule):
     reps: list[Rep]
     notify: Notify = Notify()
-    sla_minutes: Annotated[int, Field(ge=1)] = 60
+    sla_minutes: Annotated[
+        float, Field(gt=0, description="A rep who has not accepted by then loses the lead.")
+    ] = 60
 
     @field_validator("reps")
     @classmethod

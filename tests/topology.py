@@ -23,7 +23,7 @@ from schemas import Assignment, IdentityProbe, Lead, LeadState, RawLead
 from streams.identity import name_key, start_probe, table_key, visit_key
 from streams.lead_agent import handle_assignment, handle_update
 from streams.normalize import normalize_lead
-from streams.routing_agent import route_request
+from streams.routing_agent import handle_routing
 from streams.rules import Rules
 from streams.scoring import email_domain
 
@@ -85,6 +85,7 @@ class Topology:
         self.assignments: list[Assignment] = []
         self.merges: list[dict[str, Any]] = []
         self.transitions: list[dict[str, Any]] = []
+        self.now = NOW  # the wall clock the routing stage sees; tests move it
 
     def send(self, topic: str, key: str, value: bytes) -> None:
         partition = zlib.crc32(key.encode()) % self.partitions
@@ -139,15 +140,17 @@ class Topology:
             if topic == t.leads_assigned:
                 effects = handle_assignment(Assignment.model_validate_json(value), state, t, NOW)
             else:
-                effects = handle_update(orjson.loads(value), state, t, self.rules, NOW)
+                effects = handle_update(orjson.loads(value), state, t, self.rules, self.now)
             if effects.state is not None:
                 self.lead_table[key] = effects.state.model_dump(mode="json")
             for out_topic, out_key, out_value in effects.sends:
                 self.send(out_topic, out_key, out_value)
         elif topic == t.routing_requests:
-            assignment = route_request(orjson.loads(value), self.teams, self.rules, NOW)
-            self.assignments.append(assignment)
-            self.send(t.leads_assigned, assignment.lead_id, assignment.model_dump_json().encode())
+            for assignment in handle_routing(orjson.loads(value), self.teams, self.rules, self.now):
+                self.assignments.append(assignment)
+                self.send(
+                    t.leads_assigned, assignment.lead_id, assignment.model_dump_json().encode()
+                )
         elif topic == t.leads_identified:
             state = LeadState.model_validate_json(value)
             known = self.states.get(state.lead_id)

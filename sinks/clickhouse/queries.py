@@ -16,7 +16,7 @@ LEAD_COLUMNS = (
     "first_touch_medium", "first_touch_campaign", "last_touch_source", "touch_count", "score",
     "grade", "team", "owner", "owner_name", "assignment_rule", "assignment_reason",
     "merged_from", "touch_event_ids", "event_id", "first_seen", "updated_at", "mql_at",
-    "assigned_at",
+    "assigned_at", "accepted_at",
 )  # fmt: skip
 
 
@@ -98,6 +98,7 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             "SELECT lead_id, merged_into, merged_from, email, phone, full_name, company, "
             "company_key, title, country, company_size, industry, score, grade, score_rules, "
             "mql_at, team, owner, owner_name, assignment_rule, assignment_reason, assigned_at, "
+            "accepted_at, "
             "touch_event_ids, touch_channels, touch_sources, touch_at, first_seen, updated_at "
             f"FROM {db}.leads FINAL WHERE lead_id = {{lead_id:String}}",
             {"lead_id": current},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from leadflow.kafka_clients import make_producer
 from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
 from leadflow.stack import http_json
-from schemas import CallEvent, DeadLetter, EngagementEvent
+from schemas import CallEvent, CrmEvent, DeadLetter, EngagementEvent
 from streams.rules import Rules, load_rules
 from tests.integration.processes import Stack, read_topic, start_stack
 from tests.topology import expected_people
@@ -220,3 +222,67 @@ async def test_engagement_and_calls_rescore_the_lead(stack: Stack) -> None:
 
     [letter] = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 1)
     assert DeadLetter.model_validate_json(letter.value or b"").original == b'{"call_id": 1}'
+
+
+async def test_sla_reroutes_and_accept_stops_the_clock(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(Path(__file__).parents[2] / "config", rules_dir)
+    routing = yaml.safe_load((rules_dir / "routing.yaml").read_text())
+    routing["teams"]["global_inbound"]["sla_minutes"] = 0.05  # three seconds
+    (rules_dir / "routing.yaml").write_text(yaml.safe_dump(routing, allow_unicode=True))
+    os.environ["WORKER_RULES_DIR"] = str(rules_dir)
+    os.environ["WORKER_SLA_CHECK_INTERVAL_S"] = "0.5"
+    try:
+        stack = start_stack(kafka_bootstrap, topic_prefix, tmp_path / "stack")
+    finally:
+        del os.environ["WORKER_RULES_DIR"], os.environ["WORKER_SLA_CHECK_INTERVAL_S"]
+    try:
+        assert (
+            stack.post_json({"name": "Ada", "email": "ada@example.us", "country": "US"})[0] == 202
+        )
+        stack.wait_for_leads(1, email="ada@example.us")
+        for _ in range(60):
+            [first] = stack.leads(email="ada@example.us")["leads"]
+            if first["owner"]:
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(60):
+            [lead] = stack.leads(email="ada@example.us")["leads"]
+            if lead["owner"] and lead["owner"] != first["owner"]:
+                break
+            await asyncio.sleep(0.25)
+        else:
+            raise AssertionError(f"never re-routed: {lead}\n{stack.logs()}")
+        assert lead["assignment_reason"].startswith(f"re-routed: {first['owner']}")
+
+        accept = CrmEvent(
+            event_id="acc-1",
+            lead_id=lead["lead_id"],
+            action="accept",
+            rep_id=lead["owner"],
+            occurred_at=datetime.now(UTC),
+        )
+        producer = make_producer(KafkaSettings(), stack.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                stack.topics.events_crm,
+                accept.model_dump_json().encode(),
+                key=lead["lead_id"].encode(),
+            )
+        finally:
+            await producer.stop()
+        for _ in range(60):
+            [accepted] = stack.leads(email="ada@example.us")["leads"]
+            if accepted["accepted_at"]:
+                break
+            await asyncio.sleep(0.25)
+        else:
+            raise AssertionError(f"accept did not land\n{stack.logs()}")
+        await asyncio.sleep(4)  # past another SLA: an accepted lead stays
+        [still] = stack.leads(email="ada@example.us")["leads"]
+        assert still["owner"] == lead["owner"]
+    finally:
+        stack.stop()
