@@ -19,6 +19,7 @@ import logging
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -103,11 +104,27 @@ def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> in
     return run_up(settings, console)
 
 
-def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+def _ask_server(
+    settings: Settings, args: argparse.Namespace, path: str, console: Console
+) -> dict[str, Any] | None:
+    """GET a query route of the running server. None when the answer was already printed
+    (an error, or `--format json`); otherwise the answer, for a rendering for people."""
     from leadflow.stack import http_json
-    from leadflow.views import lead_table
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    status, answer = http_json("GET", base + path)
+    if status != 200:
+        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+        raise SystemExit(1)
+    if args.format == "json":
+        print(json.dumps(answer, ensure_ascii=False, indent=2))
+        return None
+    return answer
+
+
+def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.views import lead_table
+
     query = {
         k: v
         for k, v in (
@@ -118,32 +135,19 @@ def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) ->
         )
         if v
     }
-    status, answer = http_json("GET", f"{base}/v1/leads?{urllib.parse.urlencode(query)}")
-    if status != 200:
-        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
-        return 1
-    if args.format == "json":
-        print(json.dumps(answer, ensure_ascii=False, indent=2))
-        return 0
-    table = lead_table(answer["leads"], f"leads ({len(answer['leads'])} of {answer['total']})")
-    console.print(table)
+    answer = _ask_server(settings, args, f"/v1/leads?{urllib.parse.urlencode(query)}", console)
+    if answer is not None:
+        title = f"leads ({len(answer['leads'])} of {answer['total']})"
+        console.print(lead_table(answer["leads"], title))
     return 0
 
 
 def cmd_explain(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.stack import http_json
     from leadflow.views import explain_panels
 
-    base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     path = f"/v1/leads/{urllib.parse.quote(args.lead_id)}/explain"
-    status, answer = http_json("GET", base + path)
-    if status != 200:
-        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
-        return 1
-    if args.format == "json":
-        print(json.dumps(answer, ensure_ascii=False, indent=2))
-        return 0
-    for panel in explain_panels(answer):
+    answer = _ask_server(settings, args, path, console)
+    for panel in explain_panels(answer) if answer is not None else []:
         console.print(panel)
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from leadflow.errors import BadRecordError
 from schemas import DeadLetter, FieldProblem
@@ -50,4 +51,27 @@ def dead_letter_for(
         source_offset=offset,
         source_detail=detail,
         failed_at=now(),
+    )
+
+
+class KafkaRecord(Protocol):
+    """What a dead letter needs of a consumed record (aiokafka's and Faust's both fit)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def dead_letter_for_record(error: Exception, record: KafkaRecord, *, stage: str) -> DeadLetter:
+    """A dead letter for a record consumed from Kafka, with its coordinates."""
+    return dead_letter_for(
+        error,
+        record.value or b"",
+        stage=stage,
+        key=record.key,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
     )

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
 from leadflow import stages
-from leadflow.dead_letters import dead_letter_for
+from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import NotifySettings
@@ -221,15 +221,7 @@ class Notifier:
         )
 
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
-        letter = dead_letter_for(
-            error,
-            message.value or b"",
-            stage=STAGE,
-            key=message.key,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
+        letter = dead_letter_for_record(error, message, stage=STAGE)
         self._metrics.dead_letters.labels(stage=STAGE).inc()
         await self._producer.send_and_wait(
             self._topics.dlq(STAGE), letter.model_dump_json().encode(), key=message.key

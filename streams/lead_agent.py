@@ -92,6 +92,23 @@ def _after_change(
         )
 
 
+def _known(
+    update: dict[str, Any], state: LeadState | None, topics: Topics, effects: Effects
+) -> LeadState | None:
+    """The state an event about an existing lead applies to; None when it was forwarded.
+
+    A lead that does not exist is a bad record; a merged one forwards the event
+    to its survivor's partition.
+    """
+    if state is None:
+        raise BadRecordError("unknown_lead", f"no lead {update['lead_id']} for {update['type']}")
+    if state.merged_into:
+        forwarded = orjson.dumps({**update, "lead_id": state.merged_into})
+        effects.sends.append((topics.lead_updates, state.merged_into, forwarded))
+        return None
+    return state
+
+
 def handle_update(
     update: dict[str, Any], state: LeadState | None, topics: Topics, rules: Rules, now: datetime
 ) -> Effects:
@@ -195,16 +212,8 @@ def handle_update(
             _after_change(effects, topics, state, new, rules, now)
         return effects
     if kind == "engagement":
+        state = _known(update, state, topics, effects)
         if state is None:
-            raise BadRecordError("unknown_lead", f"no lead {update['lead_id']} to engage with")
-        if state.merged_into:
-            effects.sends.append(
-                (
-                    topics.lead_updates,
-                    state.merged_into,
-                    orjson.dumps({**update, "lead_id": state.merged_into}),
-                )
-            )
             return effects
         engagements = [Engagement.model_validate(e) for e in update["engagements"]]
         new = leads.add_engagements(state, engagements, rules, now)
@@ -212,16 +221,8 @@ def handle_update(
             _after_change(effects, topics, state, new, rules, now)
         return effects
     if kind == "accept":
+        state = _known(update, state, topics, effects)
         if state is None:
-            raise BadRecordError("unknown_lead", f"no lead {update['lead_id']} to accept")
-        if state.merged_into:
-            effects.sends.append(
-                (
-                    topics.lead_updates,
-                    state.merged_into,
-                    orjson.dumps({**update, "lead_id": state.merged_into}),
-                )
-            )
             return effects
         if not state.owner or state.owner.startswith("queue:"):
             raise BadRecordError("not_assigned", f"lead {state.lead_id} has no rep to accept it")

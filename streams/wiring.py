@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from leadflow.dead_letters import dead_letter_for
+from leadflow.dead_letters import dead_letter_for_record
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,9 @@ def json_table(app: faust.App, name: str, partitions: int) -> Any:
 
 
 async def dead_letter(dlq: Any, stage: str, event: Any, error: Exception) -> None:
+    """Send the event's dead letter; Faust's message carries the raw key and value."""
     message = event.message
-    letter = dead_letter_for(
-        error,
-        event.value or b"",
-        stage=stage,
-        key=event.key,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-    )
+    letter = dead_letter_for_record(error, message, stage=stage)
     log.warning(
         "dead-lettered %s@%s/%s in %s: %s",
         message.topic,

@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from leadflow import stages
-from leadflow.dead_letters import dead_letter_for
+from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
@@ -152,15 +152,7 @@ class ClickHouseWriter:
             try:
                 batch.rows.append(route.to_row(message))
             except ValueError as exc:
-                letter = dead_letter_for(
-                    exc,
-                    message.value or b"",
-                    stage=STAGE,
-                    key=message.key,
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offset=message.offset,
-                )
+                letter = dead_letter_for_record(exc, message, stage=STAGE)
                 self._metrics.dead_letters.labels(stage=STAGE).inc()
                 if route.is_dead_letter_topic:
                     # Republishing would feed this very loop; store it as it is instead.

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import os
+import subprocess
+import sys
 import time
 
 from schemas import DeadLetter, RawLead
 from tests.integration.processes import Stack, read_topic
+
+
+def run_cli(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "leadflow", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return result.stdout
 
 
 async def test_posted_form_lands_normalized_in_leads(stack: Stack) -> None:
@@ -34,6 +50,15 @@ async def test_posted_form_lands_normalized_in_leads(stack: Stack) -> None:
     assert lead["first_seen"].endswith("Z")
     # Not a timing assert on the product: a generous bound that catches a stalled pipeline.
     assert landed_after < 30
+
+    # The same lead through the CLI, as JSON and as a table for people.
+    as_json = await asyncio.to_thread(
+        run_cli, "leads", "--url", stack.base_url, "--email", "foo@example.com", "--format", "json"
+    )
+    assert json.loads(as_json)["leads"][0]["lead_id"] == lead["lead_id"]
+    as_table = await asyncio.to_thread(run_cli, "leads", "--url", stack.base_url)
+    assert "foo@example.com" in as_table
+    assert "leads (1 of 1)" in as_table
 
     [message] = await read_topic(stack.bootstrap, stack.topics.leads_raw, 1)
     raw = RawLead.model_validate_json(message.value or b"")
