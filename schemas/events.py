@@ -39,9 +39,25 @@ class CrmEvent(BaseModel):
 
     event_id: str
     lead_id: str
-    action: Literal["accept"] = Field(description="accept: the owner takes the lead (SLA met).")
+    action: Literal["accept", "convert", "set_stage", "won", "lost", "disqualify"] = Field(
+        description="accept: the owner takes the lead (SLA met); convert: it becomes a deal "
+        "(amount, currency); set_stage: the deal moves to `stage`; won; lost and disqualify "
+        "(with a reason)."
+    )
     rep_id: str | None = Field(default=None, description="Who acted; must be the owner if set.")
     occurred_at: datetime
+    amount: float | None = Field(default=None, ge=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    stage: str | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_action(self) -> CrmEvent:
+        if self.action == "set_stage" and not self.stage:
+            raise ValueError("set_stage needs a stage")
+        if self.action in ("lost", "disqualify") and not self.reason:
+            raise ValueError(f"{self.action} needs a reason")
+        return self
 
 
 class CallEvent(BaseModel):

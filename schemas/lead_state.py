@@ -40,6 +40,8 @@ class Engagement(BaseModel):
     event_id: str
     kind: str
     at: datetime
+    duration_s: int | None = Field(default=None, description="For calls: seconds connected.")
+    outcome: str | None = Field(default=None, description="For calls: interested, wrong_number …")
 
 
 class MatchRecord(BaseModel):
@@ -165,3 +167,9 @@ class LeadState(BaseModel):
     assignment_reason: str | None = None
     assigned_at: datetime | None = None
     accepted_at: datetime | None = None
+    stage: str | None = None
+    stage_at: datetime | None = None
+    stage_reason: str = ""
+    deal_id: str = ""
+    amount: float = 0.0
+    currency: str = ""

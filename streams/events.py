@@ -79,13 +79,15 @@ def engagement_update(
 
 def crm_update(event: CrmEvent) -> dict[str, Any]:
     """A rep's action, for the lead stage (keyed by the lead id it names)."""
-    return {
-        "type": event.action,
-        "lead_id": event.lead_id,
-        "rep_id": event.rep_id,
-        "at": event.occurred_at.isoformat(),
-        "event_id": event.event_id,
-    }
+    if event.action == "accept":
+        return {
+            "type": "accept",
+            "lead_id": event.lead_id,
+            "rep_id": event.rep_id,
+            "at": event.occurred_at.isoformat(),
+            "event_id": event.event_id,
+        }
+    return {"type": "crm", "lead_id": event.lead_id, "event": event.model_dump(mode="json")}
 
 
 def call_probe(
@@ -102,6 +104,8 @@ def call_probe(
                 event_id=f"call:{event.call_id}:connected",
                 kind="call_connected",
                 at=event.started_at,
+                duration_s=event.duration_s,
+                outcome=event.outcome,
             )
         )
     probe = start_probe(lead, rules)

@@ -28,15 +28,15 @@ from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import Assignment, Engagement, IdentityProbe, LeadState
-from schemas.transition import StageTransition
+from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState
 from streams import leads
 from streams.routing import choose_team
 from streams.rules import Rules
+from streams.stage_engine import RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
 from streams.wiring import dead_letter, json_table, raw_topic
 
 STAGE = stages.LEAD
-_TRANSITION_NAMESPACE = uuid.UUID("3b8e6d2f-9a41-4c57-8f0e-6d1c2b3a4e59")
+_DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
 
 
 @dataclass
@@ -52,6 +52,36 @@ def _emit_state(effects: Effects, topics: Topics, state: LeadState) -> None:
     effects.sends.append((topics.leads_identified, state.lead_id, state.model_dump_json().encode()))
 
 
+def _engagement_moves(before: LeadState | None, state: LeadState, rules: Rules) -> list[Move]:
+    """Workflow moves for the engagement this change added (webinars, calls …)."""
+    seen = {e.event_id for e in before.engagements} if before else set()
+    moves: list[Move] = []
+    for engagement in state.engagements:
+        if engagement.event_id in seen:
+            continue
+        if engagement.kind == "call_connected":
+            moves += workflow_moves(
+                "call_connected",
+                engagement.at,
+                engagement.event_id,
+                rules.stages,
+                duration_s=engagement.duration_s,
+            )
+            if engagement.outcome:
+                moves += workflow_moves(
+                    "call_outcome",
+                    engagement.at,
+                    engagement.event_id,
+                    rules.stages,
+                    outcome=engagement.outcome,
+                )
+        else:
+            moves += workflow_moves(
+                "engagement", engagement.at, engagement.event_id, rules.stages, kind=engagement.kind
+            )
+    return moves
+
+
 def _after_change(
     effects: Effects,
     topics: Topics,
@@ -59,7 +89,23 @@ def _after_change(
     state: LeadState,
     rules: Rules,
     now: datetime,
+    moves: list[Move] | None = None,
 ) -> None:
+    """Stage moves, then the new state out, then a routing request if it needs an owner."""
+    moves = [*(moves or []), *_engagement_moves(before, state, rules)]
+    if state.mql_at is not None and (before is None or before.mql_at is None):
+        moves += workflow_moves("score_mql", state.mql_at, "mql", rules.stages)
+
+    # By event time; at one moment, in funnel order (an MQL and an SQL together: MQL first).
+    def funnel_order(move: Move) -> tuple[datetime, int]:
+        order = rules.stages.order(move.to)
+        return move.at, len(rules.stages.stages) if order is None else order
+
+    state, transitions = apply_moves(state, sorted(moves, key=funnel_order), rules.stages, now)
+    for transition in transitions:
+        effects.sends.append(
+            (topics.lead_transitions, state.lead_id, transition.model_dump_json().encode())
+        )
     _emit_state(effects, topics, state)
     if leads.needs_routing(state):
         rule = choose_team(state, rules.routing)
@@ -70,26 +116,34 @@ def _after_change(
             "state": state.model_dump(mode="json"),
         }
         effects.sends.append((topics.routing_requests, rule.team, orjson.dumps(request)))
-    if state.mql_at is not None and (before is None or before.mql_at is None):
-        touch = state.touches[0] if state.touches else None
-        transition = StageTransition(
-            transition_id=str(uuid.uuid5(_TRANSITION_NAMESPACE, f"{state.lead_id}|mql")),
-            lead_id=state.lead_id,
-            from_stage="new",
-            to_stage="mql",
-            event_time=state.mql_at,
-            ingest_time=now,
-            owner=state.owner or "",
-            team=state.team or "",
-            channel=touch.channel if touch else "",
-            source=touch.source if touch else "",
-            campaign=touch.campaign if touch else "",
-            score=state.score,
-            reason="score crossed the MQL threshold",
-        )
-        effects.sends.append(
-            (topics.lead_transitions, state.lead_id, transition.model_dump_json().encode())
-        )
+
+
+def crm_moves(event: CrmEvent, state: LeadState, rules: Rules) -> list[Move]:
+    """The stage moves a rep's CRM action asks for."""
+    at, cause = event.occurred_at, event.event_id
+    if event.action == "convert":
+        deal_id = str(uuid.uuid5(_DEAL_NAMESPACE, state.lead_id))
+        return [
+            Move(
+                "converted",
+                at,
+                cause,
+                "converted by the rep",
+                event.amount,
+                event.currency,
+                deal_id,
+            ),
+            Move("qualification", at, cause, "deal opened", event.amount, event.currency, deal_id),
+        ]
+    if event.action == "set_stage":
+        stage = event.stage or ""
+        if rules.stages.order(stage) is None and stage not in rules.stages.closed:
+            raise BadRecordError("unknown_stage", f"no stage {stage!r} in stages.yaml")
+        return [
+            Move(stage, at, cause, event.reason or "set by the rep", event.amount, event.currency)
+        ]
+    target = {"won": "won", "lost": "lost", "disqualify": "disqualified"}[event.action]
+    return [Move(target, at, cause, event.reason or "", event.amount, event.currency)]
 
 
 def _known(
@@ -127,8 +181,27 @@ def handle_update(
             )
             return effects
         new = leads.apply_lead(state, probe, rules, now)
+        moves: list[Move] = []
+        lead = probe.lead
+        if state is None:
+            moves.append(Move(to="new", at=lead.received_at, cause=lead.event_id))
+        elif (
+            state.stage in rules.stages.closed
+            and probe.creates_touch
+            and new.version != state.version
+        ):
+            # A lost or disqualified person is back: news for sales, and a fresh routing.
+            moves.append(
+                Move(
+                    to=RE_ENGAGED,
+                    at=lead.received_at,
+                    cause=lead.event_id,
+                    reason=f"came back through {lead.channel} after {state.stage}",
+                )
+            )
+            new = leads.release_owner(new)
         if new.version != (state.version if state else 0):
-            _after_change(effects, topics, state, new, rules, now)
+            _after_change(effects, topics, state, new, rules, now, moves)
         if probe.lead.lead_id != probe.lead_id and probe.matches:
             match = probe.matches[0]
             record = leads.merge_record(
@@ -200,6 +273,16 @@ def handle_update(
                 )
             )
             return effects
+        moves = []
+        if loser_state.stage and loser_state.stage_at:
+            moves.append(
+                Move(
+                    to=loser_state.stage,
+                    at=loser_state.stage_at,
+                    cause=f"merge:{loser_state.lead_id}",
+                    reason=f"merged lead {loser_state.lead_id} had reached it",
+                )
+            )
         new = leads.absorb(
             state,
             loser_state,
@@ -209,7 +292,7 @@ def handle_update(
             now,
         )
         if new.version != (state.version if state else 0):
-            _after_change(effects, topics, state, new, rules, now)
+            _after_change(effects, topics, state, new, rules, now, moves)
         return effects
     if kind == "engagement":
         state = _known(update, state, topics, effects)
@@ -247,18 +330,36 @@ def handle_update(
                 )
             )
         return effects
+    if kind == "crm":
+        state = _known(update, state, topics, effects)
+        if state is None:
+            return effects
+        moves = crm_moves(CrmEvent.model_validate(update["event"]), state, rules)
+        if not allowed(state.stage, moves[0].to, rules.stages):
+            raise BadRecordError(
+                "stage_not_allowed",
+                f"lead {state.lead_id} is at "
+                f"{state.stage}; {moves[0].to} would not be a forward move",
+            )
+        _after_change(effects, topics, state, state, rules, now, moves)
+        return effects
     raise ValueError(f"unknown lead update type {kind!r}")
 
 
 def handle_assignment(
-    assignment: Assignment, state: LeadState | None, topics: Topics, now: datetime
+    assignment: Assignment, state: LeadState | None, topics: Topics, rules: Rules, now: datetime
 ) -> Effects:
     effects = Effects()
     if state is None or state.merged_into:
         return effects  # the survivor is routed on its own
     new = leads.apply_assignment(state, assignment, now)
     if new is not state:
-        _emit_state(effects, topics, new)
+        moves = []
+        if not assignment.owner.startswith("queue:"):
+            moves += workflow_moves(
+                "assigned", assignment.assigned_at, assignment.assignment_id, rules.stages
+            )
+        _after_change(effects, topics, state, new, rules, now, moves)
     return effects
 
 
@@ -293,7 +394,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
             try:
                 if event.message.topic == topics.leads_assigned:
                     effects = handle_assignment(
-                        Assignment.model_validate_json(event.value), state, topics, now
+                        Assignment.model_validate_json(event.value), state, topics, rules, now
                     )
                 else:
                     effects = handle_update(orjson.loads(event.value), state, topics, rules, now)

@@ -215,5 +215,14 @@ def apply_assignment(state: LeadState, assignment: Assignment, now: datetime) ->
     return state
 
 
+def release_owner(state: LeadState) -> LeadState:
+    """Forget the owner, so the lead is routed again (a re-engaged lead)."""
+    state = state.model_copy(deep=True)
+    state.team = state.owner = state.owner_name = None
+    state.assignment_rule = state.assignment_reason = None
+    state.assigned_at = state.accepted_at = None
+    return state
+
+
 def needs_routing(state: LeadState) -> bool:
     return state.merged_into is None and state.owner is None

@@ -217,11 +217,60 @@ class RoutingRules(_Rule):
         return self
 
 
+# Funnel stages -------------------------------------------------------------
+
+Trigger = Literal["assigned", "call_connected", "call_outcome", "score_mql", "engagement"]
+
+
+class StageDef(_Rule):
+    name: str
+    probability: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class WorkflowRule(_Rule):
+    # Not `on`: YAML 1.1 reads a bare `on` as true.
+    trigger: Trigger
+    to: str
+    reason: str = ""
+    min_duration_s: int | None = None
+    outcome: str | None = None
+    kind: str | None = None
+
+
+class StageRules(_Rule):
+    stages: list[StageDef]
+    closed: list[str] = Field(default_factory=lambda: ["lost", "disqualified"])
+    workflow: list[WorkflowRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> StageRules:
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names) or not names or names[0] != "new":
+            raise ValueError("stages must be unique and start with new")
+        for rule in self.workflow:
+            if rule.to not in names and rule.to not in self.closed:
+                raise ValueError(
+                    f"workflow rule on {rule.trigger} moves to unknown stage {rule.to}"
+                )
+        return self
+
+    def order(self, stage: str) -> int | None:
+        """Position in the funnel; None for a closed stage (lost, disqualified)."""
+        for index, definition in enumerate(self.stages):
+            if definition.name == stage:
+                return index
+        return None
+
+    def probability(self, stage: str) -> float:
+        return next((s.probability for s in self.stages if s.name == stage), 0.0)
+
+
 class Rules(_Rule):
     identity: IdentityRules
     sources: SourceRules
     scoring: ScoringRules
     routing: RoutingRules
+    stages: StageRules
 
 
 _FILES: dict[str, type[BaseModel]] = {
@@ -229,6 +278,7 @@ _FILES: dict[str, type[BaseModel]] = {
     "sources": SourceRules,
     "scoring": ScoringRules,
     "routing": RoutingRules,
+    "stages": StageRules,
 }
 
 

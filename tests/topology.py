@@ -138,7 +138,9 @@ class Topology:
             stored = self.lead_table.get(key)
             state = LeadState.model_validate(stored) if stored else None
             if topic == t.leads_assigned:
-                effects = handle_assignment(Assignment.model_validate_json(value), state, t, NOW)
+                effects = handle_assignment(
+                    Assignment.model_validate_json(value), state, t, self.rules, self.now
+                )
             else:
                 effects = handle_update(orjson.loads(value), state, t, self.rules, self.now)
             if effects.state is not None:
