@@ -19,7 +19,8 @@ from schemas.lead_state import (
     ScoreResult,
     Touch,
 )
-from schemas.rows import DeadLetterRow, LeadRow, MergeRow
+from schemas.rows import DeadLetterRow, LeadRow, MergeRow, TransitionRow
+from schemas.transition import StageTransition
 
 __all__ = [
     "Assignment",
@@ -40,7 +41,9 @@ __all__ = [
     "MergeRow",
     "RawLead",
     "ScoreResult",
+    "StageTransition",
     "Touch",
+    "TransitionRow",
     "json_schemas",
 ]
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.dead_letter import DeadLetter
 from schemas.lead_state import LeadState, MergeRecord
+from schemas.transition import StageTransition
 
 
 class _Row(BaseModel):
@@ -81,6 +82,12 @@ class LeadRow(_Row):
     assignment_reason: str
     assigned_at: datetime | None
     accepted_at: datetime | None
+    stage: str
+    stage_at: datetime | None
+    stage_reason: str
+    deal_id: str
+    amount: float
+    currency: str
 
     @classmethod
     def from_state(cls, state: LeadState, partition: int, offset: int) -> LeadRow:
@@ -138,7 +145,38 @@ class LeadRow(_Row):
             assignment_reason=state.assignment_reason or "",
             assigned_at=state.assigned_at,
             accepted_at=state.accepted_at,
+            stage=state.stage or "",
+            stage_at=state.stage_at,
+            stage_reason=state.stage_reason,
+            deal_id=state.deal_id,
+            amount=state.amount,
+            currency=state.currency,
         )
+
+
+class TransitionRow(_Row):
+    table: ClassVar[str] = "lead_transitions"
+
+    transition_id: str
+    lead_id: str
+    deal_id: str
+    from_stage: str
+    to_stage: str
+    event_time: datetime
+    ingest_time: datetime
+    owner: str
+    team: str
+    channel: str
+    source: str
+    campaign: str
+    score: float
+    amount: float
+    currency: str
+    reason: str
+
+    @classmethod
+    def from_transition(cls, transition: StageTransition) -> TransitionRow:
+        return cls(**transition.model_dump())
 
 
 class MergeRow(_Row):

@@ -107,7 +107,12 @@ class ClickHouse:
         column_names: list[str],
         dedup_token: str | None = None,
     ) -> None:
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else {}
+        settings: dict[str, Any] = {}
+        if dedup_token:
+            settings = {
+                "insert_deduplication_token": dedup_token,
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            }
         await self._run(
             lambda c: c.insert(
                 f"{self.database}.{table}", list(rows), column_names=column_names, settings=settings

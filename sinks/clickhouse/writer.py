@@ -1,7 +1,11 @@
 """The ClickHouse writer: Kafka topics in, batched idempotent inserts out.
 
 Input topics: `leads.identified` → table `leads`; `lead.merges` → table
-`lead_merges`; every `dlq.<stage>` → table `dead_letters`. Offsets are
+`lead_merges`; `lead.transitions` → table `lead_transitions` (and through
+materialized views `funnel_daily` and `pipeline_current`); every
+`dlq.<stage>` → table `dead_letters`. Inserts set
+`deduplicate_blocks_in_dependent_materialized_views`, so a retried batch
+changes no view either. Offsets are
 committed only after the rows of every message up to them are in ClickHouse.
 
 - A batch is one topic-partition's run of messages; its insert carries the
@@ -33,7 +37,16 @@ from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import DeadLetter, DeadLetterRow, LeadRow, LeadState, MergeRecord, MergeRow
+from schemas import (
+    DeadLetter,
+    DeadLetterRow,
+    LeadRow,
+    LeadState,
+    MergeRecord,
+    MergeRow,
+    StageTransition,
+    TransitionRow,
+)
 from sinks.clickhouse.client import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -65,10 +78,18 @@ def _dead_letter_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
     return DeadLetterRow.from_dead_letter(letter).as_row()
 
 
+def _transition_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    transition = StageTransition.model_validate_json(message.value or b"")
+    return TransitionRow.from_transition(transition).as_row()
+
+
 def routes(topics: Topics) -> dict[str, Route]:
     table: dict[str, Route] = {
         topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
         topics.lead_merges: Route(MergeRow.table, MergeRow.column_names(), _merge_row, False),
+        topics.lead_transitions: Route(
+            TransitionRow.table, TransitionRow.column_names(), _transition_row, False
+        ),
     }
     for name in topics.all_dlq():
         table[name] = Route(

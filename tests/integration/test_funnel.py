@@ -1,0 +1,174 @@
+"""Funnel and pipeline queries against a hand-computed fixture in the embedded engine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas import StageTransition, TransitionRow
+from sinks.clickhouse.client import ClickHouse
+from sinks.clickhouse.funnel import (
+    activity_funnel,
+    cohort_funnel,
+    pipeline,
+    stagnant,
+    sync_stage_definitions,
+)
+from streams.rules import load_rules
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# (lead, stage, time, channel, source, owner, amount)
+FIXTURE = [
+    ("A", "new", "2026-03-01 10:00", "web", "google", "", 0),
+    ("A", "assigned", "2026-03-01 11:00", "web", "google", "carol.d", 0),
+    ("A", "contacted", "2026-03-02 09:00", "web", "google", "carol.d", 0),
+    ("A", "mql", "2026-03-05 09:00", "web", "google", "carol.d", 0),
+    ("A", "sql", "2026-03-10 09:00", "web", "google", "carol.d", 0),
+    ("A", "converted", "2026-03-15 09:00", "web", "google", "carol.d", 1000),
+    ("A", "qualification", "2026-03-15 09:00", "web", "google", "carol.d", 1000),
+    ("A", "demo", "2026-03-20 09:00", "web", "google", "carol.d", 1000),
+    ("A", "won", "2026-04-10 09:00", "web", "google", "carol.d", 1000),
+    ("B", "new", "2026-03-02 08:00", "web", "baidu", "", 0),
+    ("B", "assigned", "2026-03-02 09:00", "web", "baidu", "liu.yang", 0),
+    ("B", "lost", "2026-03-20 09:00", "web", "baidu", "liu.yang", 0),
+    ("C", "new", "2026-03-03 08:00", "call", "call_center", "", 0),
+    ("C", "mql", "2026-03-04 08:00", "call", "call_center", "dan.o", 0),
+    ("C", "sql", "2026-03-06 08:00", "call", "call_center", "dan.o", 0),
+    ("D", "new", "2026-04-02 08:00", "web", "google", "", 0),
+    ("D", "assigned", "2026-04-02 09:00", "web", "google", "dan.o", 0),
+]
+
+
+def rows() -> list[list[object]]:
+    made = []
+    for n, (lead, stage, when, channel, source, owner, amount) in enumerate(FIXTURE):
+        transition = StageTransition(
+            transition_id=f"t{n}",
+            lead_id=lead,
+            from_stage="",
+            to_stage=stage,
+            event_time=at(when),
+            ingest_time=at(when),
+            owner=owner,
+            channel=channel,
+            source=source,
+            amount=amount,
+            currency="CNY" if amount else "",
+        )
+        made.append(TransitionRow.from_transition(transition).as_row())
+    return made
+
+
+@pytest.fixture
+async def loaded(clickhouse: ClickHouse) -> ClickHouse:
+    await sync_stage_definitions(clickhouse, load_rules().stages)
+    await clickhouse.insert(
+        "lead_transitions", rows(), TransitionRow.column_names(), dedup_token="fixture-1"
+    )
+    return clickhouse
+
+
+def column(result: dict[str, object], name: str, group: str = "all") -> dict[str, object]:
+    return {r["stage"]: r[name] for r in result["rows"] if r["group"] == group}  # type: ignore[index,union-attr]
+
+
+async def test_cohort_funnel_any_order(loaded: ClickHouse) -> None:
+    march = await cohort_funnel(loaded, at("2026-03-01 00:00"), at("2026-04-01 00:00"))
+    assert column(march, "leads") == {
+        "new": 3,
+        "assigned": 3,
+        "contacted": 2,
+        "nurturing": 2,
+        "mql": 2,
+        "sql": 2,
+        "converted": 1,
+        "qualification": 1,
+        "demo": 1,
+        "proposal": 1,
+        "negotiation": 1,
+        "won": 1,
+    }
+    assert column(march, "step_conversion")["contacted"] == pytest.approx(2 / 3, abs=1e-3)
+    assert column(march, "cumulative_conversion")["won"] == pytest.approx(1 / 3, abs=1e-3)
+    # new → assigned took an hour for A and for B.
+    assert column(march, "median_s_from_previous")["assigned"] == 3600
+
+
+async def test_cohort_funnel_strict_order_and_window(loaded: ClickHouse) -> None:
+    strict = await cohort_funnel(
+        loaded, at("2026-03-01 00:00"), at("2026-04-01 00:00"), mode="strict"
+    )
+    leads = column(strict, "leads")
+    assert (leads["new"], leads["assigned"], leads["contacted"], leads["nurturing"]) == (3, 2, 1, 0)
+    short = await cohort_funnel(
+        loaded, at("2026-03-01 00:00"), at("2026-04-01 00:00"), window_days=30
+    )
+    assert column(short, "leads")["won"] == 0  # A won 40 days after entering
+
+
+async def test_funnel_by_source(loaded: ClickHouse) -> None:
+    by_source = await cohort_funnel(
+        loaded, at("2026-03-01 00:00"), at("2026-04-01 00:00"), by="source"
+    )
+    assert column(by_source, "leads", "google")["won"] == 1
+    assert column(by_source, "leads", "baidu")["assigned"] == 1
+    assert column(by_source, "leads", "call_center")["sql"] == 1
+
+
+async def test_activity_funnel_from_the_view(loaded: ClickHouse) -> None:
+    march = await activity_funnel(loaded, at("2026-03-01 00:00"), at("2026-04-01 00:00"))
+    assert column(march, "leads") == {
+        "new": 3,
+        "assigned": 2,
+        "contacted": 1,
+        "mql": 2,
+        "sql": 2,
+        "converted": 1,
+        "qualification": 1,
+        "demo": 1,
+        "lost": 1,
+    }
+    april = await activity_funnel(loaded, at("2026-04-01 00:00"), at("2026-05-01 00:00"))
+    assert column(april, "leads") == {"new": 1, "assigned": 1, "won": 1}
+
+
+async def test_pipeline_now_and_as_of_a_past_date(loaded: ClickHouse) -> None:
+    end_of_march = await pipeline(loaded, as_of=at("2026-03-31 23:59"))
+    assert column(end_of_march, "leads") == {"demo": 1, "lost": 1, "sql": 1}
+    assert column(end_of_march, "weighted_amount")["demo"] == 250.0  # 1000 × 0.25
+    now = await pipeline(loaded)
+    assert column(now, "leads") == {"assigned": 1, "sql": 1, "won": 1, "lost": 1}
+    assert column(now, "weighted_amount")["won"] == 1000.0
+    by_owner = await pipeline(loaded, by="owner")
+    assert column(by_owner, "leads", "dan.o") == {"sql": 1, "assigned": 1}
+
+
+async def test_stagnant_open_leads(loaded: ClickHouse) -> None:
+    stuck = await stagnant(loaded, days=14, now=at("2026-04-30 00:00"))
+    assert [(r["lead_id"], r["stage"]) for r in stuck] == [("C", "sql"), ("D", "assigned")]
+
+
+async def test_resending_the_same_events_changes_no_number(loaded: ClickHouse) -> None:
+    before = (
+        await cohort_funnel(loaded, at("2026-03-01 00:00"), at("2026-05-01 00:00")),
+        await activity_funnel(loaded, at("2026-03-01 00:00"), at("2026-05-01 00:00")),
+        await pipeline(loaded),
+    )
+    # Once with the same dedup token (a retried batch), once cut differently after a restart.
+    await loaded.insert(
+        "lead_transitions", rows(), TransitionRow.column_names(), dedup_token="fixture-1"
+    )
+    await loaded.insert(
+        "lead_transitions", rows()[:5], TransitionRow.column_names(), dedup_token="fixture-2"
+    )
+    after = (
+        await cohort_funnel(loaded, at("2026-03-01 00:00"), at("2026-05-01 00:00")),
+        await activity_funnel(loaded, at("2026-03-01 00:00"), at("2026-05-01 00:00")),
+        await pipeline(loaded),
+    )
+    assert after == before
