@@ -7,6 +7,8 @@ leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API,
 leadflow migrate                    apply ClickHouse migrations and exit
 leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
 leadflow explain LEAD_ID            why a lead was merged, scored and routed
+leadflow funnel --from D --to D      the funnel: --by source, --mode strict|any, --format csv
+leadflow pipeline [--as-of TS]      count, amount, weighted amount per stage
 leadflow schemas [--out DIR]        JSON Schema of every message
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import sys
@@ -108,7 +111,7 @@ def _ask_server(
     settings: Settings, args: argparse.Namespace, path: str, console: Console
 ) -> dict[str, Any] | None:
     """GET a query route of the running server. None when the answer was already printed
-    (an error, or `--format json`); otherwise the answer, for a rendering for people."""
+    (`--format json` or `csv`); otherwise the answer, for a rendering for people."""
     from leadflow.stack import http_json
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
@@ -118,6 +121,12 @@ def _ask_server(
         raise SystemExit(1)
     if args.format == "json":
         print(json.dumps(answer, ensure_ascii=False, indent=2))
+        return None
+    if args.format == "csv":
+        rows = answer.get("rows") or answer.get("leads") or []
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
         return None
     return answer
 
@@ -149,6 +158,39 @@ def cmd_explain(settings: Settings, args: argparse.Namespace, console: Console) 
     answer = _ask_server(settings, args, path, console)
     for panel in explain_panels(answer) if answer is not None else []:
         console.print(panel)
+    return 0
+
+
+def cmd_funnel(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.views import funnel_table
+
+    query = {
+        "from": args.start,
+        "to": args.end,
+        "mode": args.mode,
+        "kind": args.kind,
+        "window_days": str(args.window_days),
+    }
+    if args.by:
+        query["by"] = args.by
+    answer = _ask_server(settings, args, f"/v1/funnel?{urllib.parse.urlencode(query)}", console)
+    if answer is not None:
+        what = (
+            "leads entering each stage"
+            if args.kind == "activity"
+            else f"cohort funnel ({args.mode} order, {args.window_days}-day window)"
+        )
+        console.print(funnel_table(answer, f"{what}, {args.start} to {args.end}"))
+    return 0
+
+
+def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.views import pipeline_table
+
+    query = {k: v for k, v in (("as_of", args.as_of), ("by", args.by)) if v}
+    answer = _ask_server(settings, args, f"/v1/pipeline?{urllib.parse.urlencode(query)}", console)
+    if answer is not None:
+        console.print(pipeline_table(answer))
     return 0
 
 
@@ -210,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     explain.add_argument("--format", choices=["text", "json"], default="text")
     explain.set_defaults(fn=cmd_explain)
+
+    funnel = verbs.add_parser("funnel", help="the funnel for a cohort or an activity period")
+    funnel.add_argument("--from", dest="start", required=True, help="ISO date, e.g. 2026-03-01")
+    funnel.add_argument("--to", dest="end", required=True, help="ISO date, exclusive")
+    funnel.add_argument("--by", choices=["channel", "source", "campaign", "team", "owner"])
+    funnel.add_argument("--mode", choices=["any", "strict"], default="any")
+    funnel.add_argument("--window-days", type=int, default=90)
+    funnel.add_argument("--kind", choices=["cohort", "activity"], default="cohort")
+    funnel.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    funnel.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    funnel.set_defaults(fn=cmd_funnel)
+
+    pipeline = verbs.add_parser("pipeline", help="count and amount per stage, now or as of")
+    pipeline.add_argument("--as-of", help="ISO time; default: now")
+    pipeline.add_argument("--by", choices=["channel", "source", "campaign", "team", "owner"])
+    pipeline.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    pipeline.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    pipeline.set_defaults(fn=cmd_pipeline)
 
     schemas = verbs.add_parser("schemas", help="print or write JSON Schemas")
     schemas.add_argument("--out", type=Path)

@@ -29,6 +29,7 @@ from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from sinks.clickhouse.client import ClickHouse
+from sinks.clickhouse.funnel import sync_stage_definitions
 from sinks.clickhouse.migrations import migrate
 from sinks.clickhouse.query_api import QueryRoutes
 from sinks.clickhouse.writer import ClickHouseWriter, routes
@@ -146,6 +147,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             applied = await migrate(clickhouse, settings.clickhouse.cluster)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+            await sync_stage_definitions(clickhouse, load_rules(settings.worker.rules_dir).stages)
         if roles.sink:
             assert clickhouse is not None
             services.append(

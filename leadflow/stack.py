@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from rich.table import Table
 from leadflow.broker.local import LocalKafka
 from leadflow.errors import FatalError
 from leadflow.settings import Settings
-from leadflow.views import lead_table
+from leadflow.views import funnel_table, lead_table, pipeline_table
 
 
 @dataclass
@@ -196,6 +197,18 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
                 break
             time.sleep(0.3)
     console.print(lead_table(leads, f"leads in ClickHouse ({len(leads)} shown)"))
+    with console.status("reps at work: a webinar, a conversion, a demo, a lost deal ..."):
+        play_rep_actions(
+            base_url,
+            {lead["email"]: lead["lead_id"] for lead in leads},
+            deadline=time.monotonic() + timeout_s,
+        )
+    today = datetime.now(UTC).date()
+    span = f"from={today}&to={today + timedelta(days=1)}"
+    _, funnel = http_json("GET", f"{base_url}/v1/funnel?{span}")
+    console.print(funnel_table(funnel, f"today's cohort funnel ({today})"))
+    _, pipeline = http_json("GET", f"{base_url}/v1/pipeline")
+    console.print(pipeline_table(pipeline))
     _, answer = http_json("GET", f"{base_url}/v1/dead-letters?limit=20")
     dead = Table(title="dead letters in ClickHouse")
     for column in ("stage", "reason", "message", "source_detail"):
@@ -205,6 +218,74 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
             *(str(letter.get(c) or "") for c in ("stage", "reason", "message", "source_detail"))
         )
     console.print(dead)
+
+
+def play_rep_actions(base_url: str, lead_ids: dict[str, str], deadline: float) -> None:
+    """Engagement and CRM events for the sample leads, so the funnel has depth to show."""
+    now = datetime.now(UTC).isoformat()
+    posts: list[tuple[str, dict[str, object]]] = [
+        (
+            "/v1/events/engagement",
+            {
+                "event_id": "sample-webinar-1",
+                "kind": "webinar_attended",
+                "occurred_at": now,
+                "email": "foo@example.com",
+            },
+        )
+    ]
+    li_na = lead_ids.get("li.na@example.org")
+    grace = lead_ids.get("grace@example.net")
+    if li_na:
+        posts += [
+            (
+                "/v1/events/crm",
+                {
+                    "event_id": "sample-convert-1",
+                    "lead_id": li_na,
+                    "action": "convert",
+                    "amount": 80000,
+                    "currency": "CNY",
+                    "occurred_at": now,
+                },
+            ),
+            (
+                "/v1/events/crm",
+                {
+                    "event_id": "sample-demo-1",
+                    "lead_id": li_na,
+                    "action": "set_stage",
+                    "stage": "demo",
+                    "occurred_at": now,
+                },
+            ),
+        ]
+    if grace:
+        posts.append(
+            (
+                "/v1/events/crm",
+                {
+                    "event_id": "sample-lost-1",
+                    "lead_id": grace,
+                    "action": "lost",
+                    "reason": "chose a competitor",
+                    "occurred_at": now,
+                },
+            )
+        )
+    for path, event in posts:
+        http_json(
+            "POST",
+            base_url + path,
+            json.dumps(event).encode(),
+            {"Content-Type": "application/json"},
+        )
+    while time.monotonic() < deadline:
+        _, pipeline = http_json("GET", f"{base_url}/v1/pipeline")
+        stages = {row["stage"] for row in pipeline.get("rows", [])}
+        if not li_na or "demo" in stages:
+            return
+        time.sleep(0.3)
 
 
 def _raise_interrupt(*_: object) -> None:

@@ -79,3 +79,73 @@ def explain_panels(answer: dict[str, Any]) -> list[Panel | Table]:
         touches.add_row(_text(touch["at"]), touch["channel"], touch["source"], touch["event_id"])
     parts.append(touches)
     return parts
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def funnel_table(answer: dict[str, Any], title: str) -> Table:
+    """A funnel for people: leads per stage, a bar, conversion and time from the previous stage."""
+    table = Table(title=title)
+    rows = answer["rows"]
+    columns = ["group"] if answer.get("by") else []
+    columns += ["stage", "leads", ""]
+    if rows and "step_conversion" in rows[0]:
+        columns += ["step", "cumulative", "median from previous", "p90"]
+    elif rows and "amount" in rows[0]:
+        columns += ["amount"]
+    for column in columns:
+        table.add_column(
+            column, justify="right" if column not in ("group", "stage", "") else "left"
+        )
+    widest = max((r["leads"] for r in rows), default=0) or 1
+    for row in rows:
+        bar = "█" * max(0, round(24 * row["leads"] / widest))
+        cells = [row["group"]] if answer.get("by") else []
+        cells += [row["stage"], str(row["leads"]), bar]
+        if "step_conversion" in row:
+            cells += [
+                _percent(row["step_conversion"]),
+                _percent(row["cumulative_conversion"]),
+                _duration(row["median_s_from_previous"]),
+                _duration(row["p90_s_from_previous"]),
+            ]
+        elif "amount" in row:
+            cells.append(f"{row['amount']:,.2f}")
+        table.add_row(*cells)
+    return table
+
+
+def pipeline_table(answer: dict[str, Any]) -> Table:
+    """The pipeline for people: leads, amount and weighted amount per stage."""
+    when = f"as of {answer['as_of']}" if answer.get("as_of") else "now"
+    table = Table(title=f"pipeline {when}")
+    columns = (["group"] if answer.get("by") else []) + [
+        "stage",
+        "leads",
+        "amount",
+        "weighted amount",
+    ]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("group", "stage") else "right")
+    for row in answer["rows"]:
+        cells = [row["group"]] if answer.get("by") else []
+        cells += [
+            row["stage"],
+            str(row["leads"]),
+            f"{row['amount']:,.2f}",
+            f"{row['weighted_amount']:,.2f}",
+        ]
+        table.add_row(*cells)
+    return table

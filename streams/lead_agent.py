@@ -32,7 +32,7 @@ from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState
 from streams import leads
 from streams.routing import choose_team
 from streams.rules import Rules
-from streams.stage_engine import RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
+from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
 from streams.wiring import dead_letter, json_table, raw_topic
 
 STAGE = stages.LEAD
@@ -249,8 +249,25 @@ def handle_update(
         )
         effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
         marked = leads.mark_merged(state, loser, survivor, survivor_seen, now)
-        effects.state = marked
         if state is not None:
+            # The loser leaves the funnel: its own transitions stay as history.
+            marked, transitions = apply_moves(
+                marked,
+                [
+                    Move(
+                        to=MERGED,
+                        at=now,
+                        cause=f"merge:{survivor}",
+                        reason=f"merged into {survivor}",
+                    )
+                ],
+                rules.stages,
+                now,
+            )
+            for transition in transitions:
+                effects.sends.append(
+                    (topics.lead_transitions, loser, transition.model_dump_json().encode())
+                )
             effects.sends.append(
                 (topics.leads_identified, loser, marked.model_dump_json().encode())
             )
@@ -261,6 +278,7 @@ def handle_update(
                 "loser_state": state.model_dump(mode="json"),
             }
             effects.sends.append((topics.lead_updates, survivor, orjson.dumps(absorb)))
+        effects.state = marked
         return effects
     if kind == "absorb":
         loser_state = LeadState.model_validate(update["loser_state"])
@@ -274,6 +292,15 @@ def handle_update(
             )
             return effects
         moves = []
+        if state is None:
+            # The survivor's own first event has not arrived here yet: it enters now.
+            moves.append(
+                Move(
+                    to="new",
+                    at=datetime.fromisoformat(update["survivor_seen"]),
+                    cause=f"first-seen:{update['survivor']}",
+                )
+            )
         if loser_state.stage and loser_state.stage_at:
             moves.append(
                 Move(

@@ -23,6 +23,7 @@ from streams.rules import StageRules
 
 _TRANSITION_NAMESPACE = uuid.UUID("3b8e6d2f-9a41-4c57-8f0e-6d1c2b3a4e59")
 RE_ENGAGED = "re_engaged"
+MERGED = "merged"  # the lead turned out to be another one: it leaves the funnel
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class Move:
 
 
 def allowed(current: str | None, target: str, rules: StageRules) -> bool:
-    if current == target:
+    if current in (target, MERGED):
         return False
-    if current is None:
+    if current is None or target == MERGED:
         return True
     if target in rules.closed:
         return current not in rules.closed

@@ -17,6 +17,10 @@ Definitions (docs/funnel.md has them with the SQL for analysts):
   of a past time from `lead_transitions` (latest transition at or before it).
 - Stagnation: open leads whose latest move is older than N days.
 
+A lead found to be the same person as an earlier one moves to `merged`: it
+leaves cohorts and the pipeline (its survivor carries on), while the
+activity funnel still shows the record's own entries, and `merged` itself.
+
 The breakdown dimension (`by`) is read from the lead's entry (channel,
 source, campaign) or from its latest owner and team.
 """
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 from sinks.clickhouse.client import ClickHouse
 from streams.rules import StageRules
+from streams.stage_engine import MERGED
 
 Dimension = Literal["channel", "source", "campaign", "team", "owner"]
 DIMENSIONS: tuple[Dimension, ...] = ("channel", "source", "campaign", "team", "owner")
@@ -39,7 +44,7 @@ async def sync_stage_definitions(clickhouse: ClickHouse, stages: StageRules) -> 
     db = clickhouse.database
     await clickhouse.command(f"TRUNCATE TABLE IF EXISTS {db}.stage_definitions")
     rows: list[list[Any]] = [[s.name, i, s.probability, 0] for i, s in enumerate(stages.stages)]
-    rows += [[name, CLOSED_ORDER, 0.0, 1] for name in stages.closed]
+    rows += [[name, CLOSED_ORDER, 0.0, 1] for name in [*stages.closed, MERGED]]
     rows.append(["re_engaged", -1, 0.0, 0])
     await clickhouse.insert(
         "stage_definitions", rows, ["stage", "stage_order", "probability", "is_closed"]
@@ -75,7 +80,7 @@ def _entries_sql(db: str) -> str:
                argMaxIf(owner, event_time, owner != '') AS owner
         FROM {db}.lead_transitions FINAL
         GROUP BY lead_id
-        HAVING countIf(to_stage = 'new') > 0
+        HAVING countIf(to_stage = 'new') > 0 AND countIf(to_stage = 'merged') = 0
            AND entered >= {{start:DateTime64(3, 'UTC')}} AND entered < {{end:DateTime64(3, 'UTC')}}
     """
 
@@ -245,6 +250,7 @@ async def pipeline(
                any(d.stage_order) AS stage_order
         FROM ({source}) AS p
         LEFT JOIN {db}.stage_definitions AS d FINAL ON d.stage = p.stage
+        WHERE p.stage != 'merged'
         GROUP BY grp, stage
         ORDER BY grp, stage_order, stage""",
         params,

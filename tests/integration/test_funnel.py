@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import csv
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import StageTransition, TransitionRow
+from leadflow.kafka_clients import make_producer
+from leadflow.settings import KafkaSettings
+from leadflow.stack import http_json
+from schemas import CrmEvent, StageTransition, TransitionRow
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import (
     activity_funnel,
@@ -16,6 +25,7 @@ from sinks.clickhouse.funnel import (
     sync_stage_definitions,
 )
 from streams.rules import load_rules
+from tests.integration.processes import Stack
 
 
 def at(text: str) -> datetime:
@@ -172,3 +182,91 @@ async def test_resending_the_same_events_changes_no_number(loaded: ClickHouse) -
         await pipeline(loaded),
     )
     assert after == before
+
+
+async def test_funnel_and_pipeline_through_the_running_stack(stack: Stack) -> None:
+    for n, country in enumerate(("US", "CN", "GB")):
+        fields = {"name": f"Lead {n}", "email": f"lead{n}@example.com", "country": country}
+        assert stack.post_json(fields)[0] == 202
+    for _ in range(120):
+        leads = stack.leads()["leads"]
+        if len(leads) == 3 and all(lead["owner"] for lead in leads):
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError(stack.logs())
+    winner = next(lead for lead in leads if lead["email"] == "lead0@example.com")
+    now = datetime.now(UTC)
+    producer = make_producer(KafkaSettings(), stack.bootstrap)
+    await producer.start()
+    try:
+        for action, extra in (
+            ("convert", {"amount": 50_000.0, "currency": "USD"}),
+            ("set_stage", {"stage": "proposal"}),
+        ):
+            event = CrmEvent(
+                event_id=f"crm-{action}",
+                lead_id=winner["lead_id"],
+                action=action,
+                occurred_at=now,
+                **extra,
+            )  # type: ignore[arg-type]
+            await producer.send_and_wait(
+                stack.topics.events_crm,
+                event.model_dump_json().encode(),
+                key=winner["lead_id"].encode(),
+            )
+    finally:
+        await producer.stop()
+
+    day = now.date()
+    query = f"from={day}&to={day + timedelta(days=1)}"
+    for _ in range(120):
+        status, piped = http_json("GET", f"{stack.base_url}/v1/pipeline")
+        stages = {r["stage"]: r for r in piped.get("rows", [])}
+        if "proposal" in stages:
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError(f"{piped}\n{stack.logs()}")
+    assert stages["proposal"]["amount"] == 50_000.0
+    assert stages["proposal"]["weighted_amount"] == 25_000.0
+    status, funnel = http_json("GET", f"{stack.base_url}/v1/funnel?{query}")
+    assert status == 200
+    reached = {r["stage"]: r["leads"] for r in funnel["rows"]}
+    assert reached["new"] == 3
+    assert reached["proposal"] == 1
+    bad, answer = http_json("GET", f"{stack.base_url}/v1/funnel?from=yesterday&to=x")
+    assert bad == 400
+    assert "ISO" in answer["message"]
+
+    table = await asyncio.to_thread(
+        run_cli,
+        "funnel",
+        "--from",
+        str(day),
+        "--to",
+        str(day + timedelta(days=1)),
+        "--url",
+        stack.base_url,
+    )
+    assert "cohort funnel (any order" in table
+    assert "proposal" in table
+    as_csv = await asyncio.to_thread(
+        run_cli, "pipeline", "--format", "csv", "--url", stack.base_url
+    )
+    rows = list(csv.DictReader(io.StringIO(as_csv)))
+    assert {"stage": "proposal", "leads": "1"}.items() <= next(
+        r for r in rows if r["stage"] == "proposal"
+    ).items()
+
+
+def run_cli(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "leadflow", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return result.stdout

@@ -12,6 +12,9 @@ from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
 from leadflow.server import Roles, build_app
 from leadflow.settings import HttpSettings, KafkaSettings, Settings
+from leadflow.topics import Topics
+from schemas import DeadLetter
+from tests.integration.processes import read_topic
 
 
 async def client_for(settings: Settings, bootstrap: str) -> AsyncIterator[TestClient]:
@@ -86,3 +89,64 @@ async def test_kafka_not_acknowledging_is_503_never_2xx(
         assert (await response.json())["error"] == "unavailable"
         metrics = await (await client.get("/metrics")).text()
         assert 'leadflow_http_requests_total{route="/v1/leads/web",status="503"} 1.0' in metrics
+
+
+async def test_event_endpoints_validate_publish_and_dead_letter(
+    client: TestClient, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    topics = Topics(topic_prefix)
+    ok = await client.post(
+        "/v1/events/crm",
+        json={
+            "event_id": "c1",
+            "lead_id": "lead-1",
+            "action": "convert",
+            "amount": 1200.5,
+            "currency": "CNY",
+            "occurred_at": "2026-03-02T09:00:00Z",
+        },
+    )
+    assert ok.status == 202
+    assert (await ok.json())["event_id"] == "c1"
+    bad = await client.post(
+        "/v1/events/crm",
+        json={
+            "event_id": "c2",
+            "lead_id": "lead-1",
+            "action": "lost",
+            "occurred_at": "2026-03-02T09:00:00Z",
+            "currency": "yuan",
+        },
+    )
+    assert bad.status == 422
+    answer = await bad.json()
+    assert set(answer["fields"]) == {"currency"}
+    no_reason = await client.post(
+        "/v1/events/crm",
+        json={
+            "event_id": "c3",
+            "lead_id": "lead-1",
+            "action": "lost",
+            "occurred_at": "2026-03-02T09:00:00Z",
+        },
+    )
+    assert no_reason.status == 422
+    assert "lost needs a reason" in (await no_reason.json())["message"]
+    engagement = await client.post(
+        "/v1/events/engagement",
+        json={
+            "event_id": "e1",
+            "kind": "webinar_attended",
+            "occurred_at": "2026-03-02T09:00:00Z",
+            "email": "ada@example.com",
+        },
+    )
+    assert engagement.status == 202
+
+    [published] = await read_topic(kafka_bootstrap, topics.events_crm, 1)
+    assert published.key == b"lead-1"
+    [by_email] = await read_topic(kafka_bootstrap, topics.events_engagement, 1)
+    assert by_email.key == b"ada@example.com"
+    letters = await read_topic(kafka_bootstrap, topics.dlq("events"), 2)
+    ids = {DeadLetter.model_validate_json(m.value or b"").dead_letter_id for m in letters}
+    assert answer["dead_letter_id"] in ids

@@ -35,6 +35,12 @@ def test_distinct_leads_match_the_oracle_in_any_interleaving(rules: Rules, seed:
         assert lead.owner, f"{lead.lead_id} has no owner"
         team = rules.routing.teams[lead.team or ""]
         assert lead.owner in {rep.id for rep in team.reps} | {f"queue:{lead.team}"}
+    # Every current lead entered the funnel once; every other lead that entered left it merged.
+    entered = [t["lead_id"] for t in topology.transitions if t["to_stage"] == "new"]
+    merged = {t["lead_id"] for t in topology.transitions if t["to_stage"] == "merged"}
+    current = {lead.lead_id for lead in topology.people()}
+    assert sorted(lead for lead in entered if lead in current) == sorted(current)
+    assert set(entered) - current <= merged
     # Every merge names a survivor that is a current lead or was merged on.
     survivors = {m["survivor_id"] for m in topology.merges}
     assert survivors <= set(topology.states)
