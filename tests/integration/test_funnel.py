@@ -6,9 +6,11 @@ import asyncio
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +272,16 @@ def run_cli(*args: str) -> str:
         env={**os.environ, "COLUMNS": "200"},
     )
     return result.stdout
+
+
+async def test_the_sql_recipes_in_the_docs_run(loaded: ClickHouse) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "funnel.md").read_text()
+    recipes = re.findall(r"```sql\n(.*?)```", doc, flags=re.DOTALL)
+    assert len(recipes) >= 5
+    answers = []
+    for recipe in recipes:
+        sql = recipe.replace("leadflow.", f"{loaded.database}.").strip().rstrip(";")
+        answers.append(await loaded.query(sql))
+    cohort = {row["stage"]: row["leads"] for row in answers[0]}
+    assert (cohort["new"], cohort["contacted"], cohort["won"]) == (3, 2, 1)
+    assert all(answers), "every recipe returns rows on the fixture"
