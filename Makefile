@@ -7,7 +7,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
+.PHONY: chromium up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
+
+# The dashboard test drives Debian's headless Chromium; install it once if missing.
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
+
+chromium:
+	@if [ -z "$(CHROMIUM)" ]; then \
+	  echo "installing Debian's chromium for the dashboard test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +27,7 @@ $(STAMP): pyproject.toml
 up: $(STAMP)            ## the local stack with sample leads; Ctrl-C stops it
 	$(BIN)/leadflow up
 
-test: $(STAMP)          ## lint, type-check, then every test of the default suite
+test: $(STAMP) chromium ## lint, type-check, then every test of the default suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -27,7 +36,7 @@ test: $(STAMP)          ## lint, type-check, then every test of the default suit
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) chromium
 	$(BIN)/pytest tests/integration -m "not slow"
 
 test-slow: $(STAMP)     ## long runs kept out of `make test`

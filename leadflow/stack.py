@@ -8,6 +8,7 @@ until Ctrl-C, then stops every process it started, by pid.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -51,6 +52,13 @@ class Child:
             self.process.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the parent dies (no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Child:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -64,7 +72,10 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
             # Own session: a terminal's Ctrl-C reaches only `up`, which stops the children
             # in order (server first, so the writer commits what it inserted).
             start_new_session=True,
+            # And if `up` itself is killed outright, the children follow it.
+            preexec_fn=_die_with_parent,
         )
+    (log_dir / f"{name}.pid").write_text(str(process.pid))
     return Child(name, process, log_path, args, env)
 
 
@@ -191,9 +202,9 @@ def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> No
         while time.monotonic() < deadline:
             _, answer = http_json("GET", f"{base_url}/v1/leads?limit=50")
             leads = answer.get("leads", [])
-            if set(accepted) <= {lead["email"] for lead in leads} and all(
-                lead["owner"] for lead in leads
-            ):
+            # Every sample person exactly once (merges settled), each with an owner.
+            emails = [lead["email"] for lead in leads]
+            if sorted(emails) == sorted(set(accepted)) and all(lead["owner"] for lead in leads):
                 break
             time.sleep(0.3)
     console.print(lead_table(leads, f"leads in ClickHouse ({len(leads)} shown)"))

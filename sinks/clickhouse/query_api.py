@@ -4,6 +4,7 @@ that owns the data directory can read it, so these routes live in that process."
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -76,6 +77,7 @@ class QueryRoutes:
         app.router.add_get("/v1/funnel", self.get_funnel)
         app.router.add_get("/v1/pipeline", self.get_pipeline)
         app.router.add_get("/v1/pipeline/stagnant", self.get_stagnant)
+        app.router.add_get("/dashboard", self.get_dashboard)
 
     async def get_leads(self, request: web.Request) -> web.Response:
         rows = await queries.find_leads(
@@ -132,6 +134,11 @@ class QueryRoutes:
             self._clickhouse, days=days, now=datetime.now(UTC), limit=_limit(request)
         )
         return web.json_response({"days": days, "leads": [_deep_jsonable(r) for r in rows]})
+
+    async def get_dashboard(self, _: web.Request) -> web.Response:
+        """The funnel and pipeline page for people; it reads the two JSON routes above."""
+        page = resources.files("sinks.clickhouse").joinpath("dashboard.html").read_text("utf-8")
+        return web.Response(text=page, content_type="text/html")
 
     async def get_dead_letters(self, request: web.Request) -> web.Response:
         rows = await queries.recent_dead_letters(

@@ -71,37 +71,72 @@ def test_up_shows_sample_leads_from_clickhouse_and_stops_on_ctrl_c(
         "HTTP_PORT": str(free_port()),
         "COLUMNS": "220",
     }
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "leadflow", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 150
-        assert process.stdout is not None
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        output = "".join(lines)
-        assert "Press Ctrl-C" in output, output
-        assert "leads in ClickHouse (4 shown)" in output
-        for email in ("foo@example.com", "wang.xm@example.cn", "li.na@example.org"):
-            assert email in output
-        assert "+8613800138000" in output  # the full-width phone, normalized
-        assert "invalid_fields" in output
-        assert "no_contact" in output
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ) as process:
+        lines: list[str] = []
+        try:
+            deadline = time.monotonic() + 150
+            assert process.stdout is not None
+            while time.monotonic() < deadline:
+                line = process.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+                if "Press Ctrl-C" in line:
+                    break
+            output = "".join(lines)
+            assert "Press Ctrl-C" in output, output
+            assert "leads in ClickHouse (4 shown)" in output, output
+            for email in ("foo@example.com", "wang.xm@example.cn", "li.na@example.org"):
+                assert email in output
+            assert "+8613800138000" in output  # the full-width phone, normalized
+            assert "invalid_fields" in output
+            assert "no_contact" in output  # refused samples
+            assert "cohort funnel" in output
+            assert "80,000.00" in output  # the sample deal in the pipeline
+            process.send_signal(signal.SIGINT)
+            rest, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert process.returncode == 0, rest
     assert "stopped" in rest
+
+
+def test_children_of_up_die_with_it(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    env = {
+        **os.environ,
+        "LEADFLOW_DATA_DIR": str(tmp_path),
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "KAFKA_TOPIC_PREFIX": topic_prefix,
+        "HTTP_PORT": str(free_port()),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "leadflow", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as up:
+        assert up.stdout is not None
+        for line in up.stdout:
+            if "worker and server up" in line:
+                break
+        pids = [
+            int((tmp_path / "logs" / f"{name}.pid").read_text()) for name in ("worker", "serve")
+        ]
+        assert all(pid_alive(pid) for pid in pids)
+        up.kill()  # no chance to clean up
+        up.wait()
+    deadline = time.monotonic() + 60
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if pid_alive(pid)]

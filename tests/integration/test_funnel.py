@@ -7,8 +7,10 @@ import csv
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -186,7 +188,14 @@ async def test_resending_the_same_events_changes_no_number(loaded: ClickHouse) -
     assert after == before
 
 
-async def test_funnel_and_pipeline_through_the_running_stack(stack: Stack) -> None:
+@pytest.fixture
+async def dashboard_stack(stack: Stack) -> Stack:
+    """A running stack with three leads, one converted to a deal at `proposal`."""
+    await play_three_leads(stack)
+    return stack
+
+
+async def play_three_leads(stack: Stack) -> None:
     for n, country in enumerate(("US", "CN", "GB")):
         fields = {"name": f"Lead {n}", "email": f"lead{n}@example.com", "country": country}
         assert stack.post_json(fields)[0] == 202
@@ -221,16 +230,21 @@ async def test_funnel_and_pipeline_through_the_running_stack(stack: Stack) -> No
     finally:
         await producer.stop()
 
-    day = now.date()
-    query = f"from={day}&to={day + timedelta(days=1)}"
     for _ in range(120):
-        status, piped = http_json("GET", f"{stack.base_url}/v1/pipeline")
-        stages = {r["stage"]: r for r in piped.get("rows", [])}
-        if "proposal" in stages:
+        _, piped = http_json("GET", f"{stack.base_url}/v1/pipeline")
+        if any(r["stage"] == "proposal" for r in piped.get("rows", [])):
             break
         await asyncio.sleep(0.25)
     else:
         raise AssertionError(f"{piped}\n{stack.logs()}")
+
+
+async def test_funnel_and_pipeline_through_the_running_stack(dashboard_stack: Stack) -> None:
+    stack = dashboard_stack
+    day = datetime.now(UTC).date()
+    query = f"from={day}&to={day + timedelta(days=1)}"
+    _, piped = http_json("GET", f"{stack.base_url}/v1/pipeline")
+    stages = {r["stage"]: r for r in piped["rows"]}
     assert stages["proposal"]["amount"] == 50_000.0
     assert stages["proposal"]["weighted_amount"] == 25_000.0
     status, funnel = http_json("GET", f"{stack.base_url}/v1/funnel?{query}")
@@ -285,3 +299,51 @@ async def test_the_sql_recipes_in_the_docs_run(loaded: ClickHouse) -> None:
     cohort = {row["stage"]: row["leads"] for row in answers[0]}
     assert (cohort["new"], cohort["contacted"], cohort["won"]) == (3, 2, 1)
     assert all(answers), "every recipe returns rows on the fixture"
+
+
+def render(url: str, screenshot: Path | None = None) -> str:
+    """The page as headless Chromium leaves it after its scripts ran."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is installed by `make test` (Debian package chromium)"
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--virtual-time-budget=15000",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ]
+    if screenshot is not None:
+        subprocess.run(
+            [*flags, "--window-size=1280,720", f"--screenshot={screenshot}", url],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+    return subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+
+
+def test_dashboard_renders_what_the_api_returns(dashboard_stack: Stack) -> None:
+    day = datetime.now(UTC).date()
+    query = f"from={day}&to={day + timedelta(days=1)}"
+    dom = render(f"{dashboard_stack.base_url}/dashboard?{query}")
+    assert 'data-loaded="yes"' in dom
+    _, funnel = http_json("GET", f"{dashboard_stack.base_url}/v1/funnel?{query}")
+    for row in funnel["rows"]:
+        assert re.search(
+            rf'<tr data-stage="{row["stage"]}"><td class="stage">{row["stage"]}'
+            rf'</td><td class="leads">{row["leads"]}</td>',
+            dom,
+        ), row
+    _, pipeline = http_json("GET", f"{dashboard_stack.base_url}/v1/pipeline")
+    for row in pipeline["rows"]:
+        assert f'<td class="weighted">{row["weighted_amount"]:,.0f}</td>' in dom, row
+    filtered = render(f"{dashboard_stack.base_url}/dashboard?{query}&owner=nobody")
+    assert '<tr data-stage="new">' not in filtered  # a filter keeps only its group
