@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: chromium up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
+.PHONY: bench chromium up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
 
 # The dashboard test drives Debian's headless Chromium; install it once if missing.
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
@@ -54,6 +54,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+bench: $(STAMP)         ## benchmarks (figures printed and written to bench-results/)
+	$(BIN)/leadflow bench queries
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start

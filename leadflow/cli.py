@@ -194,6 +194,13 @@ def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console)
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.bench import bench_queries
+
+    report = bench_queries(args.leads, args.repeat, args.out, console)
+    return 0 if all(r["same_answer"] for r in report["results"]) else 1
+
+
 def cmd_schemas(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from schemas import json_schemas
 
@@ -270,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     pipeline.add_argument("--format", choices=["table", "json", "csv"], default="table")
     pipeline.set_defaults(fn=cmd_pipeline)
+
+    bench = verbs.add_parser("bench", help="benchmarks that print figures")
+    bench.add_argument("suite", choices=["queries"])
+    bench.add_argument("--leads", type=int, default=1_000_000)
+    bench.add_argument("--repeat", type=int, default=5)
+    bench.add_argument("--out", type=Path, default=Path("bench-results/queries.json"))
+    bench.set_defaults(fn=cmd_bench)
 
     schemas = verbs.add_parser("schemas", help="print or write JSON Schemas")
     schemas.add_argument("--out", type=Path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from leadflow.kafka_clients import make_producer
 from leadflow.settings import KafkaSettings
@@ -347,3 +349,39 @@ def test_dashboard_renders_what_the_api_returns(dashboard_stack: Stack) -> None:
         assert f'<td class="weighted">{row["weighted_amount"]:,.0f}</td>' in dom, row
     filtered = render(f"{dashboard_stack.base_url}/dashboard?{query}&owner=nobody")
     assert '<tr data-stage="new">' not in filtered  # a filter keeps only its group
+
+
+def test_query_bench_compares_views_with_the_raw_table(tmp_path: Path) -> None:
+    out = tmp_path / "queries.json"
+    run_cli("bench", "queries", "--leads", "3000", "--repeat", "1", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["transitions"] > 3000 * 5
+    assert [r["same_answer"] for r in report["results"]] == [True] * 4
+    assert all(r["view_ms"] > 0 and r["raw_ms"] > 0 for r in report["results"])
+
+
+async def test_grafana_provisioning_queries_run(loaded: ClickHouse) -> None:
+    root = Path(__file__).parents[2]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    source = yaml.safe_load(
+        (root / "deploy/grafana/provisioning/datasources/clickhouse.yaml").read_text()
+    )
+    [datasource] = source["datasources"]
+    assert datasource["jsonData"]["host"] in compose["services"]  # the compose server
+    dashboard = json.loads((root / "deploy/grafana/dashboards/funnel.json").read_text())
+    answers = {}
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"]
+        sql = panel["targets"][0]["rawSql"].replace("leadflow.", f"{loaded.database}.")
+        answers[panel["title"]] = await loaded.query(sql)
+    pipeline_rows = answers["Pipeline now: amount and weighted amount by stage"]
+    assert {r["stage"]: r["leads"] for r in pipeline_rows} == {
+        "assigned": 1,
+        "sql": 1,
+        "won": 1,
+        "lost": 1,
+    }
+    stuck = answers["Stagnant open leads (14+ days in stage)"]
+    assert {r["lead_id"] for r in stuck} == {"C", "D"}
