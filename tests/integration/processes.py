@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -97,6 +99,18 @@ class Stack:
         raise AssertionError(
             f"{len(leads)} of {count} leads after {timeout_s}s for {query}\n{self.logs()}"
         )
+
+
+def run_cli(*args: str) -> str:
+    """`leadflow ARGS` as a person runs it; its output, or CalledProcessError."""
+    result = subprocess.run(
+        [sys.executable, "-m", "leadflow", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return result.stdout
 
 
 def start_stack(bootstrap: str, prefix: str, data_dir: Path, workers: int = 1) -> Stack:

@@ -6,11 +6,9 @@ import asyncio
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +29,7 @@ from sinks.clickhouse.funnel import (
     sync_stage_definitions,
 )
 from streams.rules import load_rules
-from tests.integration.processes import Stack
+from tests.integration.processes import Stack, run_cli
 
 
 def at(text: str) -> datetime:
@@ -277,17 +275,6 @@ async def test_funnel_and_pipeline_through_the_running_stack(dashboard_stack: St
     assert {"stage": "proposal", "leads": "1"}.items() <= next(
         r for r in rows if r["stage"] == "proposal"
     ).items()
-
-
-def run_cli(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "leadflow", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return result.stdout
 
 
 async def test_the_sql_recipes_in_the_docs_run(loaded: ClickHouse) -> None:

@@ -5,24 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 
 from schemas import DeadLetter, RawLead
-from tests.integration.processes import Stack, read_topic
-
-
-def run_cli(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "leadflow", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return result.stdout
+from tests.integration.processes import Stack, read_topic, run_cli
 
 
 async def test_posted_form_lands_normalized_in_leads(stack: Stack) -> None:
