@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ingest_adapters import web_form
+from ingest_adapters import call_center, web_form
 from ingest_adapters.publisher import Publisher
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
@@ -25,7 +26,7 @@ from leadflow.errors import BadRecordError, RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import CrmEvent, EngagementEvent
+from schemas import CallEvent, CrmEvent, EngagementEvent
 from streams.normalize import normalize_lead
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 
 _STATUS_BY_REASON = {
+    "bad_signature": 403,
+    "not_configured": 403,
+    "unauthorized": 401,
     "unsupported_media_type": 415,
     "invalid_json": 400,
     "invalid_form": 400,
@@ -57,6 +61,9 @@ class IngestRoutes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/leads/web", self.post_web_form)
         app.router.add_post("/v1/events/crm", self.post_crm_event)
+        app.router.add_post("/v1/calls/twilio", self.post_twilio)
+        app.router.add_post("/v1/calls/events", self.post_call_event)
+        app.router.add_post("/v1/calls/asterisk", self.post_asterisk)
         app.router.add_post("/v1/events/engagement", self.post_engagement_event)
 
     async def _post_event(
@@ -89,6 +96,76 @@ class IngestRoutes:
         return web.json_response(
             {"status": "accepted", "event_id": getattr(event, "event_id", None)}, status=202
         )
+
+    async def _post_call(
+        self, request: web.Request, parse: Callable[[bytes], CallEvent]
+    ) -> web.Response:
+        """Parse a call-center body, publish the CallEvent keyed by the caller, or refuse it."""
+        body = await request.read()
+        try:
+            event = parse(body)
+        except BadRecordError as exc:
+            detail = f"POST {request.path}"
+            letter_id = await self._dead_letter(exc, body, call_center.STAGE, detail, None)
+            status = _STATUS_BY_REASON.get(exc.reason, 422)
+            return error_body(
+                status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=letter_id
+            )
+        await self._publisher.publish(
+            self._topics.events_calls, event.caller, event.model_dump_json().encode()
+        )
+        return web.json_response({"status": "accepted", "event_id": event.event_id}, status=202)
+
+    def _check_api_key(self, request: web.Request) -> None:
+        expected = self._settings.calls.api_key
+        given = request.headers.get("X-Api-Key", "")
+        if expected is not None and not hmac.compare_digest(
+            given.encode(), expected.get_secret_value().encode()
+        ):
+            raise BadRecordError("unauthorized", "X-Api-Key is missing or wrong")
+
+    async def post_twilio(self, request: web.Request) -> web.Response:
+        """Twilio Voice status callbacks, verified by X-Twilio-Signature."""
+        calls = self._settings.calls
+        region = self._settings.normalize.default_phone_region
+
+        def parse(body: bytes) -> CallEvent:
+            if calls.twilio_auth_token is None or not calls.twilio_public_url:
+                raise BadRecordError(
+                    "not_configured",
+                    "Twilio callbacks are not configured "
+                    "(CALLS_TWILIO_AUTH_TOKEN, CALLS_TWILIO_PUBLIC_URL)",
+                )
+            return call_center.parse_twilio(
+                body,
+                request.headers.get("X-Twilio-Signature"),
+                calls.twilio_public_url,
+                calls.twilio_auth_token.get_secret_value(),
+                region,
+            )
+
+        return await self._post_call(request, parse)
+
+    async def post_call_event(self, request: web.Request) -> web.Response:
+        """A call event in leadflow's own JSON, from any telephony system."""
+        region = self._settings.normalize.default_phone_region
+
+        def parse(body: bytes) -> CallEvent:
+            self._check_api_key(request)
+            return call_center.parse_generic(body, region)
+
+        return await self._post_call(request, parse)
+
+    async def post_asterisk(self, request: web.Request) -> web.Response:
+        """An Asterisk AMI Cdr event, relayed as its text."""
+        region = self._settings.normalize.default_phone_region
+        zone = self._settings.calls.asterisk_timezone
+
+        def parse(body: bytes) -> CallEvent:
+            self._check_api_key(request)
+            return call_center.parse_ami_cdr(body, region, zone)
+
+        return await self._post_call(request, parse)
 
     async def post_crm_event(self, request: web.Request) -> web.Response:
         """A rep's action (accept, convert, set_stage, won, lost, disqualify) → events.crm."""

@@ -90,6 +90,32 @@ class NormalizeSettings(_Section):
         return value
 
 
+class CallsSettings(_Section):
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, description="Twilio auth token; verifies X-Twilio-Signature."
+    )
+    twilio_public_url: str | None = Field(
+        default=None, description="The URL Twilio posts status callbacks to, as Twilio sees it."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="X-Api-Key required on POST /v1/calls/events when set."
+    )
+    asterisk_timezone: str = Field(
+        default="Asia/Shanghai", description="Time zone of the PBX's AMI Cdr times."
+    )
+
+    @field_validator("asterisk_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
 class NotifySettings(_Section):
     max_attempts: Annotated[int, Field(ge=1, description="Delivery attempts per rep notice.")] = 5
     backoff_s: Annotated[float, Field(ge=0, description="First pause between attempts.")] = 1.0
@@ -134,6 +160,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     normalize: NormalizeSettings = NormalizeSettings()
     notify: NotifySettings = NotifySettings()
+    calls: CallsSettings = CallsSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @property
@@ -154,6 +181,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "http": HttpSettings,
     "normalize": NormalizeSettings,
     "notify": NotifySettings,
+    "calls": CallsSettings,
     "worker": WorkerSettings,
 }
 

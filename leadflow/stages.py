@@ -6,6 +6,7 @@ Renaming one renames a `dlq.<stage>` topic, so treat these as a contract.
 from typing import Final
 
 WEB_FORM: Final = "web_form"
+CALL_CENTER: Final = "call_center"
 NORMALIZE: Final = "normalize"
 IDENTITY: Final = "identity"
 LEAD: Final = "lead"
@@ -14,4 +15,14 @@ EVENTS: Final = "events"
 NOTIFY: Final = "notify"
 CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 
-ALL: Final = (WEB_FORM, NORMALIZE, IDENTITY, LEAD, ROUTE, EVENTS, NOTIFY, CLICKHOUSE_WRITER)
+ALL: Final = (
+    WEB_FORM,
+    CALL_CENTER,
+    NORMALIZE,
+    IDENTITY,
+    LEAD,
+    ROUTE,
+    EVENTS,
+    NOTIFY,
+    CLICKHOUSE_WRITER,
+)

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 
 from ingest_adapters.publisher import Publisher
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
 from leadflow.server import Roles, build_app
-from leadflow.settings import HttpSettings, KafkaSettings, Settings
+from leadflow.settings import CallsSettings, HttpSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter
 from tests.integration.processes import read_topic
@@ -150,3 +151,66 @@ async def test_event_endpoints_validate_publish_and_dead_letter(
     letters = await read_topic(kafka_bootstrap, topics.dlq("events"), 2)
     ids = {DeadLetter.model_validate_json(m.value or b"").dead_letter_id for m in letters}
     assert answer["dead_letter_id"] in ids
+
+
+async def test_call_center_endpoints(kafka_bootstrap: str, topic_prefix: str) -> None:
+    from urllib.parse import urlencode
+
+    from ingest_adapters.call_center import twilio_signature
+    from schemas import CallEvent
+
+    url = "https://leads.example.com/v1/calls/twilio"
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=topic_prefix),
+        calls=CallsSettings(
+            twilio_auth_token=SecretStr("tok"), twilio_public_url=url, api_key=SecretStr("k-1")
+        ),
+    )
+    await ensure_topics(settings.kafka, kafka_bootstrap)
+    topics = Topics(topic_prefix)
+    params = {
+        "CallSid": "CA77",
+        "From": "+8613800138000",
+        "To": "+862161234567",
+        "CallStatus": "completed",
+        "CallDuration": "80",
+        "Direction": "inbound",
+        "SequenceNumber": "2",
+        "Timestamp": "Mon, 02 Mar 2026 01:01:20 +0000",
+    }
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async for client in client_for(settings, kafka_bootstrap):
+        signature = twilio_signature("tok", url, params)
+        ok = await client.post(
+            "/v1/calls/twilio",
+            data=urlencode(params),
+            headers={**form, "X-Twilio-Signature": signature},
+        )
+        assert ok.status == 202
+        forged = await client.post(
+            "/v1/calls/twilio",
+            data=urlencode(params),
+            headers={**form, "X-Twilio-Signature": "Zm9yZ2Vk"},
+        )
+        assert forged.status == 403
+        assert (await forged.json())["error"] == "bad_signature"
+        no_key = await client.post("/v1/calls/events", json={"call_id": "x"})
+        assert no_key.status == 401
+        cdr = (
+            b"Event: Cdr\nUniqueID: 9.1\nSource: 13900139000\nDestination: 8001\n"
+            b"StartTime: 2026-03-02 09:00:00\nBillableSeconds: 30\nDisposition: ANSWERED\n"
+        )
+        ami = await client.post(
+            "/v1/calls/asterisk",
+            data=cdr,
+            headers={"X-Api-Key": "k-1", "Content-Type": "text/plain"},
+        )
+        assert ami.status == 202
+
+    calls = await read_topic(kafka_bootstrap, topics.events_calls, 2)
+    by_key = {m.key: CallEvent.model_validate_json(m.value or b"") for m in calls}
+    assert by_key[b"+8613800138000"].duration_s == 80
+    assert by_key[b"+8613900139000"].source_system == "asterisk"
+    letters = await read_topic(kafka_bootstrap, topics.dlq("call_center"), 2)
+    reasons = {DeadLetter.model_validate_json(m.value or b"").reason for m in letters}
+    assert reasons == {"bad_signature", "unauthorized"}
