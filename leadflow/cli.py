@@ -9,6 +9,7 @@ leadflow leads [--email ...]        leads as ClickHouse holds them (asks a runni
 leadflow explain LEAD_ID            why a lead was merged, scored and routed
 leadflow funnel --from D --to D      the funnel: --by source, --mode strict|any, --format csv
 leadflow pipeline [--as-of TS]      count, amount, weighted amount per stage
+leadflow upload FILE --event NAME  a trade-show export onto leads.raw, with a summary
 leadflow schemas [--out DIR]        JSON Schema of every message
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
-from leadflow.errors import FatalError, LeadflowError
+from leadflow.errors import BadRecordError, FatalError, LeadflowError
 from leadflow.settings import Settings, load_settings
 
 
@@ -201,6 +202,23 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
     return 0 if all(r["same_answer"] for r in report["results"]) else 1
 
 
+def cmd_upload(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.upload import summary_table, upload
+
+    if not args.file.is_file():
+        console.print(f"[red]error:[/] no such file: {args.file}")
+        return 2
+    try:
+        summary = asyncio.run(
+            upload(settings, _bootstrap(settings), args.file, args.event, args.mapping, console)
+        )
+    except BadRecordError as exc:
+        console.print(f"[red]error:[/] {args.file.name}: {exc.message} (dead-lettered)")
+        return 2
+    console.print(summary_table(summary))
+    return 0
+
+
 def cmd_schemas(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from schemas import json_schemas
 
@@ -277,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     pipeline.add_argument("--format", choices=["table", "json", "csv"], default="table")
     pipeline.set_defaults(fn=cmd_pipeline)
+
+    upload = verbs.add_parser("upload", help="publish a trade-show export (CSV or XLSX)")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--event", required=True, help="the trade show, e.g. 'CIIE 2026'")
+    upload.add_argument("--mapping", type=Path, help="YAML: column in the file: field name")
+    upload.set_defaults(fn=cmd_upload)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument("suite", choices=["queries"])

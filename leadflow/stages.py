@@ -7,6 +7,7 @@ from typing import Final
 
 WEB_FORM: Final = "web_form"
 CALL_CENTER: Final = "call_center"
+TRADESHOW_UPLOAD: Final = "tradeshow_upload"
 NORMALIZE: Final = "normalize"
 IDENTITY: Final = "identity"
 LEAD: Final = "lead"
@@ -18,6 +19,7 @@ CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 ALL: Final = (
     WEB_FORM,
     CALL_CENTER,
+    TRADESHOW_UPLOAD,
     NORMALIZE,
     IDENTITY,
     LEAD,

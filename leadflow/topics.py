@@ -93,12 +93,18 @@ class Topics:
             self.routing_requests,
             self.lead_merges,
             self.notifier_delivered,
+            self.uploads_done,
             *self.all_dlq(),
         ]
 
+    @property
+    def uploads_done(self) -> str:
+        """Compacted: finished uploads by event and file digest, with their summary."""
+        return self._name("uploads.done")
+
     def compacted(self) -> set[str]:
         """Topics that keep only the latest value per key."""
-        return {self.notifier_delivered}
+        return {self.notifier_delivered, self.uploads_done}
 
     def group(self, role: str) -> str:
         """Consumer group id of one role (clickhouse writer, notifier ...)."""

@@ -1,0 +1,71 @@
+"""`leadflow upload` against the running stack: rows to leads, bad rows to dead letters, once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from schemas import DeadLetter
+from tests.integration.processes import Stack, read_topic
+
+
+def upload(stack: Stack, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "leadflow", "upload", str(path), "--event", "CIIE 2026", *extra],
+        env={**stack.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+async def test_upload_publishes_rows_dead_letters_bad_ones_and_only_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    path = tmp_path / "ciie-scans.csv"
+    path.write_bytes(
+        (
+            "CIIE 2026 展商名片扫描导出\n"
+            "姓名,手机,邮箱,公司,职位\n"
+            "王小明,138 0013 8000,wang@example.cn,示例科技有限公司,销售总监\n"
+            "李娜,0086 139 1234 5678,li.na@example.org,Fabrikam,经理\n"
+            "王小明,138 0013 8000,wang@example.cn,示例科技有限公司,销售总监\n"
+            ",,,,\n"
+            "赵敏,12,not-an-email,东方零售,\n"
+        ).encode("gb18030")
+    )
+    first = await asyncio.to_thread(upload, stack, path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for line in (
+        "rows read",
+        "leads published",
+        "duplicate rows in the file",
+        "rejected: invalid_fields",
+    ):
+        assert line in first.stdout
+    assert re.search(r"leads published\s+│\s+2 │", first.stdout), first.stdout
+    assert re.search(r"duplicate rows in the file\s+│\s+1 │", first.stdout)
+
+    leads = stack.wait_for_leads(2)
+    assert {lead["first_touch_source"] for lead in leads} == {"ciie 2026"}
+    assert {lead["phone"] for lead in leads} == {"+8613800138000", "+8613912345678"}
+    [letter_message] = await read_topic(stack.bootstrap, stack.topics.dlq("tradeshow_upload"), 1)
+    letter = DeadLetter.model_validate_json(letter_message.value or b"")
+    assert letter.source_detail == "ciie-scans.csv: row 7"
+    assert {p.field for p in letter.problems} == {"email", "phone"}
+
+    again = await asyncio.to_thread(upload, stack, path)
+    assert again.returncode == 0
+    assert "already uploaded at" in again.stdout
+    raw = await read_topic(stack.bootstrap, stack.topics.leads_raw, 2, timeout_s=3)
+    assert len(raw) == 2  # nothing new published
+
+    unreadable = tmp_path / "notes.csv"
+    unreadable.write_text("just,some\nwords,here\n")
+    refused = await asyncio.to_thread(upload, stack, unreadable)
+    assert refused.returncode == 2
+    assert "no header row" in refused.stdout
