@@ -57,6 +57,7 @@ check: lint typecheck test
 
 bench: $(STAMP)         ## benchmarks (figures printed and written to bench-results/)
 	$(BIN)/leadflow bench queries
+	$(BIN)/leadflow bench upload
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start

@@ -196,8 +196,11 @@ def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console)
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.bench import bench_queries
+    from leadflow.bench import bench_queries, bench_upload
 
+    if args.suite == "upload":
+        bench_upload(args.rows, console, args.out.with_name("upload.json"))
+        return 0
     report = bench_queries(args.leads, args.repeat, args.out, console)
     return 0 if all(r["same_answer"] for r in report["results"]) else 1
 
@@ -303,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(fn=cmd_upload)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("suite", choices=["queries"])
+    bench.add_argument("suite", choices=["queries", "upload"])
+    bench.add_argument("--rows", type=int, default=1_000_000, help="upload: rows in the file")
     bench.add_argument("--leads", type=int, default=1_000_000)
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--out", type=Path, default=Path("bench-results/queries.json"))

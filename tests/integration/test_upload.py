@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -69,3 +70,30 @@ async def test_upload_publishes_rows_dead_letters_bad_ones_and_only_once(
     refused = await asyncio.to_thread(upload, stack, unreadable)
     assert refused.returncode == 2
     assert "no header row" in refused.stdout
+
+
+def test_upload_bench_reports_figures(tmp_path: Path) -> None:
+    out = tmp_path / "upload.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leadflow",
+            "bench",
+            "upload",
+            "--rows",
+            "500",
+            "--out",
+            str(tmp_path / "queries.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["file_rows"] == 502  # a title row and the header above 500 data rows
+    assert report["upload_rows_per_s"] > 0
+    assert report["upload_peak_rss_mb"] > 0
+    assert re.search(r"leads published\s+│\s+440 │", report["summary"])  # 50 repeats, 10 bad
