@@ -69,9 +69,18 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def ensure_topics(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 60.0) -> None:
-    """Declare every product topic (already existing ones are left as they are)."""
+async def ensure_topics(
+    kafka: KafkaSettings,
+    bootstrap: str,
+    timeout_s: float = 60.0,
+    extra: dict[str, int] | None = None,
+) -> None:
+    """Declare every product topic, and `extra` compacted ones with their partition counts.
+
+    Already existing topics are left as they are.
+    """
     topics = Topics(kafka.topic_prefix)
+    extra = extra or {}
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(kafka))
@@ -87,6 +96,16 @@ async def ensure_topics(kafka: KafkaSettings, bootstrap: str, timeout_s: float =
                     topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
                 )
                 for name in topics.all()
+                if name not in existing
+            ]
+            wanted += [
+                NewTopic(
+                    name,
+                    partitions,
+                    kafka.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+                for name, partitions in extra.items()
                 if name not in existing
             ]
             if wanted:

@@ -184,7 +184,7 @@ def run_up(settings: Settings, console: Console) -> int:
     return 0
 
 
-def show_samples(base_url: str, console: Console, timeout_s: float = 60.0) -> None:
+def show_samples(base_url: str, console: Console, timeout_s: float = 120.0) -> None:
     accepted: list[str] = []
     table = Table(title="sample posts to POST /v1/leads/web")
     for column in ("sample", "status", "answer"):

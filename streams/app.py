@@ -77,7 +77,14 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> No
     """Run the Faust worker in this process until SIGINT/SIGTERM."""
     (settings.data_dir / "worker-state").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, bootstrap)
-    # Declare every product topic first: Faust only declares those it reads.
-    asyncio.run(ensure_topics(settings.kafka, bootstrap))
+    # Declare every product topic, and the tables' changelogs, before Faust starts: Faust
+    # declares its own lazily, and a write racing that declaration can stall a commit
+    # for a minute on a broker that does not auto-create topics.
+    changelogs = {
+        table.changelog_topic.get_topic_name(): settings.kafka.partitions
+        for table in app.tables.values()
+    }
+    changelogs[f"{app.conf.id}-__assignor-__leader"] = 1
+    asyncio.run(ensure_topics(settings.kafka, bootstrap, extra=changelogs))
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
     worker.execute_from_commandline()

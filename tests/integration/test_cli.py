@@ -80,7 +80,7 @@ def test_up_shows_sample_leads_from_clickhouse_and_stops_on_ctrl_c(
     ) as process:
         lines: list[str] = []
         try:
-            deadline = time.monotonic() + 150
+            deadline = time.monotonic() + 240
             assert process.stdout is not None
             while time.monotonic() < deadline:
                 line = process.stdout.readline()
