@@ -76,8 +76,15 @@ def ensure_jars(progress: bool = True) -> Path:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in URL-safe base64, as Kafka's own tool makes it."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a random UUID in URL-safe base64, as Kafka's own tool makes it.
+
+    Ids that start with "-" are valid but read like options to some tools; leadflow
+    draws again rather than hand one out.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def free_port() -> int:
@@ -221,8 +228,8 @@ class LocalKafka:
                     "kafka.tools.StorageTool",
                     "format",
                     "--ignore-formatted",
-                    "-t",
-                    _cluster_id(),
+                    # `=` keeps an id that starts with "-" from reading as an option.
+                    f"--cluster-id={_cluster_id()}",
                     "-c",
                     str(config),
                 ),
