@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -119,3 +120,37 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def replay_topic(
+    kafka: KafkaSettings,
+    bootstrap: str,
+    topic: str,
+    on_record: Callable[[ConsumerRecord[bytes, bytes]], None],
+) -> None:
+    """Hand every record of `topic`, from the start to its current end, to `on_record`.
+
+    For small compacted topics a process reads back at start (what it already did).
+    """
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **_security(kafka),
+    )
+    await reader.start()
+    try:
+        batch = await reader.getmany(timeout_ms=1000)
+        while True:
+            for records in batch.values():
+                for record in records:
+                    on_record(record)
+            partitions = list(reader.assignment())
+            ends = await reader.end_offsets(partitions) if partitions else {}
+            if not [tp for tp in partitions if await reader.position(tp) < ends[tp]]:
+                return
+            batch = await reader.getmany(timeout_ms=500)
+    finally:
+        await reader.stop()

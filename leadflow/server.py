@@ -125,7 +125,7 @@ async def _start_notifier(
     notifier = Notifier(
         settings.notify, topics, rules.routing, consumer, producer, metrics, session
     )
-    await notifier.load_delivered(bootstrap)
+    await notifier.load_delivered(settings.kafka, bootstrap)
     await consumer.start()
     task = asyncio.create_task(notifier.run(), name="notifier")
     return Background("the rep notifier", task, notifier.stop, [consumer.stop, session.close])

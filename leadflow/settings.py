@@ -21,6 +21,17 @@ from leadflow.errors import ConfigurationError
 DEFAULT_DATA_DIR = Path(".leadflow")
 
 
+def known_time_zone(value: str) -> str:
+    """`value` if it names an IANA time zone (Asia/Shanghai); ValueError otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
 class _Section(BaseModel):
     # Unknown variables that share a section's prefix (HTTP_PROXY, KAFKA_HEAP_OPTS)
     # belong to other programs; they are ignored rather than rejected.
@@ -107,13 +118,7 @@ class CallsSettings(_Section):
     @field_validator("asterisk_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return known_time_zone(value)
 
 
 class NotifySettings(_Section):

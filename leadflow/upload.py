@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,7 +28,7 @@ from rich.table import Table
 from ingest_adapters import tradeshow
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
-from leadflow.kafka_clients import ensure_topics, make_producer
+from leadflow.kafka_clients import ensure_topics, make_producer, replay_topic
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from streams.normalize import normalize_lead
@@ -68,30 +68,21 @@ def load_mapping(path: Path | None) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
-async def _previous_upload(bootstrap: str, topic: str, key: str, settings: Settings) -> str | None:
-    reader = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await reader.start()
-    found: str | None = None
-    try:
-        batch = await reader.getmany(timeout_ms=1000)
-        while True:
-            for messages in batch.values():
-                for message in messages:
-                    if message.key == key.encode():
-                        found = json.loads(message.value or b"{}").get("finished_at")
-            tps = list(reader.assignment())
-            ends = await reader.end_offsets(tps) if tps else {}
-            if not [tp for tp in tps if await reader.position(tp) < ends[tp]]:
-                return found
-            batch = await reader.getmany(timeout_ms=500)
-    finally:
-        await reader.stop()
+async def _previous_upload(
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    key: str,
+) -> str | None:
+    """When this event and file were uploaded before, from `uploads.done`; else None."""
+    found: list[str] = []
+
+    def remember(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.key == key.encode():
+            found.append(json.loads(record.value or b"{}").get("finished_at", "?"))
+
+    await replay_topic(settings.kafka, bootstrap, topic, remember)
+    return found[-1] if found else None
 
 
 async def upload(
@@ -108,7 +99,7 @@ async def upload(
     done_key = f"{event}|{summary.digest}"
     mapping = load_mapping(mapping_file)
     await ensure_topics(settings.kafka, bootstrap)
-    previous = await _previous_upload(bootstrap, topics.uploads_done, done_key, settings)
+    previous = await _previous_upload(settings, bootstrap, topics.uploads_done, done_key)
     if previous is not None:
         summary.already_uploaded_at = previous
         return summary

@@ -26,8 +26,9 @@ from pydantic import ValidationError
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, RetriableError
+from leadflow.kafka_clients import replay_topic
 from leadflow.metrics import Metrics
-from leadflow.settings import NotifySettings
+from leadflow.settings import KafkaSettings, NotifySettings
 from leadflow.topics import Topics
 from schemas import Assignment
 from streams.rules import Notify, RoutingRules
@@ -97,31 +98,14 @@ class Notifier:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def load_delivered(self, bootstrap: str, **client_options: Any) -> None:
+    async def load_delivered(self, kafka: KafkaSettings, bootstrap: str) -> None:
         """Read `notifier.delivered` from the start into memory."""
-        topic = self._topics.notifier_delivered
-        reader = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **client_options,
+        await replay_topic(
+            kafka,
+            bootstrap,
+            self._topics.notifier_delivered,
+            lambda record: self.delivered.add((record.key or b"").decode()),
         )
-        await reader.start()
-        try:
-            batch = await reader.getmany(timeout_ms=1000)
-            while True:
-                for messages in batch.values():
-                    self.delivered.update((m.key or b"").decode() for m in messages)
-                tps = list(reader.assignment())
-                ends = await reader.end_offsets(tps) if tps else {}
-                behind = [tp for tp in tps if await reader.position(tp) < ends[tp]]
-                if not behind:
-                    break
-                batch = await reader.getmany(timeout_ms=500)
-        finally:
-            await reader.stop()
         log.info("%d delivered notifications on record", len(self.delivered))
 
     async def run(self) -> None:

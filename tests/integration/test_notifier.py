@@ -135,7 +135,7 @@ async def run_notifier(
     await producer.start()
     async with aiohttp.ClientSession() as session:
         notifier = Notifier(settings, topics, rules, consumer, producer, Metrics(), session)
-        await notifier.load_delivered(bootstrap)
+        await notifier.load_delivered(kafka, bootstrap)
         await consumer.start()
         task = asyncio.create_task(notifier.run())
         try:
