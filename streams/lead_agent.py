@@ -33,7 +33,7 @@ from streams import leads
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
-from streams.wiring import dead_letter, json_table, raw_topic
+from streams.wiring import Message, dead_letter, json_table, raw_topic
 
 STAGE = stages.LEAD
 _DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
@@ -164,9 +164,14 @@ def _known(
 
 
 def handle_update(
-    update: dict[str, Any], state: LeadState | None, topics: Topics, rules: Rules, now: datetime
+    update: Message | dict[str, Any],
+    state: LeadState | None,
+    topics: Topics,
+    rules: Rules,
+    now: datetime,
 ) -> Effects:
     effects = Effects()
+    update = update if isinstance(update, Message) else Message(update)
     kind = update.get("type")
     if kind == "lead":
         probe = IdentityProbe.model_validate(update["probe"])
@@ -227,7 +232,7 @@ def handle_update(
         return effects
     if kind == "merge":
         loser, survivor = update["loser"], update["survivor"]
-        survivor_seen = datetime.fromisoformat(update["survivor_seen"])
+        survivor_seen = update.time("survivor_seen")
         if loser == survivor or (state is not None and state.merged_into == survivor):
             return effects
         if state is not None and state.merged_into:
@@ -297,7 +302,7 @@ def handle_update(
             moves.append(
                 Move(
                     to="new",
-                    at=datetime.fromisoformat(update["survivor_seen"]),
+                    at=update.time("survivor_seen"),
                     cause=f"first-seen:{update['survivor']}",
                 )
             )
@@ -314,7 +319,7 @@ def handle_update(
             state,
             loser_state,
             update["survivor"],
-            datetime.fromisoformat(update["survivor_seen"]),
+            update.time("survivor_seen"),
             rules,
             now,
         )
@@ -343,7 +348,7 @@ def handle_update(
             )
         if state.accepted_at is None:
             accepted = state.model_copy(deep=True)
-            accepted.accepted_at = datetime.fromisoformat(update["at"])
+            accepted.accepted_at = update.time("at")
             accepted.updated_at = now
             accepted.version += 1
             _emit_state(effects, topics, accepted)
@@ -424,15 +429,10 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
                         Assignment.model_validate_json(event.value), state, topics, rules, now
                     )
                 else:
-                    effects = handle_update(orjson.loads(event.value), state, topics, rules, now)
-            except (
-                BadRecordError,
-                ValidationError,
-                ValueError,
-                KeyError,
-                TypeError,
-                orjson.JSONDecodeError,
-            ) as exc:
+                    effects = handle_update(Message.parse(event.value), state, topics, rules, now)
+            except (BadRecordError, ValidationError, ValueError) as exc:
+                # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
+                # stage raises anything else and stops the worker before its offset commits.
                 await dead_letter(dlq, STAGE, event, exc)
                 continue
             if effects.state is not None:

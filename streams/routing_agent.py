@@ -21,14 +21,22 @@ import orjson
 from pydantic import ValidationError
 
 from leadflow import stages
+from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Assignment, LeadState
 from streams.routing import TeamView, account_key, assign_owner
-from streams.rules import Rules
-from streams.wiring import dead_letter, json_table, raw_topic
+from streams.rules import AssignmentRule, Rules
+from streams.wiring import Message, dead_letter, json_table, raw_topic
 
 STAGE = stages.ROUTE
+
+
+def _rule_named(rules: Rules, name: str) -> AssignmentRule:
+    for rule in rules.routing.rules:
+        if rule.name == name:
+            return rule
+    raise BadRecordError("unknown_rule", f"no routing rule {name!r} in routing.yaml")
 
 
 def _pending_key(team: str) -> str:
@@ -38,7 +46,7 @@ def _pending_key(team: str) -> str:
 def route_lead(request: dict[str, Any], table: Any, rules: Rules, now: datetime) -> Assignment:
     """Decide one routing request against the team's table entries and update them."""
     state = LeadState.model_validate(request["state"])
-    rule = next(r for r in rules.routing.rules if r.name == request["rule"])
+    rule = _rule_named(rules, request["rule"])
     team = rules.routing.teams[rule.team]
     counters = table.get(f"{rule.team}|counters") or {"turn": 0, "loads": {}}
     account = account_key(state, rules.identity.free_mail_domains)
@@ -87,7 +95,7 @@ def expire_pending(team_name: str, table: Any, rules: Rules, now: datetime) -> l
         if datetime.fromisoformat(entry["deadline"]) > now:
             continue
         state = LeadState.model_validate(entry["state"])
-        rule = next(r for r in rules.routing.rules if r.name == entry["rule"])
+        rule = _rule_named(rules, entry["rule"])
         previous = entry["owner"]
         loads[previous] = max(0, loads.get(previous, 0) - 1)
         assignment, after = assign_owner(
@@ -120,6 +128,7 @@ def handle_routing(
     message: dict[str, Any], table: Any, rules: Rules, now: datetime
 ) -> list[Assignment]:
     """One message of `routing.requests`: a lead to route, an acceptance, or an SLA tick."""
+    message = message if isinstance(message, Message) else Message(message)
     kind = message.get("type")
     if kind == "route":
         return [route_lead(message, table, rules, now)]
@@ -141,16 +150,10 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
         async for event in stream.events():
             try:
                 assignments = handle_routing(
-                    orjson.loads(event.value), table, rules, datetime.now(UTC)
+                    Message.parse(event.value), table, rules, datetime.now(UTC)
                 )
-            except (
-                ValidationError,
-                ValueError,
-                KeyError,
-                TypeError,
-                StopIteration,
-                orjson.JSONDecodeError,
-            ) as exc:
+            except (BadRecordError, ValidationError, ValueError) as exc:
+                # Bad input only; a bug in the stage stops the worker uncommitted.
                 await dead_letter(dlq, STAGE, event, exc)
                 continue
             for assignment in assignments:

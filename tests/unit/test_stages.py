@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from leadflow.errors import ConfigurationError
+from leadflow.errors import BadRecordError, ConfigurationError
 from schemas import Engagement, Lead, LeadState, RawLead
 from streams.identity import start_probe, visit_key
 from streams.leads import absorb, apply_lead
@@ -384,3 +384,26 @@ def test_bad_rule_files_stop_the_start(
 def test_rep_time_zone_is_checked() -> None:
     with pytest.raises(ValueError, match="unknown time zone"):
         Rep(id="x", name="X", timezone="Mars/Olympus")
+
+
+def test_malformed_internal_messages_are_bad_records_not_crashes(rules: Rules) -> None:
+    from leadflow.topics import Topics
+    from streams.lead_agent import handle_update
+    from streams.routing_agent import handle_routing
+    from streams.wiring import Message
+
+    with pytest.raises(BadRecordError, match="'loser'"):
+        handle_update({"type": "merge", "survivor": "s"}, None, Topics(), rules, T0)
+    with pytest.raises(BadRecordError, match="ISO time"):
+        handle_update(
+            {"type": "merge", "loser": "l", "survivor": "s", "survivor_seen": 5},
+            None,
+            Topics(),
+            rules,
+            T0,
+        )
+    state = LeadState(lead_id="l1", first_seen=T0, updated_at=T0).model_dump(mode="json")
+    with pytest.raises(BadRecordError, match="no routing rule"):
+        handle_routing({"type": "route", "rule": "nope", "state": state}, {}, rules, T0)
+    with pytest.raises(BadRecordError, match="JSON object"):
+        Message.parse(b"[1, 2]")
