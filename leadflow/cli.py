@@ -88,12 +88,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace, console: Console) ->
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from sinks.clickhouse.client import ClickHouse
+    from sinks.clickhouse.layout import Layout
     from sinks.clickhouse.migrations import migrate
 
     async def run() -> list[str]:
-        clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
+        clickhouse = ClickHouse(
+            settings.clickhouse_dsn,
+            settings.clickhouse.database,
+            Layout.from_settings(settings.clickhouse),
+        )
         try:
-            return await migrate(clickhouse, settings.clickhouse.cluster)
+            return await migrate(clickhouse)
         finally:
             await clickhouse.close()
 

@@ -30,6 +30,7 @@ from leadflow.settings import Settings
 from leadflow.topics import Topics
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import sync_stage_definitions
+from sinks.clickhouse.layout import Layout
 from sinks.clickhouse.migrations import migrate
 from sinks.clickhouse.query_api import QueryRoutes
 from sinks.clickhouse.writer import ClickHouseWriter, routes
@@ -143,8 +144,12 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
     runner: web.AppRunner | None = None
     try:
         if roles.sink or roles.query:
-            clickhouse = ClickHouse(settings.clickhouse_dsn, settings.clickhouse.database)
-            applied = await migrate(clickhouse, settings.clickhouse.cluster)
+            clickhouse = ClickHouse(
+                settings.clickhouse_dsn,
+                settings.clickhouse.database,
+                Layout.from_settings(settings.clickhouse),
+            )
+            applied = await migrate(clickhouse)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             await sync_stage_definitions(clickhouse, load_rules(settings.worker.rules_dir).stages)

@@ -66,7 +66,21 @@ class ClickHouseSettings(_Section):
         description="chdb:///path (embedded, the default under the data dir) or http(s)://...",
     )
     database: str = "leadflow"
-    cluster: str | None = Field(default=None, description="ON CLUSTER name for Replicated DDL.")
+    cluster: str | None = Field(
+        default=None,
+        description="Cluster name: tables become <name>_local shards behind Distributed <name>.",
+    )
+    replicated: bool = Field(
+        default=True, description="With a cluster, shard tables use Replicated*MergeTree engines."
+    )
+    ddl_on_cluster: bool = Field(
+        default=True,
+        description="With a cluster, DDL runs ON CLUSTER; false migrates only the node it reaches.",
+    )
+    keeper_path: str = Field(
+        default="/clickhouse/tables/{shard}/{database}/{table}",
+        description="Keeper path of Replicated tables ({shard} is a server macro).",
+    )
     batch_rows: Annotated[int, Field(ge=1)] = 10_000
     flush_interval_s: Annotated[float, Field(gt=0)] = 0.5
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
@@ -121,6 +135,41 @@ class CallsSettings(_Section):
         return known_time_zone(value)
 
 
+class SocialSettings(_Section):
+    meta_verify_token: SecretStr | None = Field(
+        default=None,
+        description="Meta webhook verify token (echoed hub.challenge when it matches).",
+    )
+    meta_app_secret: SecretStr | None = Field(
+        default=None, description="Meta app secret; verifies X-Hub-Signature-256."
+    )
+    meta_access_token: SecretStr | None = Field(
+        default=None, description="Page access token the fetcher sends to the Graph API."
+    )
+    meta_graph_url: str = Field(
+        default="https://graph.facebook.com/v21.0", description="Graph API base URL."
+    )
+    linkedin_client_secret: SecretStr | None = Field(
+        default=None,
+        description="LinkedIn app client secret; answers challengeCode, verifies X-LI-Signature.",
+    )
+    linkedin_access_token: SecretStr | None = Field(
+        default=None, description="OAuth token the fetcher sends to LinkedIn's API."
+    )
+    linkedin_api_url: str = Field(
+        default="https://api.linkedin.com/rest", description="LinkedIn REST API base URL."
+    )
+    fetch_max_tries: Annotated[
+        int, Field(ge=1, description="Fetch attempts per lead before its dead letter.")
+    ] = 5
+    fetch_backoff_s: Annotated[
+        float, Field(ge=0, description="First pause between fetch attempts (doubles).")
+    ] = 0.5
+    fetch_timeout_s: Annotated[
+        float, Field(gt=0, description="Per-request timeout of the fetcher.")
+    ] = 10.0
+
+
 class NotifySettings(_Section):
     max_attempts: Annotated[int, Field(ge=1, description="Delivery attempts per rep notice.")] = 5
     backoff_s: Annotated[float, Field(ge=0, description="First pause between attempts.")] = 1.0
@@ -166,6 +215,7 @@ class Settings(BaseSettings):
     normalize: NormalizeSettings = NormalizeSettings()
     notify: NotifySettings = NotifySettings()
     calls: CallsSettings = CallsSettings()
+    social: SocialSettings = SocialSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @property
@@ -187,6 +237,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "normalize": NormalizeSettings,
     "notify": NotifySettings,
     "calls": CallsSettings,
+    "social": SocialSettings,
     "worker": WorkerSettings,
 }
 

@@ -7,6 +7,7 @@ from typing import Final
 
 WEB_FORM: Final = "web_form"
 CALL_CENTER: Final = "call_center"
+SOCIAL_ADS: Final = "social_ads"
 TRADESHOW_UPLOAD: Final = "tradeshow_upload"
 NORMALIZE: Final = "normalize"
 IDENTITY: Final = "identity"
@@ -19,6 +20,7 @@ CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 ALL: Final = (
     WEB_FORM,
     CALL_CENTER,
+    SOCIAL_ADS,
     TRADESHOW_UPLOAD,
     NORMALIZE,
     IDENTITY,

@@ -12,11 +12,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import parse_qsl
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from leadflow.errors import FatalError, RetriableError
+from sinks.clickhouse.layout import Layout
 
 # ClickHouse error codes that mean "the server is busy or unreachable, try again".
 # Anything else from the server (bad SQL, unknown table, type mismatch) is a bug
@@ -56,9 +58,10 @@ def classify(exc: BaseException) -> RetriableError | FatalError:
 class ClickHouse:
     """One connection, used from one thread; `database` prefixes every table name."""
 
-    def __init__(self, dsn: str, database: str) -> None:
+    def __init__(self, dsn: str, database: str, layout: Layout | None = None) -> None:
         self.dsn = dsn
         self.database = database
+        self.layout = layout or Layout(database)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
 
@@ -68,7 +71,13 @@ class ClickHouse:
 
     def _connect(self) -> Any:
         if self._client is None:
-            self._client = clickhouse_connect.get_client(dsn=self.dsn)
+            dsn, _, query = self.dsn.partition("?")
+            if self.embedded and query:
+                # Engine options such as config-file=… (clusters, macros) go to chdb itself.
+                options = dict(parse_qsl(query))
+                self._client = clickhouse_connect.get_client(dsn=dsn, chdb_options=options)
+            else:
+                self._client = clickhouse_connect.get_client(dsn=self.dsn)
         return self._client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -92,8 +101,12 @@ class ClickHouse:
     ) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""
 
+        # On a cluster, a JOIN against a Distributed dimension table (stage_definitions)
+        # reads it once on the node that asked and ships it to the shards.
+        settings = {"distributed_product_mode": "global"} if self.layout.clustered else {}
+
         def run(client: Any) -> list[dict[str, Any]]:
-            result = client.query(sql, parameters=dict(parameters or {}))
+            result = client.query(sql, parameters=dict(parameters or {}), settings=settings)
             names = result.column_names
             return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
@@ -107,9 +120,10 @@ class ClickHouse:
         column_names: list[str],
         dedup_token: str | None = None,
     ) -> None:
-        settings: dict[str, Any] = {}
+        # Foreground: on a cluster the rows are on their shards when this returns.
+        settings: dict[str, Any] = {"distributed_foreground_insert": 1}
         if dedup_token:
-            settings = {
+            settings |= {
                 "insert_deduplication_token": dedup_token,
                 "deduplicate_blocks_in_dependent_materialized_views": 1,
             }

@@ -41,8 +41,9 @@ CLOSED_ORDER = 1000
 
 async def sync_stage_definitions(clickhouse: ClickHouse, stages: StageRules) -> None:
     """Write config/stages.yaml into `stage_definitions`, replacing what was there."""
-    db = clickhouse.database
-    await clickhouse.command(f"TRUNCATE TABLE IF EXISTS {db}.stage_definitions")
+    layout = clickhouse.layout
+    table = layout.local("stage_definitions")
+    await clickhouse.command(f"TRUNCATE TABLE IF EXISTS {table} {layout.on_cluster}")
     rows: list[list[Any]] = [[s.name, i, s.probability, 0] for i, s in enumerate(stages.stages)]
     rows += [[name, CLOSED_ORDER, 0.0, 1] for name in [*stages.closed, MERGED]]
     rows.append(["re_engaged", -1, 0.0, 0])
