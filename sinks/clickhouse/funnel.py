@@ -11,7 +11,8 @@ Definitions (docs/funnel.md has them with the SQL for analysts):
   stages: the median and p90 of first-reached(S) − first-reached(previous),
   over leads that reached both.
 - Activity funnel: leads that entered each stage during [start, end), from
-  the `funnel_daily` view.
+  the `funnel_monthly` (whole months) and `funnel_daily` (the days around
+  them) views.
 - Pipeline: every lead's latest stage with its amount and the amount weighed
   by the stage's win probability; now from the `pipeline_current` view, as
   of a past time from `lead_transitions` (latest transition at or before it).
@@ -27,7 +28,7 @@ source, campaign) or from its latest owner and team.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from sinks.clickhouse.client import ClickHouse
@@ -187,21 +188,58 @@ def _funnel_table(
     return {"mode": mode, "by": by, "stages": stages, "rows": rows}
 
 
+def month_split(
+    first: date, stop: date
+) -> tuple[tuple[date, date], tuple[date, date], tuple[date, date]]:
+    """[first, stop) as leading days, whole months, trailing days (each [from, to), maybe empty)."""
+    month_in = date(first.year, first.month, 1)
+    if month_in < first:
+        month_in = date(month_in.year + month_in.month // 12, month_in.month % 12 + 1, 1)
+    month_out = date(stop.year, stop.month, 1)
+    if month_in >= month_out:
+        return (first, stop), (stop, stop), (stop, stop)
+    return (first, month_in), (month_in, month_out), (month_out, stop)
+
+
+def _utc_day(moment: datetime) -> date:
+    return (moment.astimezone(UTC) if moment.tzinfo else moment).date()
+
+
 async def activity_funnel(
     clickhouse: ClickHouse, start: datetime, end: datetime, *, by: Dimension | None = None
 ) -> dict[str, Any]:
-    """Leads entering each stage during [start, end), from the funnel_daily view."""
+    """Leads entering each stage during [start, end) (whole UTC days), from the rollup views.
+
+    Whole months come from `funnel_monthly`, the days around them from
+    `funnel_daily`; the distinct-lead states of both merge into one exact count.
+    """
     db = clickhouse.database
     dim = _dimension(by, "f")
+    head, months, tail = month_split(_utc_day(start), _utc_day(end))
+    dims = "channel, source, campaign, team, owner, stage, leads, amount"
     rows = await clickhouse.query(
         f"""
         SELECT {dim} AS grp, f.stage AS stage, uniqExactMerge(f.leads) AS leads,
                sumMerge(f.amount) AS amount
-        FROM {db}.funnel_daily AS f
-        WHERE f.day >= toDate({{start:DateTime64(3, 'UTC')}})
-          AND f.day < toDate({{end:DateTime64(3, 'UTC')}})
+        FROM (
+            SELECT {dims} FROM {db}.funnel_daily
+            WHERE day >= {{head_from:Date}} AND day < {{head_to:Date}}
+            UNION ALL
+            SELECT {dims} FROM {db}.funnel_monthly
+            WHERE month >= {{months_from:Date}} AND month < {{months_to:Date}}
+            UNION ALL
+            SELECT {dims} FROM {db}.funnel_daily
+            WHERE day >= {{tail_from:Date}} AND day < {{tail_to:Date}}
+        ) AS f
         GROUP BY grp, stage""",
-        {"start": start, "end": end},
+        {
+            "head_from": head[0],
+            "head_to": head[1],
+            "months_from": months[0],
+            "months_to": months[1],
+            "tail_from": tail[0],
+            "tail_to": tail[1],
+        },
     )
     stages = await funnel_stages(clickhouse)
     order = {s: i for i, s in enumerate(stages)}

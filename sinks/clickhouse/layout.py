@@ -36,6 +36,7 @@ SHARDING_KEYS: dict[str, str] = {
     "lead_transitions": "cityHash64(lead_id)",
     "pipeline_current": "cityHash64(lead_id)",
     "funnel_daily": "cityHash64(stage, day)",
+    "funnel_monthly": "cityHash64(stage, month)",
     "lead_merges": "cityHash64(survivor_id)",
     "dead_letters": "cityHash64(dead_letter_id)",
     "stage_definitions": "cityHash64(stage)",
@@ -50,6 +51,9 @@ _CREATE_TABLE = re.compile(
     re.DOTALL,
 )
 _CREATE_VIEW = re.compile(r"^CREATE MATERIALIZED VIEW ", re.IGNORECASE)
+_DROP_TABLE = re.compile(
+    r"^DROP TABLE IF EXISTS (?P<db>\w+)\.(?P<table>\w+)(?P<rest>.*)$", re.DOTALL
+)
 _ALTER_TABLE = re.compile(r"^ALTER TABLE (?P<db>\w+)\.(?P<table>\w+)(?P<rest>\s.*)$", re.DOTALL)
 
 
@@ -94,6 +98,8 @@ class Layout:
             return self._create_table(match)
         if _CREATE_VIEW.match(statement):
             return [self._view_on_locals(statement)]
+        if (match := _DROP_TABLE.match(statement)) and match["table"] in SHARDING_KEYS:
+            return [statement, f"DROP TABLE IF EXISTS {self.local(match['table'])}{match['rest']}"]
         if match := _ALTER_TABLE.match(statement):
             table, rest = match["table"], match["rest"]
             if table in NODE_LOCAL:

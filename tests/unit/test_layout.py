@@ -53,7 +53,7 @@ def test_cluster_tables_are_replicated_shards_behind_distributed_ones() -> None:
 
 def test_cluster_views_read_and_write_local_tables() -> None:
     views = [s for s in rendered(CLUSTER) if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 2
+    assert len(views) == 4  # funnel_daily (made twice), funnel_monthly, pipeline_current
     for view in views:
         assert "TO leadflow." in view
         assert "_local AS" in view
@@ -88,3 +88,22 @@ def test_without_ddl_on_cluster_each_node_is_migrated_alone() -> None:
     assert not any("ON CLUSTER" in s for s in rendered(layout))
     assert layout.local("schema_migrations") == "leadflow.schema_migrations"
     assert layout.local("leads") == "leadflow.leads_local"
+
+
+def test_month_split_cuts_ranges_into_days_and_whole_months() -> None:
+    from datetime import date
+
+    from sinks.clickhouse.funnel import month_split
+
+    d = date
+    assert month_split(d(2026, 3, 2), d(2026, 6, 3)) == (
+        (d(2026, 3, 2), d(2026, 4, 1)),
+        (d(2026, 4, 1), d(2026, 6, 1)),
+        (d(2026, 6, 1), d(2026, 6, 3)),
+    )
+    assert month_split(d(2026, 3, 1), d(2026, 4, 1))[1] == (d(2026, 3, 1), d(2026, 4, 1))
+    assert month_split(d(2026, 12, 5), d(2027, 2, 1))[1] == (d(2027, 1, 1), d(2027, 2, 1))
+    inside = month_split(d(2026, 3, 2), d(2026, 3, 20))
+    assert inside[0] == (d(2026, 3, 2), d(2026, 3, 20))
+    assert inside[1][0] == inside[1][1]
+    assert inside[2][0] == inside[2][1]
