@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ingest_adapters import call_center, web_form
+from ingest_adapters import call_center, social, web_form
 from ingest_adapters.publisher import Publisher
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
@@ -42,7 +42,10 @@ _STATUS_BY_REASON = {
     "invalid_json": 400,
     "invalid_form": 400,
     "invalid_encoding": 400,
+    "no_leads": 422,
 }
+# Refusals a webhook provider must not retry: answered 200 with the dead letter's id.
+_ACKNOWLEDGED_REFUSALS = {"lead_deleted", "unsupported_event"}
 
 
 def error_body(status: int, reason: str, message: str, **extra: Any) -> web.Response:
@@ -65,6 +68,10 @@ class IngestRoutes:
         app.router.add_post("/v1/calls/events", self.post_call_event)
         app.router.add_post("/v1/calls/asterisk", self.post_asterisk)
         app.router.add_post("/v1/events/engagement", self.post_engagement_event)
+        app.router.add_get("/v1/social/meta", self.get_meta_verification)
+        app.router.add_post("/v1/social/meta", self.post_meta)
+        app.router.add_get("/v1/social/linkedin", self.get_linkedin_challenge)
+        app.router.add_post("/v1/social/linkedin", self.post_linkedin)
 
     async def _post_event(
         self,
@@ -181,6 +188,87 @@ class IngestRoutes:
             self._topics.events_engagement,
             lambda e: e.lead_id or e.email or e.phone,
             stages.EVENTS,
+        )
+
+    async def get_meta_verification(self, request: web.Request) -> web.Response:
+        """Meta's webhook setup: echo hub.challenge when hub.verify_token matches."""
+        token = self._settings.social.meta_verify_token
+        try:
+            challenge = social.verify_meta_subscription(
+                request.query, token.get_secret_value() if token else None
+            )
+        except BadRecordError as exc:
+            log.warning("Meta webhook verification refused: %s", exc.message)
+            return error_body(403, exc.reason, exc.message)
+        return web.Response(text=challenge, content_type="text/plain")
+
+    async def get_linkedin_challenge(self, request: web.Request) -> web.Response:
+        """LinkedIn's webhook validation: answer challengeCode with its HMAC."""
+        secret = self._settings.social.linkedin_client_secret
+        code = request.query.get("challengeCode", "")
+        if secret is None:
+            return error_body(
+                403, "not_configured", "set SOCIAL_LINKEDIN_CLIENT_SECRET to answer LinkedIn"
+            )
+        try:
+            answer = social.linkedin_challenge(code, secret.get_secret_value())
+        except BadRecordError as exc:
+            return error_body(_STATUS_BY_REASON.get(exc.reason, 422), exc.reason, exc.message)
+        return web.json_response(answer)
+
+    async def post_meta(self, request: web.Request) -> web.Response:
+        """A Meta leadgen notification, verified by X-Hub-Signature-256."""
+        secret = self._settings.social.meta_app_secret
+
+        def parse(body: bytes) -> list[social.LeadgenRef]:
+            social.verify_meta_signature(
+                body,
+                request.headers.get("X-Hub-Signature-256"),
+                secret.get_secret_value() if secret else None,
+            )
+            return social.parse_meta_notification(body, received_at=datetime.now(UTC))
+
+        return await self._post_social(request, parse)
+
+    async def post_linkedin(self, request: web.Request) -> web.Response:
+        """A LinkedIn lead notification, verified by X-LI-Signature."""
+        secret = self._settings.social.linkedin_client_secret
+
+        def parse(body: bytes) -> list[social.LeadgenRef]:
+            social.verify_linkedin_signature(
+                body,
+                request.headers.get("X-LI-Signature"),
+                secret.get_secret_value() if secret else None,
+            )
+            return social.parse_linkedin_notification(body, received_at=datetime.now(UTC))
+
+        return await self._post_social(request, parse)
+
+    async def _post_social(
+        self, request: web.Request, parse: Callable[[bytes], list[social.LeadgenRef]]
+    ) -> web.Response:
+        """Record each announced lead on social.notifications, then answer; the fetcher goes on."""
+        body = await request.read()
+        try:
+            refs = parse(body)
+        except BadRecordError as exc:
+            letter_id = await self._dead_letter(
+                exc, body, social.STAGE, f"POST {request.path}", None
+            )
+            if exc.reason in _ACKNOWLEDGED_REFUSALS:
+                return web.json_response(
+                    {"status": "ignored", "reason": exc.reason, "dead_letter_id": letter_id}
+                )
+            status = _STATUS_BY_REASON.get(exc.reason, 422)
+            return error_body(
+                status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=letter_id
+            )
+        for ref in refs:
+            await self._publisher.publish(
+                self._topics.social_notifications, ref.lead_ref, ref.model_dump_json().encode()
+            )
+        return web.json_response(
+            {"status": "accepted", "event_ids": [ref.event_id for ref in refs]}, status=200
         )
 
     async def _dead_letter(

@@ -50,6 +50,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.social_leads = Counter(
+            "leadflow_social_leads",
+            "Leads announced by Meta or LinkedIn webhooks, by provider and outcome.",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaProducer
 
 from ingest_adapters.http_app import MAX_BODY_KEY, METRICS_KEY, IngestRoutes, json_errors
 from ingest_adapters.publisher import Publisher
+from ingest_adapters.social_client import SocialFetcher
+from ingest_adapters.social_fetcher import SocialLeadService
 from leadflow import __version__
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
@@ -132,6 +134,22 @@ async def _start_notifier(
     return Background("the rep notifier", task, notifier.stop, [consumer.stop, session.close])
 
 
+async def _start_social_fetcher(
+    settings: Settings, bootstrap: str, topics: Topics, producer: AIOKafkaProducer, metrics: Metrics
+) -> Background:
+    consumer = make_consumer(
+        settings.kafka,
+        bootstrap,
+        topics.social_notifications,
+        group_id=topics.group("social-fetcher"),
+    )
+    fetcher = SocialFetcher(settings.social)
+    service = SocialLeadService(topics, consumer, producer, fetcher, metrics)
+    await consumer.start()
+    task = asyncio.create_task(service.run(), name="social-fetcher")
+    return Background("the social lead fetcher", task, service.stop, [consumer.stop, fetcher.close])
+
+
 async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
     """Run until SIGINT/SIGTERM or until a background service fails; re-raise its failure."""
     metrics = Metrics()
@@ -163,6 +181,9 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
         publisher = None
         if roles.adapters:
             publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)
+            services.append(
+                await _start_social_fetcher(settings, bootstrap, topics, producer, metrics)
+            )
         app = build_app(settings, metrics, roles, publisher, clickhouse)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

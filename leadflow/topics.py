@@ -35,6 +35,11 @@ class Topics:
         return self._name("events.crm")
 
     @property
+    def social_notifications(self) -> str:
+        """Lead ids announced by Meta/LinkedIn webhooks, before the fetcher reads the lead."""
+        return self._name("social.notifications")
+
+    @property
     def leads_identified(self) -> str:
         return self._name("leads.identified")
 
@@ -85,6 +90,7 @@ class Topics:
             self.events_calls,
             self.events_engagement,
             self.events_crm,
+            self.social_notifications,
             self.leads_identified,
             self.leads_assigned,
             self.lead_transitions,

@@ -113,10 +113,17 @@ def run_cli(*args: str) -> str:
     return result.stdout
 
 
-def start_stack(bootstrap: str, prefix: str, data_dir: Path, workers: int = 1) -> Stack:
+def start_stack(
+    bootstrap: str,
+    prefix: str,
+    data_dir: Path,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
     port = free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "KAFKA_BOOTSTRAP": bootstrap,
         "KAFKA_TOPIC_PREFIX": prefix,
         "LEADFLOW_DATA_DIR": str(data_dir),

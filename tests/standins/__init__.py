@@ -1,0 +1,1 @@
+"""Local stand-ins for outside SaaS that tests cannot reach (and only those)."""
