@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ingest_adapters import call_center, social, web_form
+from ingest_adapters import call_center, form_guard, social, web_form
 from ingest_adapters.publisher import Publisher
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
@@ -28,6 +30,7 @@ from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent
 from streams.normalize import normalize_lead
+from streams.rules import load_rules
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ _STATUS_BY_REASON = {
     "invalid_form": 400,
     "invalid_encoding": 400,
     "no_leads": 422,
+    "forbidden_origin": 403,
 }
 # Refusals a webhook provider must not retry: answered 200 with the dead letter's id.
 _ACKNOWLEDGED_REFUSALS = {"lead_deleted", "unsupported_event"}
@@ -60,9 +64,12 @@ class IngestRoutes:
         self._publisher = publisher
         self._metrics = metrics
         self._topics = Topics(settings.kafka.topic_prefix)
+        self._forms = load_rules(settings.worker.rules_dir).forms
+        self._limiter = form_guard.RateLimiter(settings.web.rate_per_s, settings.web.rate_burst)
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/leads/web", self.post_web_form)
+        app.router.add_route("OPTIONS", "/v1/leads/web", self.preflight_web_form)
         app.router.add_post("/v1/events/crm", self.post_crm_event)
         app.router.add_post("/v1/calls/twilio", self.post_twilio)
         app.router.add_post("/v1/calls/events", self.post_call_event)
@@ -283,34 +290,93 @@ class IngestRoutes:
         self._metrics.dead_letters.labels(stage=stage).inc()
         return letter.dead_letter_id
 
+    async def preflight_web_form(self, request: web.Request) -> web.Response:
+        """CORS preflight: allowed only for an Origin the form lists in forms.yaml."""
+        origin = form_guard.allowed_origin(
+            self._forms, request.query.get("form_id"), request.headers.get("Origin")
+        )
+        if origin is None:
+            return error_body(403, "forbidden_origin", "this origin may not post this form")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "Content-Type, Idempotency-Key, X-Form-Token",
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
+
     async def post_web_form(self, request: web.Request) -> web.Response:
+        response = await self._web_form(request)
+        origin = form_guard.allowed_origin(
+            self._forms, request.query.get("form_id"), request.headers.get("Origin")
+        )
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    async def _web_form(self, request: web.Request) -> web.Response:
         body = await request.read()
         form_id = request.query.get("form_id")
+        received_at = datetime.now(UTC)
         parsed = web_form.WebFormRequest(
             body=body,
             content_type=request.headers.get("Content-Type", ""),
             headers=request.headers,
             form_id=form_id,
-            received_at=datetime.now(UTC),
+            received_at=received_at,
             remote=request.remote,
         )
         try:
             raw = web_form.parse_web_form(parsed)
+            credential = form_guard.check_credentials(
+                form_id, request.headers, raw.fields, self._forms, self._settings.web.api_keys
+            )
+        except BadRecordError as exc:
+            return await self._refuse_web_form(request, exc, body, form_id)
+        wait = self._limiter.wait_for(credential or f"addr:{request.remote}", time.monotonic())
+        if wait > 0:
+            response = error_body(
+                429, "rate_limited", "too many posts from this form or address; retry later"
+            )
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        spam = form_guard.spam_reason(raw.fields, form_id, self._forms, received_at)
+        raw = raw.model_copy(
+            update={"fields": form_guard.without_control_fields(raw.fields, self._forms)}
+        )
+        if spam is not None:
+            # Answered like a lead, so the bot learns nothing; kept for review, never a lead.
+            quarantined = raw.model_copy(update={"context": {**raw.context, "spam": spam}})
+            await self._publisher.publish(
+                self._topics.leads_quarantine, raw.event_id, quarantined.model_dump_json().encode()
+            )
+            self._metrics.quarantined.labels(reason=spam).inc()
+            return web.json_response({"status": "accepted", "event_id": raw.event_id}, status=202)
+        try:
             # The stream checks again; checking here lets the sender fix the form at once.
             normalize_lead(raw, default_region=self._settings.normalize.default_phone_region)
         except BadRecordError as exc:
-            detail = f"POST {request.path}" + (f"?form_id={form_id}" if form_id else "")
-            dead_letter_id = await self._dead_letter(
-                exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key")
-            )
-            status = _STATUS_BY_REASON.get(exc.reason, 422)
-            return error_body(
-                status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=dead_letter_id
-            )
+            return await self._refuse_web_form(request, exc, body, form_id)
         await self._publisher.publish(
             self._topics.leads_raw, raw.event_id, raw.model_dump_json().encode()
         )
         return web.json_response({"status": "accepted", "event_id": raw.event_id}, status=202)
+
+    async def _refuse_web_form(
+        self, request: web.Request, exc: BadRecordError, body: bytes, form_id: str | None
+    ) -> web.Response:
+        detail = f"POST {request.path}" + (f"?form_id={form_id}" if form_id else "")
+        dead_letter_id = await self._dead_letter(
+            exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key")
+        )
+        status = _STATUS_BY_REASON.get(exc.reason, 422)
+        return error_body(
+            status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=dead_letter_id
+        )
 
 
 @web.middleware

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -115,6 +117,39 @@ def _parse_urlencoded(text: str) -> dict[str, str]:
     return fields
 
 
+def _parse_multipart(body: bytes, content_type: str) -> dict[str, str]:
+    """Text parts of a multipart/form-data body; file parts are refused by name."""
+    if "boundary=" not in content_type:
+        raise BadRecordError("invalid_form", "multipart body without a boundary parameter")
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart() or message.defects:
+        raise BadRecordError("invalid_form", "body is not valid multipart/form-data")
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise BadRecordError("invalid_form", "a multipart part has no field name")
+        if part.get_filename() is not None:
+            raise BadRecordError(
+                "invalid_fields", f"field {name!r} is a file", {name: "files are not accepted"}
+            )
+        payload = part.get_payload(decode=True)
+        raw = payload if isinstance(payload, bytes) else b""
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            value = raw.decode(charset)
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise BadRecordError(
+                "invalid_encoding", f"field {name!r} is not valid {charset}"
+            ) from exc
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+        if len(fields) > MAX_FIELDS:
+            raise BadRecordError("too_many_fields", f"more than {MAX_FIELDS} fields")
+    return fields
+
+
 def _check_text(fields: Mapping[str, str]) -> None:
     problems: dict[str, str] = {}
     if len(fields) > MAX_FIELDS:
@@ -138,19 +173,20 @@ def _check_text(fields: Mapping[str, str]) -> None:
 def parse_web_form(request: WebFormRequest) -> RawLead:
     """The envelope for one form post; raises BadRecordError with the reason and fields."""
     media_type = request.content_type.split(";")[0].strip().lower()
-    try:
-        text = request.body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadRecordError("invalid_encoding", f"body is not UTF-8 ({exc.reason})") from exc
-    if media_type == "application/json":
-        fields = _parse_json(text)
-    elif media_type == "application/x-www-form-urlencoded":
-        fields = _parse_urlencoded(text)
+    if media_type == "multipart/form-data":
+        fields = _parse_multipart(request.body, request.content_type)
+    elif media_type in ("application/json", "application/x-www-form-urlencoded"):
+        try:
+            text = request.body.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadRecordError("invalid_encoding", f"body is not UTF-8 ({exc.reason})") from exc
+        parse = _parse_json if media_type == "application/json" else _parse_urlencoded
+        fields = parse(text)
     else:
         raise BadRecordError(
             "unsupported_media_type",
-            f"content type {media_type or '(none)'} is not accepted; send application/json "
-            "or application/x-www-form-urlencoded",
+            f"content type {media_type or '(none)'} is not accepted; send application/json, "
+            "application/x-www-form-urlencoded or multipart/form-data",
         )
     _check_text(fields)
     key = request.headers.get("Idempotency-Key") or None

@@ -50,6 +50,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.quarantined = Counter(
+            "leadflow_quarantined_posts",
+            "Form posts taken for bots and quarantined, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.social_leads = Counter(
             "leadflow_social_leads",
             "Leads announced by Meta or LinkedIn webhooks, by provider and outcome.",

@@ -100,6 +100,19 @@ class HttpSettings(_Section):
     publish_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
 
+class WebSettings(_Section):
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Server-side keys per form id as JSON, e.g. {"partner-portal": "…"}.',
+    )
+    rate_per_s: Annotated[float, Field(gt=0)] = Field(
+        default=20.0, description="Sustained posts per second per credential (or client address)."
+    )
+    rate_burst: Annotated[int, Field(ge=1)] = Field(
+        default=100, description="Posts a credential may send at once before 429s start."
+    )
+
+
 class NormalizeSettings(_Section):
     default_phone_region: str = Field(
         default="CN",
@@ -213,6 +226,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     http: HttpSettings = HttpSettings()
     normalize: NormalizeSettings = NormalizeSettings()
+    web: WebSettings = WebSettings()
     notify: NotifySettings = NotifySettings()
     calls: CallsSettings = CallsSettings()
     social: SocialSettings = SocialSettings()
@@ -235,6 +249,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "clickhouse": ClickHouseSettings,
     "http": HttpSettings,
     "normalize": NormalizeSettings,
+    "web": WebSettings,
     "notify": NotifySettings,
     "calls": CallsSettings,
     "social": SocialSettings,

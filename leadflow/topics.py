@@ -35,6 +35,11 @@ class Topics:
         return self._name("events.crm")
 
     @property
+    def leads_quarantine(self) -> str:
+        """Form posts taken for bots (honeypot, too fast): kept for review, never leads."""
+        return self._name("leads.quarantine")
+
+    @property
     def social_notifications(self) -> str:
         """Lead ids announced by Meta/LinkedIn webhooks, before the fetcher reads the lead."""
         return self._name("social.notifications")
@@ -91,6 +96,7 @@ class Topics:
             self.events_engagement,
             self.events_crm,
             self.social_notifications,
+            self.leads_quarantine,
             self.leads_identified,
             self.leads_assigned,
             self.lead_transitions,

@@ -261,12 +261,35 @@ class StageRules(_Rule):
         return next((s.probability for s in self.stages if s.name == stage), 0.0)
 
 
+class FormConfig(_Rule):
+    public_token: str | None = None
+    origins: list[str] = Field(default_factory=list)
+    min_fill_seconds: float | None = Field(default=None, ge=0)
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not origin.startswith(("https://", "http://")) or origin.count("/") != 2:
+                raise ValueError(f"{origin!r} is not an origin such as https://www.example.com")
+        return [origin.lower() for origin in value]
+
+
+class FormRules(_Rule):
+    honeypot_field: str = "_hp"
+    started_at_field: str = "_started_at"
+    min_fill_seconds: float = Field(default=2.0, ge=0)
+    require_known_form: bool = False
+    forms: dict[str, FormConfig] = Field(default_factory=dict)
+
+
 class Rules(_Rule):
     identity: IdentityRules
     sources: SourceRules
     scoring: ScoringRules
     routing: RoutingRules
     stages: StageRules
+    forms: FormRules
 
 
 _FILES: dict[str, type[BaseModel]] = {
@@ -275,6 +298,7 @@ _FILES: dict[str, type[BaseModel]] = {
     "scoring": ScoringRules,
     "routing": RoutingRules,
     "stages": StageRules,
+    "forms": FormRules,
 }
 
 
