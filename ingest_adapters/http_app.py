@@ -10,15 +10,20 @@
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ValidationError
+from rich.console import Console
 
 from ingest_adapters import call_center, form_guard, social, web_form
 from ingest_adapters.publisher import Publisher
@@ -28,6 +33,7 @@ from leadflow.errors import BadRecordError, RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
+from leadflow.upload import upload
 from schemas import CallEvent, CrmEvent, EngagementEvent
 from streams.normalize import normalize_lead
 from streams.rules import load_rules
@@ -59,8 +65,15 @@ def error_body(status: int, reason: str, message: str, **extra: Any) -> web.Resp
 class IngestRoutes:
     """Handlers of the ingest endpoints, sharing one publisher."""
 
-    def __init__(self, settings: Settings, publisher: Publisher, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        metrics: Metrics,
+        bootstrap: str | None = None,
+    ) -> None:
         self._settings = settings
+        self._bootstrap = bootstrap
         self._publisher = publisher
         self._metrics = metrics
         self._topics = Topics(settings.kafka.topic_prefix)
@@ -75,6 +88,7 @@ class IngestRoutes:
         app.router.add_post("/v1/calls/events", self.post_call_event)
         app.router.add_post("/v1/calls/asterisk", self.post_asterisk)
         app.router.add_post("/v1/events/engagement", self.post_engagement_event)
+        app.router.add_post("/v1/uploads/tradeshow", self.post_tradeshow_upload)
         app.router.add_get("/v1/social/meta", self.get_meta_verification)
         app.router.add_post("/v1/social/meta", self.post_meta)
         app.router.add_get("/v1/social/linkedin", self.get_linkedin_challenge)
@@ -196,6 +210,76 @@ class IngestRoutes:
             lambda e: e.lead_id or e.email or e.phone,
             stages.EVENTS,
         )
+
+    async def post_tradeshow_upload(self, request: web.Request) -> web.Response:
+        """A badge-scanner export as multipart (`file`, `event`, optional `mapping` YAML).
+
+        The file streams to disk under the data dir (at most HTTP_MAX_UPLOAD_BYTES),
+        then goes through the same upload as `leadflow upload`; the answer is its summary.
+        """
+        if self._bootstrap is None:
+            return error_body(
+                503, "unavailable", "uploads need the adapters role of leadflow serve"
+            )
+        if request.content_type != "multipart/form-data":
+            return error_body(
+                415, "unsupported_media_type", "send multipart/form-data with file and event"
+            )
+        folder = self._settings.data_dir / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        limit = self._settings.http.max_upload_bytes
+        texts: dict[str, str] = {}
+        path: Path | None = None
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if not isinstance(part, BodyPartReader) or not part.name:
+                    continue
+                if part.name == "file":
+                    name = Path(part.filename or "upload.csv").name
+                    path = folder / f"{uuid.uuid4().hex}-{name}"
+                    size = 0
+                    with path.open("wb") as out:
+                        while chunk := await part.read_chunk(1 << 20):
+                            size += len(chunk)
+                            if size > limit:
+                                return error_body(
+                                    413,
+                                    "body_too_large",
+                                    f"files larger than {limit} bytes are not accepted",
+                                )
+                            out.write(chunk)
+                elif part.name in ("event", "mapping"):
+                    texts[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
+            if path is None or not texts.get("event", "").strip():
+                return error_body(
+                    422,
+                    "invalid_fields",
+                    "send a file part named file and a text part named event",
+                    fields={"file": "required", "event": "required"},
+                )
+            mapping_file = None
+            if texts.get("mapping"):
+                mapping_file = path.with_suffix(".mapping.yaml")
+                mapping_file.write_text(texts["mapping"], "utf-8")
+            try:
+                summary = await upload(
+                    self._settings,
+                    self._bootstrap,
+                    path,
+                    texts["event"].strip(),
+                    mapping_file,
+                    Console(file=io.StringIO()),
+                    original_name=name,
+                )
+            except BadRecordError as exc:
+                status = _STATUS_BY_REASON.get(exc.reason, 422)
+                return error_body(status, exc.reason, exc.message, fields=exc.fields)
+            return web.json_response(asdict(summary))
+        finally:
+            for leftover in (path, path.with_suffix(".mapping.yaml") if path else None):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
 
     async def get_meta_verification(self, request: web.Request) -> web.Response:
         """Meta's webhook setup: echo hub.challenge when hub.verify_token matches."""

@@ -203,10 +203,16 @@ def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console)
 def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.bench import bench_queries, bench_upload
 
-    if args.suite == "upload":
-        bench_upload(args.rows, console, args.out.with_name("upload.json"))
+    queries_out = args.out or Path("bench-results/queries.json")
+    if args.suite == "ingest":
+        from leadflow.bench_ingest import bench_ingest
+
+        bench_ingest(args.seconds, args.connections, args.out, console)
         return 0
-    report = bench_queries(args.leads, args.repeat, args.out, console)
+    if args.suite == "upload":
+        bench_upload(args.rows, console, queries_out.with_name("upload.json"))
+        return 0
+    report = bench_queries(args.leads, args.repeat, queries_out, console)
     return 0 if all(r["same_answer"] for r in report["results"]) else 1
 
 
@@ -311,11 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(fn=cmd_upload)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("suite", choices=["queries", "upload"])
+    bench.add_argument("suite", choices=["queries", "upload", "ingest"])
     bench.add_argument("--rows", type=int, default=1_000_000, help="upload: rows in the file")
     bench.add_argument("--leads", type=int, default=1_000_000)
     bench.add_argument("--repeat", type=int, default=5)
-    bench.add_argument("--out", type=Path, default=Path("bench-results/queries.json"))
+    bench.add_argument(
+        "--seconds", type=float, default=10.0, help="ingest: measured seconds per endpoint"
+    )
+    bench.add_argument(
+        "--connections", type=int, default=64, help="ingest: concurrent client connections"
+    )
+    bench.add_argument(
+        "--out",
+        type=Path,
+        help="JSON figures (queries: default bench-results/queries.json, upload: upload.json "
+        "beside it; ingest: none)",
+    )
     bench.set_defaults(fn=cmd_bench)
 
     schemas = verbs.add_parser("schemas", help="print or write JSON Schemas")

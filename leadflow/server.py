@@ -70,6 +70,7 @@ def build_app(
     roles: Roles,
     publisher: Publisher | None,
     clickhouse: ClickHouse | None,
+    bootstrap: str | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[json_errors])
     app[METRICS_KEY] = metrics
@@ -84,7 +85,7 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     if publisher is not None:
-        IngestRoutes(settings, publisher, metrics).add_to(app)
+        IngestRoutes(settings, publisher, metrics, bootstrap).add_to(app)
     if clickhouse is not None and roles.query:
         QueryRoutes(clickhouse).add_to(app)
     return app
@@ -184,7 +185,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             services.append(
                 await _start_social_fetcher(settings, bootstrap, topics, producer, metrics)
             )
-        app = build_app(settings, metrics, roles, publisher, clickhouse)
+        app = build_app(settings, metrics, roles, publisher, clickhouse, bootstrap)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port)

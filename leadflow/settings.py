@@ -97,6 +97,9 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=200 * 1024 * 1024, description="Largest file POST /v1/uploads/tradeshow takes."
+    )
     publish_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
 

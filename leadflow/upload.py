@@ -92,10 +92,13 @@ async def upload(
     event: str,
     mapping_file: Path | None,
     console: Console,
+    original_name: str | None = None,
 ) -> Summary:
+    """Publish every good row of `path`; `original_name` names it in summaries and dead letters."""
     started = asyncio.get_running_loop().time()
     topics = Topics(settings.kafka.topic_prefix)
-    summary = Summary(file=path.name, event=event, digest=file_digest(path))
+    name = original_name or path.name
+    summary = Summary(file=name, event=event, digest=file_digest(path))
     done_key = f"{event}|{summary.digest}"
     mapping = load_mapping(mapping_file)
     await ensure_topics(settings.kafka, bootstrap)
@@ -118,7 +121,7 @@ async def upload(
             console=console,
             transient=True,
         ) as progress:
-            task = progress.add_task(f"uploading {path.name} for {event}", total=None)
+            task = progress.add_task(f"uploading {name} for {event}", total=None)
             try:
                 for row in tradeshow.read_rows(path, mapping):
                     summary.rows_read += 1
@@ -126,7 +129,7 @@ async def upload(
                     if not row.cells:
                         summary.empty_rows += 1
                         continue
-                    detail = f"{path.name}: row {row.number}"
+                    detail = f"{name}: row {row.number}"
                     if "__ragged__" in row.cells:
                         error = BadRecordError(
                             "ragged_row",
@@ -137,7 +140,7 @@ async def upload(
                         in_flight.append(await _dead_letter(producer, topics, error, row, detail))
                         rejected[error.reason] += 1
                         continue
-                    raw = tradeshow.envelope(row, event, path.name)
+                    raw = tradeshow.envelope(row, event, name)
                     fingerprint = hash(raw.event_id)
                     if fingerprint in seen:
                         summary.duplicates_in_file += 1
@@ -165,7 +168,7 @@ async def upload(
                 with path.open("rb") as stream:
                     head = stream.read(65536)
                 letter = dead_letter_for(
-                    exc, head, stage=tradeshow.STAGE, detail=f"{path.name} ({summary.digest})"
+                    exc, head, stage=tradeshow.STAGE, detail=f"{name} ({summary.digest})"
                 )
                 await producer.send_and_wait(
                     topics.dlq(tradeshow.STAGE), letter.model_dump_json().encode()

@@ -23,7 +23,7 @@ async def client_for(settings: Settings, bootstrap: str) -> AsyncIterator[TestCl
     await producer.start()
     metrics = Metrics()
     publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)
-    app = build_app(settings, metrics, Roles.parse(["adapters"]), publisher, None)
+    app = build_app(settings, metrics, Roles.parse(["adapters"]), publisher, None, bootstrap)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
