@@ -25,7 +25,7 @@ from ingest_adapters.http_app import MAX_BODY_KEY, METRICS_KEY, IngestRoutes, js
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
-from leadflow import __version__
+from leadflow import __version__, openapi
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
@@ -82,8 +82,14 @@ def build_app(
     async def metrics_page(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain")
 
+    spec = openapi.document(__version__)
+
+    async def openapi_page(_: web.Request) -> web.Response:
+        return web.json_response(spec)
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/openapi.json", openapi_page)
     if publisher is not None:
         IngestRoutes(settings, publisher, metrics, bootstrap).add_to(app)
     if clickhouse is not None and roles.query:

@@ -1,0 +1,337 @@
+"""The OpenAPI 3.1 document of leadflow's HTTP API, served at `GET /openapi.json`.
+
+Request bodies that have a pydantic model take its JSON schema, so the
+document cannot drift from what the handlers validate; a test checks that
+every route the app registers is described here and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas import CrmEvent, EngagementEvent
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description}
+    if schema is not None:
+        body["content"] = {"application/json": {"schema": schema}}
+    return body
+
+
+def _refusals(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "Malformed body (bad JSON, bad encoding); dead-lettered.",
+        401: "Missing or wrong credential; dead-lettered.",
+        403: "Bad signature, unconfigured secret or forbidden origin.",
+        413: "Body larger than the configured limit.",
+        415: "Unsupported content type; dead-lettered.",
+        422: "Fields refused, each named in `fields`; dead-lettered.",
+        429: "Rate limit of this credential; see Retry-After.",
+        503: "Kafka did not acknowledge; retry with the same idempotency key.",
+    }
+    return {str(status): _answer(meaning[status], _ERROR) for status in statuses}
+
+
+def _accepted() -> dict[str, Any]:
+    return _answer(
+        "Kafka acknowledged the event (acks=all).",
+        {
+            "type": "object",
+            "properties": {"status": {"const": "accepted"}, "event_id": {"type": "string"}},
+            "required": ["status", "event_id"],
+        },
+    )
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_FORM_FIELDS = {
+    "type": "object",
+    "description": "Form fields as the site names them (name, email, phone, 姓名, 手机 …, utm_*).",
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+}
+_SIGNED_JSON = {"application/json": {"schema": {"type": "object"}}}
+_CALL_EVENT = {
+    "type": "object",
+    "required": ["call_id", "from", "to", "direction", "status", "started_at"],
+    "properties": {
+        "call_id": {"type": "string"},
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        "direction": {"enum": ["inbound", "outbound"]},
+        "status": {"type": "string"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "ended_at": {"type": "string", "format": "date-time"},
+        "duration_s": {"type": "integer", "minimum": 0},
+        "agent_id": {"type": "string"},
+        "outcome": {"type": "string"},
+        "notes": {"type": "string"},
+    },
+}
+_JSON_OBJECT = {"type": "object"}
+_DATE = {"type": "string", "format": "date-time"}
+_BY = {"enum": ["channel", "source", "campaign", "team", "owner"]}
+
+
+def document(version: str) -> dict[str, Any]:
+    web_form_responses = {
+        "202": _accepted(),
+        **_refusals(400, 401, 403, 413, 415, 422, 429, 503),
+    }
+    json_event_responses = {"202": _accepted(), **_refusals(413, 415, 422, 503)}
+    call_responses = {"202": _accepted(), **_refusals(401, 403, 413, 422, 503)}
+    social_post = {
+        "200": _answer("Every announced lead was recorded.", _JSON_OBJECT),
+        **_refusals(400, 403, 413, 422, 503),
+    }
+    paths: dict[str, Any] = {
+        "/v1/leads/web": {
+            "post": {
+                "summary": "A website form post (JSON, urlencoded or multipart).",
+                "parameters": [
+                    _query("form_id", "The form, as named in config/forms.yaml."),
+                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _FORM_FIELDS},
+                        "application/x-www-form-urlencoded": {"schema": _FORM_FIELDS},
+                        "multipart/form-data": {"schema": _FORM_FIELDS},
+                    },
+                },
+                "responses": web_form_responses,
+            },
+            "options": {
+                "summary": "CORS preflight for a form's allowed origins.",
+                "parameters": [_query("form_id", "The form.")],
+                "responses": {"204": _answer("Allowed."), **_refusals(403)},
+            },
+        },
+        "/v1/uploads/tradeshow": {
+            "post": {
+                "summary": "A badge-scanner export (CSV/XLSX) with its event name.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file", "event"],
+                                "properties": {
+                                    "file": {"type": "string", "contentMediaType": "text/csv"},
+                                    "event": {"type": "string"},
+                                    "mapping": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _answer("The upload's summary.", _JSON_OBJECT),
+                    **_refusals(413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/events/crm": {
+            "post": {
+                "summary": "A rep's action: accept, convert, set_stage, won, lost, disqualify.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": CrmEvent.model_json_schema()}},
+                },
+                "responses": json_event_responses,
+            }
+        },
+        "/v1/events/engagement": {
+            "post": {
+                "summary": "Marketing engagement (webinar attended, pricing page …).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": EngagementEvent.model_json_schema()}
+                    },
+                },
+                "responses": json_event_responses,
+            }
+        },
+        "/v1/calls/twilio": {
+            "post": {
+                "summary": "Twilio Voice status callback, signed with X-Twilio-Signature.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/x-www-form-urlencoded": {"schema": _JSON_OBJECT}},
+                },
+                "responses": call_responses,
+            }
+        },
+        "/v1/calls/events": {
+            "post": {
+                "summary": "A call event in leadflow's JSON (X-Api-Key when configured).",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _CALL_EVENT}},
+                },
+                "responses": call_responses,
+            }
+        },
+        "/v1/calls/asterisk": {
+            "post": {
+                "summary": "An Asterisk AMI Cdr event as its `Key: value` text.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "responses": call_responses,
+            }
+        },
+        "/v1/social/meta": {
+            "get": {
+                "summary": "Meta's webhook verification: echoes hub.challenge.",
+                "parameters": [
+                    _query("hub.mode", "subscribe"),
+                    _query("hub.verify_token", "SOCIAL_META_VERIFY_TOKEN"),
+                    _query("hub.challenge", "Echoed back."),
+                ],
+                "responses": {"200": _answer("The challenge, as text."), **_refusals(403)},
+            },
+            "post": {
+                "summary": "A leadgen notification, signed with X-Hub-Signature-256.",
+                "requestBody": {"required": True, "content": _SIGNED_JSON},
+                "responses": social_post,
+            },
+        },
+        "/v1/social/linkedin": {
+            "get": {
+                "summary": "LinkedIn's webhook validation (challengeCode).",
+                "parameters": [_query("challengeCode", "The code to answer.")],
+                "responses": {
+                    "200": _answer("challengeResponse", _JSON_OBJECT),
+                    **_refusals(403, 422),
+                },
+            },
+            "post": {
+                "summary": "A lead notification, signed with X-LI-Signature.",
+                "requestBody": {"required": True, "content": _SIGNED_JSON},
+                "responses": social_post,
+            },
+        },
+        "/v1/leads": {
+            "get": {
+                "summary": "Leads by email, phone or id (merged people included).",
+                "parameters": [
+                    _query("email", "Any address the person used."),
+                    _query("phone", "E.164."),
+                    _query("lead_id", "A lead id."),
+                    _query("limit", "At most this many.", {"type": "integer", "minimum": 1}),
+                ],
+                "responses": {"200": _answer("Leads.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/v1/leads/{lead_id}/explain": {
+            "get": {
+                "summary": "Why a lead looks as it does: merges, score rules, routing.",
+                "parameters": [
+                    {
+                        "name": "lead_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _answer("The explanation.", _JSON_OBJECT),
+                    "404": _answer("No such lead.", _ERROR),
+                },
+            }
+        },
+        "/v1/dead-letters": {
+            "get": {
+                "summary": "Recent dead letters, newest first.",
+                "parameters": [_query("stage", "A stage name."), _query("limit", "At most.")],
+                "responses": {"200": _answer("Dead letters.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/v1/funnel": {
+            "get": {
+                "summary": "Cohort or activity funnel for a date range.",
+                "parameters": [
+                    _query("from", "Start (inclusive).", _DATE),
+                    _query("to", "End (exclusive).", _DATE),
+                    _query("by", "Breakdown.", _BY),
+                    _query("mode", "strict or any.", {"enum": ["strict", "any"]}),
+                    _query("kind", "cohort or activity.", {"enum": ["cohort", "activity"]}),
+                    _query("window_days", "Conversion window.", {"type": "integer"}),
+                ],
+                "responses": {"200": _answer("The funnel.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/v1/pipeline": {
+            "get": {
+                "summary": "The pipeline now or as of a past time.",
+                "parameters": [
+                    _query("as_of", "A past time.", _DATE),
+                    _query("by", "Breakdown.", _BY),
+                ],
+                "responses": {"200": _answer("The pipeline.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/v1/pipeline/stagnant": {
+            "get": {
+                "summary": "Open leads in a stage longer than N days.",
+                "parameters": [_query("days", "N.", {"type": "integer", "minimum": 0})],
+                "responses": {"200": _answer("Stagnant leads.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/dashboard": {
+            "get": {
+                "summary": "The funnel dashboard (HTML).",
+                "responses": {"200": _answer("HTML.")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness and roles.",
+                "responses": {"200": _answer("OK.", _JSON_OBJECT)},
+            }
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics.", "responses": {"200": _answer("Text.")}}
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "responses": {"200": _answer("OpenAPI.", _JSON_OBJECT)},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "leadflow", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string", "description": "A stable reason code."},
+                        "message": {"type": "string"},
+                        "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "dead_letter_id": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
