@@ -1,0 +1,93 @@
+"""The bad-input corpus (tests/data/bad_inputs): every case a clear 4xx and a dead letter.
+
+Each case is posted to the real app (real broker behind it). Nothing may
+answer 2xx or 5xx; every refusal names its reason; every refused body
+except an oversized one (not read, so not kept) is on a dead-letter topic
+under the id the sender was given.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
+
+from ingest_adapters.social import meta_signature
+from leadflow import stages
+from leadflow.kafka_clients import ensure_topics
+from leadflow.settings import (
+    CallsSettings,
+    HttpSettings,
+    KafkaSettings,
+    Settings,
+    SocialSettings,
+    WebSettings,
+)
+from leadflow.topics import Topics
+from schemas import DeadLetter
+from tests.integration.processes import read_topic
+from tests.integration.test_http_app import client_for
+
+CASES: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parents[1] / "data" / "bad_inputs" / "http_cases.json").read_text()
+)
+SECRETS = {"meta": "meta-secret", "meta-wrong": "not-the-app-secret"}
+
+
+@pytest.fixture
+async def app_client(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[TestClient]:
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=topic_prefix),
+        http=HttpSettings(max_body_bytes=65536, publish_timeout_s=5),
+        web=WebSettings(rate_per_s=1000, rate_burst=1000),
+        calls=CallsSettings(
+            twilio_auth_token=SecretStr("twilio-token"),
+            twilio_public_url="https://leads.example.com/v1/calls/twilio",
+        ),
+        social=SocialSettings(
+            meta_app_secret=SecretStr(SECRETS["meta"]),
+            linkedin_client_secret=SecretStr("linkedin-secret"),
+        ),
+    )
+    await ensure_topics(settings.kafka, kafka_bootstrap)
+    async for made in client_for(settings, kafka_bootstrap):
+        yield made
+
+
+def test_the_corpus_is_big_enough() -> None:
+    assert len(CASES) >= 30
+    assert len({case["name"] for case in CASES}) == len(CASES)
+
+
+async def test_every_bad_input_gets_a_clear_4xx_and_a_dead_letter(
+    app_client: TestClient, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    letter_ids: dict[str, str] = {}
+    wrong: list[str] = []
+    for case in CASES:
+        body = base64.b64decode(case["body_b64"])
+        headers = {"Content-Type": case["content_type"], **case["headers"]}
+        if case["sign"]:
+            headers["X-Hub-Signature-256"] = meta_signature(SECRETS[case["sign"]], body)
+        answer = await app_client.post(case["path"], data=body, headers=headers)
+        payload = await answer.json()
+        if answer.status != case["expect"] or not payload.get("error"):
+            wrong.append(f"{case['name']}: {answer.status} {payload}")
+            continue
+        if answer.status != 413:
+            letter_ids[case["name"]] = payload.get("dead_letter_id", "")
+    assert wrong == [], "\n".join(wrong)
+    assert all(letter_ids.values()), [name for name, lid in letter_ids.items() if not lid]
+
+    topics = Topics(topic_prefix)
+    found: set[str] = set()
+    for stage in (stages.WEB_FORM, stages.CALL_CENTER, stages.EVENTS, stages.SOCIAL_ADS):
+        for message in await read_topic(kafka_bootstrap, topics.dlq(stage), 1, timeout_s=5):
+            found.add(DeadLetter.model_validate_json(message.value or b"").dead_letter_id)
+    assert set(letter_ids.values()) <= found
