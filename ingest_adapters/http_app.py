@@ -369,7 +369,7 @@ class IngestRoutes:
             error, body, stage=stage, detail=detail, key=key.encode() if key else None
         )
         await self._publisher.publish(
-            self._topics.dlq(stage), key, letter.model_dump_json().encode()
+            self._topics.dlq(stage), letter.dead_letter_id, letter.model_dump_json().encode()
         )
         self._metrics.dead_letters.labels(stage=stage).inc()
         return letter.dead_letter_id

@@ -23,6 +23,10 @@ class Publisher:
         self._metrics = metrics
         self._timeout_s = timeout_s
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        return self._producer
+
     async def publish(self, topic: str, key: str | None, value: bytes) -> tuple[int, int]:
         """Write one message; return (partition, offset) once Kafka acknowledged it."""
         started = time.perf_counter()

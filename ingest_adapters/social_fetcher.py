@@ -93,7 +93,9 @@ class SocialLeadService:
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
         letter = dead_letter_for_record(error, message, stage=STAGE)
         await self._producer.send_and_wait(
-            self._topics.dlq(STAGE), letter.model_dump_json().encode(), key=message.key
+            self._topics.dlq(STAGE),
+            letter.model_dump_json().encode(),
+            key=letter.dead_letter_id.encode(),
         )
         self._metrics.dead_letters.labels(stage=STAGE).inc()
         self._metrics.social_leads.labels(

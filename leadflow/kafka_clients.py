@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -54,7 +54,7 @@ def make_producer(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> AIO
 
 
 def make_consumer(
-    kafka: KafkaSettings, bootstrap: str, *topics: str, group_id: str, **overrides: Any
+    kafka: KafkaSettings, bootstrap: str, *topics: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
     """A consumer that commits only when told to and starts new groups at the beginning."""
     options: dict[str, Any] = {
@@ -68,6 +68,26 @@ def make_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+def topic_config(kafka: KafkaSettings, topics: Topics, name: str) -> dict[str, str]:
+    """How a topic keeps its records.
+
+    Dead-letter topics are keyed by dead-letter id and both compacted and
+    time-limited: an erasure's tombstone removes a letter once its segment
+    rolls (`KAFKA_DLQ_SEGMENT_MS`), and every letter goes after
+    `KAFKA_DLQ_RETENTION_DAYS` anyway.
+    """
+    if name in topics.compacted():
+        return {"cleanup.policy": "compact"}
+    if name in topics.all_dlq():
+        return {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(kafka.dlq_retention_days * 86_400_000),
+            "segment.ms": str(kafka.dlq_segment_ms),
+            "min.cleanable.dirty.ratio": "0.01",
+        }
+    return {}
 
 
 async def ensure_topics(
@@ -88,13 +108,12 @@ async def ensure_topics(
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            compacted = topics.compacted()
             wanted = [
                 NewTopic(
                     name,
                     kafka.partitions,
                     kafka.replication_factor,
-                    topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
+                    topic_configs=topic_config(kafka, topics, name),
                 )
                 for name in topics.all()
                 if name not in existing
@@ -120,6 +139,39 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def wait_for_topics(
+    kafka: KafkaSettings, bootstrap: str, partitions: dict[str, int], timeout_s: float = 60.0
+) -> None:
+    """Return once the cluster's metadata shows every topic with its partitions led.
+
+    Creating a topic returns before every broker serves it; a client that reads
+    metadata in between caches "0 partitions" (Faust then refuses its tables).
+    """
+    consumer = make_consumer(kafka, bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            # aiokafka has no public call for fresh metadata of unsubscribed topics.
+            cluster = await consumer._client.fetch_all_metadata()
+            missing = [
+                name
+                for name, count in partitions.items()
+                if len(cluster.partitions_for_topic(name) or ()) < count
+                or any(
+                    cluster.leader_for_partition(TopicPartition(name, p)) in (None, -1)
+                    for p in range(count)
+                )
+            ]
+            if not missing:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RetriableError(f"topics not ready after {timeout_s:.0f}s: {missing}")
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
 
 
 async def replay_topic(

@@ -50,6 +50,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.suppressed = Counter(
+            "leadflow_suppressed_rows",
+            "Rows not written because they are about an erased person, by table.",
+            ["table"],
+            registry=self.registry,
+        )
         self.quarantined = Counter(
             "leadflow_quarantined_posts",
             "Form posts taken for bots and quarantined, by reason.",

@@ -227,6 +227,30 @@ def document(version: str) -> dict[str, Any]:
                 "responses": social_post,
             },
         },
+        "/v1/privacy/erase": {
+            "post": {
+                "summary": "Erase a person everywhere (X-Admin-Key; loopback only when unset).",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "email": {"type": "string"},
+                                    "phone": {"type": "string"},
+                                    "lead_id": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _answer("What was erased.", _JSON_OBJECT),
+                    **_refusals(400, 401, 422),
+                },
+            }
+        },
         "/v1/leads": {
             "get": {
                 "summary": "Leads by email, phone or id (merged people included).",

@@ -26,8 +26,10 @@ from ingest_adapters.publisher import Publisher
 from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
 from leadflow import __version__, openapi
+from leadflow.erase import PrivacyRoutes
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
+from leadflow.privacy import SuppressionList
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from sinks.clickhouse.client import ClickHouse
@@ -94,6 +96,8 @@ def build_app(
         IngestRoutes(settings, publisher, metrics, bootstrap).add_to(app)
     if clickhouse is not None and roles.query:
         QueryRoutes(clickhouse).add_to(app)
+        if publisher is not None and bootstrap is not None:
+            PrivacyRoutes(settings, bootstrap, clickhouse, publisher.producer).add_to(app)
     return app
 
 
@@ -119,8 +123,27 @@ async def _start_writer(
         settings.kafka, bootstrap, *routes(topics), group_id=topics.group("clickhouse-writer")
     )
     await consumer.start()
-    writer = ClickHouseWriter(settings, clickhouse, consumer, producer, metrics)
-    task = asyncio.create_task(writer.run(), name="clickhouse-writer")
+    suppressions = SuppressionList()
+    follower = asyncio.create_task(
+        suppressions.follow(settings.kafka, bootstrap, topics.privacy_suppressions),
+        name="suppression-list",
+    )
+    writer = ClickHouseWriter(settings, clickhouse, consumer, producer, metrics, suppressions)
+
+    async def run() -> None:
+        try:
+            # The list must be loaded before the first insert; its failure stops the writer.
+            ready = asyncio.ensure_future(suppressions.wait_loaded())
+            await asyncio.wait({ready, follower}, return_when=asyncio.FIRST_COMPLETED)
+            if follower.done():
+                ready.cancel()
+                follower.result()
+            await writer.run()
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    task = asyncio.create_task(run(), name="clickhouse-writer")
     return Background("the ClickHouse writer", task, writer.stop, [consumer.stop])
 
 

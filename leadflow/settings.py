@@ -58,6 +58,13 @@ class KafkaSettings(_Section):
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
     request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    dlq_retention_days: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="Days a dead letter is kept on its topic."
+    )
+    dlq_segment_ms: Annotated[int, Field(ge=1000)] = Field(
+        default=3_600_000,
+        description="Segment roll of dead-letter topics: an erased letter is gone within this.",
+    )
 
 
 class ClickHouseSettings(_Section):
@@ -97,6 +104,10 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="X-Admin-Key for POST /v1/privacy/erase; unset: loopback clients only.",
+    )
     max_upload_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=200 * 1024 * 1024, description="Largest file POST /v1/uploads/tradeshow takes."
     )

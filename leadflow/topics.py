@@ -35,6 +35,11 @@ class Topics:
         return self._name("events.crm")
 
     @property
+    def privacy_suppressions(self) -> str:
+        """Compacted: hashes of erased people's identifiers, checked before every write."""
+        return self._name("privacy.suppressions")
+
+    @property
     def leads_quarantine(self) -> str:
         """Form posts taken for bots (honeypot, too fast): kept for review, never leads."""
         return self._name("leads.quarantine")
@@ -106,6 +111,7 @@ class Topics:
             self.lead_merges,
             self.notifier_delivered,
             self.uploads_done,
+            self.privacy_suppressions,
             *self.all_dlq(),
         ]
 
@@ -116,7 +122,7 @@ class Topics:
 
     def compacted(self) -> set[str]:
         """Topics that keep only the latest value per key."""
-        return {self.notifier_delivered, self.uploads_done}
+        return {self.notifier_delivered, self.uploads_done, self.privacy_suppressions}
 
     def group(self, role: str) -> str:
         """Consumer group id of one role (clickhouse writer, notifier ...)."""

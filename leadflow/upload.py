@@ -171,7 +171,9 @@ async def upload(
                     exc, head, stage=tradeshow.STAGE, detail=f"{name} ({summary.digest})"
                 )
                 await producer.send_and_wait(
-                    topics.dlq(tradeshow.STAGE), letter.model_dump_json().encode()
+                    topics.dlq(tradeshow.STAGE),
+                    letter.model_dump_json().encode(),
+                    key=letter.dead_letter_id.encode(),
                 )
                 raise
         await asyncio.gather(*in_flight)
@@ -192,7 +194,9 @@ async def _dead_letter(
     original = json.dumps(row.cells, ensure_ascii=False).encode()
     letter = dead_letter_for(error, original, stage=tradeshow.STAGE, detail=detail)
     future: asyncio.Future[Any] = await producer.send(
-        topics.dlq(tradeshow.STAGE), letter.model_dump_json().encode()
+        topics.dlq(tradeshow.STAGE),
+        letter.model_dump_json().encode(),
+        key=letter.dead_letter_id.encode(),
     )
     return future
 

@@ -208,5 +208,7 @@ class Notifier:
         letter = dead_letter_for_record(error, message, stage=STAGE)
         self._metrics.dead_letters.labels(stage=STAGE).inc()
         await self._producer.send_and_wait(
-            self._topics.dlq(STAGE), letter.model_dump_json().encode(), key=message.key
+            self._topics.dlq(STAGE),
+            letter.model_dump_json().encode(),
+            key=letter.dead_letter_id.encode(),
         )

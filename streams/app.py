@@ -14,7 +14,8 @@ from typing import Any
 
 import faust
 
-from leadflow.kafka_clients import ensure_topics
+from leadflow.kafka_clients import ensure_topics, wait_for_topics
+from leadflow.privacy import SuppressionList
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
 from streams import events_agent, identity_agent, lead_agent, normalize_agent, routing_agent
@@ -68,7 +69,15 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
         options["broker_credentials"] = credentials
     app = faust.App(f"{settings.kafka.topic_prefix}{settings.worker.app_id}", **options)
     rules = rules or load_rules(settings.worker.rules_dir)
-    for stage in (normalize_agent, events_agent, identity_agent, lead_agent, routing_agent):
+    suppressions = SuppressionList()
+
+    async def follow_suppressions() -> None:
+        await suppressions.follow(settings.kafka, bootstrap, topics.privacy_suppressions)
+
+    app.task(follow_suppressions)
+
+    normalize_agent.register(app, topics, settings, rules, suppressions)
+    for stage in (events_agent, identity_agent, lead_agent, routing_agent):
         stage.register(app, topics, settings, rules)
     return app
 
@@ -85,6 +94,13 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> No
         for table in app.tables.values()
     }
     changelogs[f"{app.conf.id}-__assignor-__leader"] = 1
-    asyncio.run(ensure_topics(settings.kafka, bootstrap, extra=changelogs))
+    topics = Topics(settings.kafka.topic_prefix)
+    everything = {name: settings.kafka.partitions for name in topics.all()} | changelogs
+
+    async def declare() -> None:
+        await ensure_topics(settings.kafka, bootstrap, extra=changelogs)
+        await wait_for_topics(settings.kafka, bootstrap, everything)
+
+    asyncio.run(declare())
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
     worker.execute_from_commandline()

@@ -24,6 +24,7 @@ from streams.rules import Rules
 from streams.wiring import dead_letter, json_table, raw_topic
 
 STAGE = stages.IDENTITY
+ERASE_PREFIX = b'{"type":"erase"'
 
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
@@ -35,6 +36,12 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
 
     async def resolve_identity(stream: Any) -> None:
         async for event in stream.events():
+            if event.value and event.value.startswith(ERASE_PREFIX):
+                # `leadflow erase`: forget the person's match key (Faust tombstones the changelog).
+                key = (event.key or b"").decode()
+                if key in index:
+                    del index[key]
+                continue
             try:
                 probe = IdentityProbe.model_validate_json(event.value)
                 if not probe.keys:

@@ -30,6 +30,7 @@ from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState
 from streams import leads
+from streams.identity_agent import ERASE_PREFIX
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
@@ -420,6 +421,11 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     async def fold_leads(stream: Any) -> None:
         async for event in stream.events():
             key = (event.key or b"").decode()
+            if event.value and event.value.startswith(ERASE_PREFIX):
+                # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
+                if key in table:
+                    del table[key]
+                continue
             stored = table.get(key)
             state = LeadState.model_validate(stored) if stored else None
             now = datetime.now(UTC)

@@ -8,24 +8,53 @@ A good lead leaves as an identity probe keyed by its first match key.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import faust
+import orjson
 
+from leadflow.privacy import SuppressionList
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Lead
 from streams.identity import start_probe, table_key
-from streams.normalize import STAGE, normalize_message
+from streams.normalize import STAGE, normalize_message, normalize_phone
 from streams.rules import Rules
 from streams.wiring import raw_topic
 
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
+def raw_identifiers(value: bytes | None, region: str) -> list[str]:
+    """Every field value of a raw envelope, and its E.164 reading where it is a phone."""
+    try:
+        fields = orjson.loads(value or b"").get("fields") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    found: list[str] = []
+    for text in fields.values() if isinstance(fields, dict) else []:
+        if not isinstance(text, str) or not text.strip():
+            continue
+        found.append(text)
+        with contextlib.suppress(ValueError):
+            found.append(normalize_phone(text, region))
+    return found
+
+
+def register(
+    app: faust.App,
+    topics: Topics,
+    settings: Settings,
+    rules: Rules,
+    suppressions: SuppressionList | None = None,
+) -> Any:
     source = raw_topic(app, topics.leads_raw)
+    if suppressions is None:  # (an empty list is falsy: test for None)
+        suppressions = SuppressionList()
+        suppressions.mark_loaded()
+    suppressed = suppressions
     keys_out = raw_topic(app, topics.identity_keys)
     dead_letters = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
@@ -33,6 +62,11 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     async def normalize_leads(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
+            await suppressed.wait_loaded()
+            if suppressed.hits(raw_identifiers(event.value, region)):
+                # An erased person: not a lead, not a dead letter (that would keep their data).
+                log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
+                continue
             result = normalize_message(
                 event.value,
                 default_region=region,
@@ -55,6 +89,8 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
                     message.offset,
                     result.message,
                 )
-                await dead_letters.send(key=event.key, value=result.model_dump_json().encode())
+                await dead_letters.send(
+                    key=result.dead_letter_id.encode(), value=result.model_dump_json().encode()
+                )
 
     return app.agent(source, name=STAGE, concurrency=1)(normalize_leads)

@@ -70,4 +70,4 @@ async def dead_letter(dlq: Any, stage: str, event: Any, error: Exception) -> Non
         stage,
         letter.message,
     )
-    await dlq.send(key=event.key, value=letter.model_dump_json().encode())
+    await dlq.send(key=letter.dead_letter_id.encode(), value=letter.model_dump_json().encode())

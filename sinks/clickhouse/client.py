@@ -91,8 +91,17 @@ class ClickHouse:
         except (ClickHouseError, OSError, TimeoutError) as exc:
             raise classify(exc) from exc
 
-    async def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> Any:
-        return await self._run(lambda c: c.command(sql, settings=dict(settings or {})))
+    async def command(
+        self,
+        sql: str,
+        settings: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Any:
+        return await self._run(
+            lambda c: c.command(
+                sql, parameters=dict(parameters or {}) or None, settings=dict(settings or {})
+            )
+        )
 
     async def query(
         self,

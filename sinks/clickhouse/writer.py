@@ -35,6 +35,7 @@ from leadflow import stages
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
+from leadflow.privacy import SuppressionList
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import (
@@ -98,6 +99,12 @@ def routes(topics: Topics) -> dict[str, Route]:
     return table
 
 
+# Columns that identify a person; a row whose value here is suppressed is not written.
+_IDENTIFYING = frozenset(
+    {"lead_id", "survivor_id", "merged_id", "email", "phone", "emails", "phones"}
+)
+
+
 @dataclass
 class _Batch:
     rows: list[list[Any]] = field(default_factory=list)
@@ -115,8 +122,13 @@ class ClickHouseWriter:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         metrics: Metrics,
+        suppressions: SuppressionList | None = None,
     ) -> None:
         self._settings = settings
+        if suppressions is None:
+            suppressions = SuppressionList()
+            suppressions.mark_loaded()
+        self._suppressions = suppressions
         self._clickhouse = clickhouse
         self._consumer = consumer
         self._producer = producer
@@ -132,6 +144,7 @@ class ClickHouseWriter:
 
     async def run(self) -> None:
         """Consume until stop(); at return everything consumed is inserted and committed."""
+        await self._suppressions.wait_loaded()
         while not self._stopping.is_set():
             fetched = await self._collect()
             if fetched:
@@ -169,9 +182,14 @@ class ClickHouseWriter:
         route = self._routes[tp.topic]
         batch = _Batch(first_offset=messages[0].offset, last_offset=messages[-1].offset)
         dead_rows: list[list[Any]] = []
+        identifying = [i for i, c in enumerate(route.columns) if c in _IDENTIFYING]
         for message in messages:
             try:
-                batch.rows.append(route.to_row(message))
+                row = route.to_row(message)
+                if self._suppressed(row, identifying):
+                    self._metrics.suppressed.labels(table=route.table).inc()
+                    continue
+                batch.rows.append(row)
             except ValueError as exc:
                 letter = dead_letter_for_record(exc, message, stage=STAGE)
                 self._metrics.dead_letters.labels(stage=STAGE).inc()
@@ -180,7 +198,9 @@ class ClickHouseWriter:
                     dead_rows.append(DeadLetterRow.from_dead_letter(letter).as_row())
                 else:
                     await self._producer.send_and_wait(
-                        self._topics.dlq(STAGE), letter.model_dump_json().encode(), key=message.key
+                        self._topics.dlq(STAGE),
+                        letter.model_dump_json().encode(),
+                        key=letter.dead_letter_id.encode(),
                     )
         token = f"{tp.topic}:{tp.partition}:{batch.first_offset}-{batch.last_offset}"
         if batch.rows:
@@ -190,6 +210,16 @@ class ClickHouseWriter:
             await self._insert_with_retry(
                 DeadLetterRow.table, dead_rows, DeadLetterRow.column_names(), token + ":unreadable"
             )
+
+    def _suppressed(self, row: list[Any], identifying: list[int]) -> bool:
+        """True for a row about an erased person (their ids, emails or phones)."""
+        if not len(self._suppressions):
+            return False
+        values: list[str] = []
+        for index in identifying:
+            cell = row[index]
+            values.extend(cell if isinstance(cell, list) else [cell])
+        return self._suppressions.hits(str(v) for v in values if v)
 
     async def _insert_with_retry(
         self, table: str, rows: list[list[Any]], columns: list[str], token: str
