@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: bench chromium up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
+.PHONY: bench chaos chromium up test test-unit test-integration test-slow lint fmt typecheck check kafka-start kafka-stop clean
 
 # The dashboard test drives Debian's headless Chromium; install it once if missing.
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
@@ -42,6 +42,9 @@ test-integration: $(STAMP) chromium
 test-slow: $(STAMP)     ## long runs kept out of `make test`
 	$(BIN)/pytest -m slow
 
+chaos: $(STAMP)         ## the full fault drill: every fault repeated, a table of lost/doubled
+	CHAOS_REPORT=bench-results/chaos.json $(BIN)/pytest -m chaos -s tests/reliability
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -58,6 +61,7 @@ check: lint typecheck test
 bench: $(STAMP)         ## benchmarks (figures printed and written to bench-results/)
 	$(BIN)/leadflow bench queries
 	$(BIN)/leadflow bench upload
+	$(BIN)/leadflow bench ingest --out bench-results/ingest.json
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start

@@ -91,6 +91,10 @@ class ClickHouseSettings(_Section):
     batch_rows: Annotated[int, Field(ge=1)] = 10_000
     flush_interval_s: Annotated[float, Field(gt=0)] = 0.5
     retry_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    fault_fail_s: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="Fault drill: every insert fails for this long after the writer starts.",
+    )
 
     @field_validator("database")
     @classmethod

@@ -60,6 +60,10 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "broker_commit_interval": 1.0,
+        # A worker killed outright holds its partitions until its session expires: keep
+        # that short so another worker (or its own restart) takes over within seconds.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 3.0,
         "web_enabled": settings.worker.web_port > 0,
         "web_port": settings.worker.web_port or 6066,
         "web_host": "0.0.0.0" if settings.worker.web_port else "127.0.0.1",  # noqa: S104

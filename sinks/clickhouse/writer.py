@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +139,8 @@ class ClickHouseWriter:
         self._stopping = asyncio.Event()
         # Set by fault-injection tests: the next N inserts fail as if ClickHouse were down.
         self.fail_next_inserts = 0
+        # Fault drills (CLICKHOUSE_FAULT_FAIL_S): every insert fails for that long after start.
+        self._fail_until = time.monotonic() + settings.clickhouse.fault_fail_s
 
     def stop(self) -> None:
         self._stopping.set()
@@ -232,6 +235,8 @@ class ClickHouseWriter:
                 if self.fail_next_inserts > 0:
                     self.fail_next_inserts -= 1
                     raise RetriableError("injected ClickHouse failure")
+                if time.monotonic() < self._fail_until:
+                    raise RetriableError("injected ClickHouse failure (CLICKHOUSE_FAULT_FAIL_S)")
                 await self._clickhouse.insert(table, rows, columns, dedup_token=token)
                 if attempt > 1:
                     log.info("insert into %s succeeded after %d attempts", table, attempt)

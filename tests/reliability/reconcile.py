@@ -1,0 +1,70 @@
+"""Reconcile a drill's ledger with what ClickHouse holds (run as its own process).
+
+    python -m tests.reliability.reconcile CHDB_DIR LEDGER.json
+
+Prints one JSON line: per fault, how many acknowledged event ids are
+missing (lost) or present more than once (doubled) among live leads after
+FINAL, how many rejected posts have no dead letter, and (over the whole
+drill) how many leads moved to an earlier stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sinks.clickhouse.client import ClickHouse
+from streams.rules import load_rules
+
+SPECIAL = {"lost", "disqualified", "re_engaged", "merged", "won"}
+
+
+async def reconcile(chdb_dir: Path, ledger: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    clickhouse = ClickHouse(f"chdb://{chdb_dir}", "leadflow")
+    try:
+        touches = await clickhouse.query(
+            "SELECT e, count() AS n FROM (SELECT arrayJoin(touch_event_ids) AS e "
+            "FROM leadflow.leads FINAL WHERE merged_into = '') GROUP BY e"
+        )
+        letters = await clickhouse.query(
+            "SELECT DISTINCT dead_letter_id FROM leadflow.dead_letters FINAL"
+        )
+        moves = await clickhouse.query(
+            "SELECT lead_id, arraySort(x -> x.1, groupArray((event_time, to_stage))) AS path "
+            "FROM leadflow.lead_transitions FINAL GROUP BY lead_id"
+        )
+    finally:
+        await clickhouse.close()
+    seen = Counter({row["e"]: int(row["n"]) for row in touches})
+    stored_letters = {row["dead_letter_id"] for row in letters}
+    order = {stage.name: i for i, stage in enumerate(load_rules().stages.stages)}
+    backwards = 0
+    for row in moves:
+        highest = -1
+        for _, stage in row["path"]:
+            if stage in SPECIAL or stage not in order:
+                highest = -1 if stage == "re_engaged" else highest
+                continue
+            if order[stage] < highest:
+                backwards += 1
+                break
+            highest = max(highest, order[stage])
+    result: dict[str, Any] = {}
+    for fault, entries in ledger.items():
+        acknowledged = entries["acknowledged"]
+        result[fault] = {
+            "lost": sum(1 for e in acknowledged if seen[e] == 0),
+            "doubled": sum(1 for e in acknowledged if seen[e] > 1),
+            "rejected_missing": sum(1 for d in entries["rejected"] if d not in stored_letters),
+            "backwards": backwards,
+        }
+    return result
+
+
+if __name__ == "__main__":
+    ledger = json.loads(Path(sys.argv[2]).read_text())
+    print(json.dumps(asyncio.run(reconcile(Path(sys.argv[1]), ledger))))
