@@ -96,6 +96,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace, console: Console) 
             settings.clickhouse_dsn,
             settings.clickhouse.database,
             Layout.from_settings(settings.clickhouse),
+            settings.clickhouse.ca_cert,
         )
         try:
             return await migrate(clickhouse)
@@ -154,6 +155,49 @@ def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) ->
     if answer is not None:
         title = f"leads ({len(answer['leads'])} of {answer['total']})"
         console.print(lead_table(answer["leads"], title))
+    return 0
+
+
+def cmd_erase(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    """Erase a person through the running server and print what was erased."""
+    from rich.table import Table
+
+    from leadflow.stack import http_json
+
+    who = {
+        k: v
+        for k, v in (("email", args.email), ("phone", args.phone), ("lead_id", args.lead_id))
+        if v
+    }
+    if not who:
+        console.print("[red]give --email, --phone or --lead-id[/]")
+        return 2
+    headers = {"Content-Type": "application/json"}
+    if settings.http.admin_key is not None:
+        headers["X-Admin-Key"] = settings.http.admin_key.get_secret_value()
+    base = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    status, report = http_json(
+        "POST", base + "/v1/privacy/erase", json.dumps(who).encode(), headers, timeout_s=600
+    )
+    if status != 200:
+        console.print(f"[red]{status}[/] {report.get('message', report)}")
+        return 1
+    if args.format == "json":
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    table = Table(
+        title=f"erased {', '.join(f'{k} {v}' for k, v in who.items())}", show_header=False
+    )
+    table.add_column("what")
+    table.add_column("how many", justify="right")
+    table.add_row("leads (merged records included)", str(len(report["lead_ids"])))
+    table.add_row("identifiers suppressed", str(report["identifiers_suppressed"]))
+    table.add_row("state erase commands", str(report["state_erase_commands"]))
+    for name, count in report["rows_deleted"].items():
+        table.add_row(f"rows deleted from {name}", str(count))
+    for topic, count in report["dead_letters_tombstoned"].items():
+        table.add_row(f"dead letters tombstoned on {topic}", str(count))
+    console.print(table)
     return 0
 
 
@@ -285,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     leads.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     leads.add_argument("--format", choices=["table", "json"], default="table")
     leads.set_defaults(fn=cmd_leads)
+
+    erase = verbs.add_parser("erase", help="erase a person everywhere (GDPR / PIPL)")
+    erase.add_argument("--email")
+    erase.add_argument("--phone")
+    erase.add_argument("--lead-id")
+    erase.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    erase.add_argument("--format", choices=["table", "json"], default="table")
+    erase.set_defaults(fn=cmd_erase)
 
     explain = verbs.add_parser("explain", help="why a lead was merged, scored and routed")
     explain.add_argument("lead_id")

@@ -196,6 +196,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
                 settings.clickhouse_dsn,
                 settings.clickhouse.database,
                 Layout.from_settings(settings.clickhouse),
+                settings.clickhouse.ca_cert,
             )
             applied = await migrate(clickhouse)
             if applied:

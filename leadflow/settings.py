@@ -73,6 +73,9 @@ class ClickHouseSettings(_Section):
         description="chdb:///path (embedded, the default under the data dir) or http(s)://...",
     )
     database: str = "leadflow"
+    ca_cert: str | None = Field(
+        default=None, description="CA certificate file that signed an https:// server's cert."
+    )
     cluster: str | None = Field(
         default=None,
         description="Cluster name: tables become <name>_local shards behind Distributed <name>.",

@@ -58,10 +58,17 @@ def classify(exc: BaseException) -> RetriableError | FatalError:
 class ClickHouse:
     """One connection, used from one thread; `database` prefixes every table name."""
 
-    def __init__(self, dsn: str, database: str, layout: Layout | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        layout: Layout | None = None,
+        ca_cert: str | None = None,
+    ) -> None:
         self.dsn = dsn
         self.database = database
         self.layout = layout or Layout(database)
+        self.ca_cert = ca_cert
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
 
@@ -77,8 +84,17 @@ class ClickHouse:
                 options = dict(parse_qsl(query))
                 self._client = clickhouse_connect.get_client(dsn=dsn, chdb_options=options)
             else:
-                self._client = clickhouse_connect.get_client(dsn=self.dsn)
+                self._client = clickhouse_connect.get_client(**self.server_options())
         return self._client
+
+    def server_options(self) -> dict[str, Any]:
+        """How to reach a server: the DSN, and over HTTPS the CA that signed its certificate."""
+        options: dict[str, Any] = {"dsn": self.dsn}
+        if self.dsn.startswith("https://"):
+            options["verify"] = True
+            if self.ca_cert:
+                options["ca_cert"] = self.ca_cert
+        return options
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from typing import Any
 
 from leadflow.kafka_clients import make_producer
@@ -31,6 +33,20 @@ def erase(stack: Stack, **who: str) -> dict[str, Any]:
     )
     assert status == 200, report
     return report
+
+
+def run_cli_json(stack: Stack, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "leadflow", *args, "--url", stack.base_url, "--format", "json"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
 
 
 def latest_by_key(messages: list[Any]) -> dict[bytes, bytes | None]:
@@ -79,8 +95,9 @@ async def test_erase_then_replay_finds_nothing(stack: Stack) -> None:
     assert status == 404
     letters = http_json("GET", f"{stack.base_url}/v1/dead-letters?limit=1000")[1]
     assert refused["dead_letter_id"] not in json.dumps(letters)
-    # Nothing left for a second erasure to find in any table.
-    again = erase(stack, email=EMAIL)
+    # Nothing left for a second erasure (through the CLI this time) to find in any table.
+    again = run_cli_json(stack, "erase", "--phone", "138 0013 8000")
+    assert again["lead_ids"] == []
     assert set(again["rows_deleted"].values()) == {0}
 
     # Kafka: the dead letter and the lead's state end in tombstones.
@@ -91,3 +108,15 @@ async def test_erase_then_replay_finds_nothing(stack: Stack) -> None:
     mine = [key for key in state if person["lead_id"].encode() in key]
     assert mine
     assert all(state[key] is None for key in mine)
+
+
+def test_erase_cli_needs_an_identifier() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "leadflow", "erase", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "give --email, --phone or --lead-id" in done.stdout
