@@ -37,17 +37,21 @@ class SuppressionList:
 
     def __init__(self, hashes: Iterable[str] = ()) -> None:
         self._hashes: set[str] = set(hashes)
-        self._loaded = asyncio.Event()
+        self._loaded = False
 
     @property
     def loaded(self) -> bool:
-        return self._loaded.is_set()
+        return self._loaded
 
     def mark_loaded(self) -> None:
-        self._loaded.set()
+        self._loaded = True
 
     async def wait_loaded(self) -> None:
-        await self._loaded.wait()
+        # A flag polled, not an asyncio.Event: in the Faust worker the follower and the
+        # agents may run on different threads' loops, and an Event set from another
+        # loop does not wake its waiter.
+        while not self._loaded:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
     def __len__(self) -> int:
         return len(self._hashes)

@@ -121,7 +121,9 @@ class Load:
             else:
                 body = {
                     "name": f"Chaos Lead {n}",
-                    "email": f"{key}@example.com",
+                    # A domain each: one shared corporate domain would make the fuzzy-name
+                    # rule merge "Chaos Lead 1" and "Chaos Lead 2" into one person.
+                    "email": f"lead@{key}.example.com",
                     "utm_source": self.rng.choice(["google", "baidu", "linkedin"]),
                 }
             # Every tenth is delivered three times, as webhooks are.

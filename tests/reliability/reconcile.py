@@ -34,25 +34,24 @@ async def reconcile(chdb_dir: Path, ledger: dict[str, dict[str, list[str]]]) -> 
             "SELECT DISTINCT dead_letter_id FROM leadflow.dead_letters FINAL"
         )
         moves = await clickhouse.query(
-            "SELECT lead_id, arraySort(x -> x.1, groupArray((event_time, to_stage))) AS path "
-            "FROM leadflow.lead_transitions FINAL GROUP BY lead_id"
+            "SELECT from_stage, to_stage, count() AS n FROM leadflow.lead_transitions FINAL "
+            "GROUP BY from_stage, to_stage"
         )
     finally:
         await clickhouse.close()
     seen = Counter({row["e"]: int(row["n"]) for row in touches})
     stored_letters = {row["dead_letter_id"] for row in letters}
     order = {stage.name: i for i, stage in enumerate(load_rules().stages.stages)}
-    backwards = 0
-    for row in moves:
-        highest = -1
-        for _, stage in row["path"]:
-            if stage in SPECIAL or stage not in order:
-                highest = -1 if stage == "re_engaged" else highest
-                continue
-            if order[stage] < highest:
-                backwards += 1
-                break
-            highest = max(highest, order[stage])
+    # A move backwards: a transition to an earlier funnel stage than the one it left
+    # (moves to lost, disqualified, re_engaged or merged are allowed from anywhere).
+    backwards = sum(
+        int(row["n"])
+        for row in moves
+        if row["from_stage"] in order
+        and row["to_stage"] in order
+        and row["to_stage"] not in SPECIAL
+        and order[row["to_stage"]] < order[row["from_stage"]]
+    )
     result: dict[str, Any] = {}
     for fault, entries in ledger.items():
         acknowledged = entries["acknowledged"]
