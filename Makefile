@@ -62,6 +62,7 @@ bench: $(STAMP)         ## benchmarks (figures printed and written to bench-resu
 	$(BIN)/leadflow bench queries
 	$(BIN)/leadflow bench upload
 	$(BIN)/leadflow bench ingest --out bench-results/ingest.json
+	$(BIN)/leadflow bench pipeline
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start

@@ -248,6 +248,18 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
     from leadflow.bench import bench_queries, bench_upload
 
     queries_out = args.out or Path("bench-results/queries.json")
+    if args.suite == "pipeline":
+        from leadflow.bench_pipeline import bench_pipeline
+
+        bench_pipeline(
+            args.persons,
+            args.partitions,
+            args.latency_rate,
+            args.latency_seconds,
+            args.out or Path("bench-results/pipeline.json"),
+            console,
+        )
+        return 0
     if args.suite == "ingest":
         from leadflow.bench_ingest import bench_ingest
 
@@ -369,7 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(fn=cmd_upload)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("suite", choices=["queries", "upload", "ingest"])
+    bench.add_argument("suite", choices=["queries", "upload", "ingest", "pipeline"])
+    bench.add_argument(
+        "--persons", type=int, default=20_000, help="pipeline: generated people (~1.3 leads each)"
+    )
+    bench.add_argument("--partitions", type=int, default=8, help="pipeline: partitions per topic")
+    bench.add_argument(
+        "--latency-rate", type=float, default=2000.0, help="pipeline: offered leads/s for latency"
+    )
+    bench.add_argument(
+        "--latency-seconds", type=float, default=15.0, help="pipeline: length of the latency run"
+    )
     bench.add_argument("--rows", type=int, default=1_000_000, help="upload: rows in the file")
     bench.add_argument("--leads", type=int, default=1_000_000)
     bench.add_argument("--repeat", type=int, default=5)

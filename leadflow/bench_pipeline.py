@@ -1,0 +1,353 @@
+"""`leadflow bench pipeline`: leads/s from `leads.raw` to ClickHouse, latency, state, scale-out.
+
+Runs on a broker of its own and the real processes (worker(s) and a
+`serve --roles sink,query`), on topics with `--partitions` partitions:
+
+1. **Throughput**: the generated envelopes (every channel, about 30% people
+   coming back through another channel, Chinese and English names, UTM
+   mixes) are published to `leads.raw`; the time until every consumer group
+   has committed to the log end gives leads/s with every stage on. Beside it,
+   in the same run, a bare aiokafka consumer drains the same topic.
+2. **Scale-out**: the same with 2 workers (fresh topics and state).
+3. **Latency**: envelopes published at a steady offered rate, stamped when
+   sent; a lead's latency is its first row's `inserted_at` minus that stamp.
+4. **State**: the worker's peak RSS and the size of its RocksDB folder,
+   scaled to 1,000,000 distinct leads.
+
+Figures are printed and written as JSON; nothing is asserted on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from rich.console import Console
+from rich.table import Table
+
+from leadflow.broker.local import LocalKafka, free_port
+from leadflow.kafka_clients import ensure_topics, make_producer
+from leadflow.samples.generate import generate
+from leadflow.settings import KafkaSettings
+from leadflow.stack import Child, http_json, spawn, wait_healthy
+from leadflow.topics import Topics
+from schemas import RawLead
+from sinks.clickhouse.client import ClickHouse
+
+WORKER_TOPICS = ("leads_raw", "identity_keys", "lead_updates", "routing_requests", "leads_assigned")
+
+
+def _vm_kib(pid: int, field: str) -> int:
+    """VmHWM (peak) or VmRSS of a process, in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile (share in 0..1) of `values`."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(share * len(ordered))))
+    return ordered[rank - 1]
+
+
+class Run:
+    """A broker-backed stack on its own topics: `workers` workers and one sink server."""
+
+    def __init__(self, broker: LocalKafka, home: Path, prefix: str, partitions: int) -> None:
+        self.broker = broker
+        self.home = home
+        self.prefix = prefix
+        self.partitions = partitions
+        self.topics = Topics(prefix)
+        self.kafka = KafkaSettings(topic_prefix=prefix, partitions=partitions)
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": broker.bootstrap,
+            "KAFKA_TOPIC_PREFIX": prefix,
+            "KAFKA_PARTITIONS": str(partitions),
+            "LEADFLOW_DATA_DIR": str(home),
+            "HTTP_PORT": str(self.port),
+            "CLICKHOUSE_FLUSH_INTERVAL_S": "0.2",
+        }
+        self.env.pop("CLICKHOUSE_DSN", None)
+        self.children: list[Child] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @contextmanager
+    def running(self, workers: int) -> Iterator[Run]:
+        asyncio.run(ensure_topics(self.kafka, self.broker.bootstrap))
+        logs = self.home / "logs"
+        try:
+            for n in range(1, workers + 1):
+                env = {**self.env, "LEADFLOW_DATA_DIR": str(self.home / f"worker{n}")}
+                self.children.append(spawn(f"worker{n}", ["worker"], env, logs))
+            serve = spawn("serve", ["serve", "--roles", "sink,query"], self.env, logs)
+            self.children.append(serve)
+            wait_healthy(self.base_url, self.children, timeout_s=120)
+            self.wait_workers_ready(workers)
+            yield self
+        finally:
+            for child in reversed(self.children):
+                child.stop()
+
+    def wait_workers_ready(self, workers: int, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready = sum(
+                "Worker]: Ready" in c.log_path.read_text(errors="replace")
+                for c in self.children
+                if c.name.startswith("worker")
+            )
+            if ready >= workers:
+                time.sleep(2)  # let the group settle after the last join
+                return
+            time.sleep(0.5)
+        raise RuntimeError("workers did not become ready")
+
+    async def publish(self, envelopes: list[RawLead], rate: float | None = None) -> float:
+        """Publish every envelope (at `rate` per second if given); seconds it took."""
+        producer = make_producer(self.kafka, self.broker.bootstrap, linger_ms=20)
+        await producer.start()
+        started = time.perf_counter()
+        try:
+            pending = []
+            for n, envelope in enumerate(envelopes):
+                if rate is not None:
+                    due = started + n / rate
+                    if (wait := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(wait)
+                    envelope = envelope.model_copy(update={"received_at": datetime.now(UTC)})
+                pending.append(
+                    await producer.send(
+                        self.topics.leads_raw,
+                        envelope.model_dump_json().encode(),
+                        key=envelope.event_id.encode(),
+                    )
+                )
+                if len(pending) >= 2000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        return time.perf_counter() - started
+
+    async def lag(self) -> int:
+        """Messages not yet committed past, over the worker and writer groups."""
+        from sinks.clickhouse.writer import routes
+
+        groups = {
+            f"{self.prefix}leadflow": [getattr(self.topics, t) for t in WORKER_TOPICS],
+            self.topics.group("clickhouse-writer"): list(routes(self.topics)),
+        }
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        reader = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=None)
+        await admin.start()
+        await reader.start()
+        try:
+            total = 0
+            for group, topics in groups.items():
+                committed = await admin.list_consumer_group_offsets(group)
+                parts = [TopicPartition(t, p) for t in topics for p in range(self.partitions)]
+                ends = await reader.end_offsets(parts)
+                for tp in parts:
+                    done = committed[tp].offset if tp in committed else 0
+                    total += max(0, ends[tp] - max(done, 0))
+            return total
+        finally:
+            await reader.stop()
+            await admin.close()
+
+    def wait_drained(self, timeout_s: float = 1200) -> float:
+        """Wait until every group committed to the log end (twice in a row); the time."""
+        deadline = time.monotonic() + timeout_s
+        streak = 0
+        while time.monotonic() < deadline:
+            streak = streak + 1 if asyncio.run(self.lag()) == 0 else 0
+            if streak >= 2:
+                return time.perf_counter()
+            time.sleep(0.5)
+        raise RuntimeError("the pipeline did not drain")
+
+    def worker_peaks(self) -> tuple[float, float]:
+        """(peak RSS MB of the largest worker, RocksDB MB over all workers)."""
+        rss = max(_vm_kib(c.process.pid, "VmHWM") for c in self.children if "worker" in c.name)
+        state = sum(
+            _folder_bytes(self.home / d) for d in os.listdir(self.home) if d.startswith("worker")
+        )
+        return rss / 1024, state / 1e6
+
+    def leads(self) -> int:
+        status, answer = http_json("GET", f"{self.base_url}/v1/leads?limit=1")
+        return int(answer["total"]) if status == 200 else -1
+
+
+async def bare_drain(kafka: KafkaSettings, bootstrap: str, topic: str, partitions: int) -> float:
+    """Seconds a bare consumer takes to read `topic` from the start to its end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        started = time.perf_counter()
+        remaining = sum(ends.values())
+        while remaining > 0:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            remaining -= sum(len(records) for records in batch.values())
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+def _latency_sql(db: str) -> str:
+    return (
+        "SELECT toFloat64(dateDiff('millisecond', first_seen, min(inserted_at))) AS ms "
+        f"FROM {db}.leads GROUP BY lead_id, first_seen"
+    )
+
+
+def bench_pipeline(
+    persons: int,
+    partitions: int,
+    latency_rate: float,
+    latency_s: float,
+    out: Path | None,
+    console: Console,
+) -> dict[str, Any]:
+    sample = generate(persons, duplicate_share=0.3, seed=11)
+    envelopes = sample.envelopes
+    report: dict[str, Any] = {
+        "persons": persons,
+        "envelopes": len(envelopes),
+        "partitions": partitions,
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="leadflow-bench-pipeline-") as folder:
+        home = Path(folder)
+        broker = LocalKafka(home / "kafka", port=free_port(), controller_port=free_port())
+        with console.status("starting a broker for the run ..."):
+            broker.start()
+        try:
+            for workers in (1, 2):
+                run = Run(broker, home / f"w{workers}", f"bench{workers}.", partitions)
+                with console.status(f"{workers} worker(s): starting ..."), run.running(workers):
+                    started = time.perf_counter()
+                    with console.status(f"{workers} worker(s): {len(envelopes):,} leads ..."):
+                        publish_s = asyncio.run(run.publish(envelopes))
+                        finished = run.wait_drained()
+                    elapsed = finished - started
+                    rss_mb, state_mb = run.worker_peaks()
+                    people = run.leads()
+                    bare_s = asyncio.run(
+                        bare_drain(run.kafka, broker.bootstrap, run.topics.leads_raw, partitions)
+                    )
+                    entry = {
+                        "workers": workers,
+                        "leads_per_s": round(len(envelopes) / elapsed),
+                        "seconds": round(elapsed, 1),
+                        "publish_seconds": round(publish_s, 1),
+                        "bare_consumer_leads_per_s": round(len(envelopes) / bare_s),
+                        "ratio_to_bare": round(bare_s / elapsed, 4),
+                        "distinct_leads": people,
+                        "worker_peak_rss_mb": round(rss_mb, 1),
+                        "state_mb": round(state_mb, 1),
+                        "state_mb_per_million_leads": round(state_mb * 1e6 / max(people, 1), 1),
+                    }
+                    report["runs"].append(entry)
+                    console.print(entry)
+            run = Run(broker, home / "latency", "latency.", partitions)
+            count = int(latency_rate * latency_s)
+            steady = generate(count, duplicate_share=0.0, seed=12).envelopes[:count]
+            label = f"latency run: {latency_rate:,.0f} leads/s for {latency_s:.0f} s ..."
+            with console.status(label), run.running(1):
+                asyncio.run(run.publish(steady, rate=latency_rate))
+                run.wait_drained()
+            # The server has stopped: its embedded ClickHouse can be opened here.
+            values = asyncio.run(latencies_ms(run.home / "clickhouse"))
+            report["latency"] = latency_figures(values, latency_rate)
+        finally:
+            broker.stop()
+    print_report(report, console)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"figures written to {out}")
+    return report
+
+
+async def latencies_ms(chdb_dir: Path) -> list[float]:
+    """Per lead: its first row's insert time minus the moment its envelope was sent."""
+    clickhouse = ClickHouse(f"chdb://{chdb_dir}", "leadflow")
+    try:
+        rows = await clickhouse.query(_latency_sql("leadflow"))
+    finally:
+        await clickhouse.close()
+    return [float(r["ms"]) for r in rows]
+
+
+def latency_figures(values: list[float], rate: float) -> dict[str, Any]:
+    return {
+        "offered_leads_per_s": rate,
+        "leads": len(values),
+        "p50_ms": round(percentile(values, 0.50), 1),
+        "p99_ms": round(percentile(values, 0.99), 1),
+        "max_ms": round(max(values), 1) if values else None,
+        "mean_ms": round(statistics.fmean(values), 1) if values else None,
+    }
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=f"leads.raw → ClickHouse, {report['envelopes']:,} envelopes "
+        f"({report['persons']:,} people), {report['partitions']} partitions"
+    )
+    for column in ("workers", "leads/s", "bare consumer", "ratio", "peak RSS", "state / 1M leads"):
+        table.add_column(column, justify="right")
+    for r in report["runs"]:
+        table.add_row(
+            str(r["workers"]),
+            f"{r['leads_per_s']:,}",
+            f"{r['bare_consumer_leads_per_s']:,}/s",
+            f"{r['ratio_to_bare']:.3f}",
+            f"{r['worker_peak_rss_mb']} MB",
+            f"{r['state_mb_per_million_leads']:,} MB",
+        )
+    console.print(table)
+    latency = report.get("latency", {})
+    if "p50_ms" in latency:
+        console.print(
+            f"latency at {latency['offered_leads_per_s']:,.0f} leads/s offered: "
+            f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, max {latency['max_ms']} ms "
+            f"({latency['leads']:,} leads)"
+        )
