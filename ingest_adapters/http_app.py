@@ -53,6 +53,7 @@ _STATUS_BY_REASON = {
     "invalid_encoding": 400,
     "no_leads": 422,
     "forbidden_origin": 403,
+    "too_large": 413,
 }
 # Refusals a webhook provider must not retry: answered 200 with the dead letter's id.
 _ACKNOWLEDGED_REFUSALS = {"lead_deleted", "unsupported_event"}

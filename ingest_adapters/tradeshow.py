@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,19 @@ HEADER_SEARCH_ROWS = 10
 MAX_XLSX_BYTES = 200 * 1024 * 1024  # uncompressed; a larger sheet is refused as a zip bomb
 _ROW_NAMESPACE = uuid.UUID("6f1d2c3b-4a5e-4f60-8b7c-9d0e1f2a3b4c")
 _KNOWN = {alias for aliases in FIELD_ALIASES.values() for alias in aliases}
+
+
+# A cell a spreadsheet would run: `=SUM(…)`, `@cmd`, `+HYPERLINK(…)`, `-IMPORTXML(…)`.
+# Phone numbers (`+86 138…`) and negative numbers do not match.
+_FORMULA = re.compile(r"^\s*(=|@|[+\-]\s*[A-Za-z_]+\s*\()")
+
+
+def formula_column(row: Row) -> str | None:
+    """The first column whose cell is a spreadsheet formula, or None."""
+    for column, value in row.cells.items():
+        if _FORMULA.match(value):
+            return column
+    return None
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,17 @@ async def upload(
                         in_flight.append(await _dead_letter(producer, topics, error, row, detail))
                         rejected[error.reason] += 1
                         continue
+                    formula = tradeshow.formula_column(row)
+                    if formula is not None:
+                        error = BadRecordError(
+                            "formula_cell",
+                            f"row {row.number}: column {formula!r} holds a spreadsheet formula, "
+                            "not a value",
+                            {formula: "a formula (=, @, +NAME(…)) is not accepted"},
+                        )
+                        in_flight.append(await _dead_letter(producer, topics, error, row, detail))
+                        rejected[error.reason] += 1
+                        continue
                     raw = tradeshow.envelope(row, event, name)
                     fingerprint = hash(raw.event_id)
                     if fingerprint in seen:

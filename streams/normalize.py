@@ -194,9 +194,17 @@ def normalize_email(value: str) -> str:
     return checked.normalized.lower()
 
 
+_SCIENTIFIC = re.compile(r"^\d(\.\d+)?[eE]\+?\d+$")
+
+
 def normalize_phone(value: str, region: str) -> str:
     """E.164 (`+8613800138000`); full-width digits and `00` international prefixes accepted."""
     candidate = unicodedata.normalize("NFKC", value).strip()
+    if _SCIENTIFIC.match(candidate):
+        raise ValueError(
+            f"{candidate} is a number Excel wrote in scientific notation and its last digits "
+            "are lost; format the column as text and export again"
+        )
     if candidate.startswith("00"):
         candidate = "+" + candidate[2:]
     try:
