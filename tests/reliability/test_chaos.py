@@ -26,13 +26,14 @@ def check(rows: list[dict[str, Any]]) -> None:
         assert row["answered_2xx_while_broker_down"] == 0, row
         assert row["unacknowledged"] == 0, row
         assert row["acknowledged"] > 0, row
+        assert row["stalls"] == 0, row
         assert row["recovery_s_max"] <= 60, row
 
 
 def test_short_drill(tmp_path: Path) -> None:
     with Drill(tmp_path, seed=20261126) as drill:
-        drill.run("worker kill -9 mid-batch", drill.worker_kill9)
         drill.run("writer (serve) kill -9 mid-batch", drill.writer_kill9)
+        drill.run("worker SIGTERM", drill.worker_sigterm)
         drill.run("ClickHouse inserts failing 10 s", drill.clickhouse_down(10))
         drill.run("poison messages on leads.raw", drill.poison_on_raw)
         drill.run("writer group reset to earliest", drill.writer_group_reset)
