@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import phonenumbers
@@ -251,8 +251,12 @@ def generate(
         person = _person(rng, index)
         # Two different people with one name at one company cannot be told apart by any
         # rule; the generator keeps (name, company) unique so its truth is knowable.
+        tries = 0
         while (person.full_name, person.company) in taken:
+            tries += 1
             person = _person(rng, index)
+            if tries > 20:  # the name pools are spent: a branch office keeps people apart
+                person = replace(person, company=f"{person.company} {index}")
         taken.add((person.full_name, person.company))
         sample.persons[person.person_id] = person
         channel = rng.choice(["web", "web", "social", "tradeshow"])
