@@ -272,6 +272,22 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
     return 0 if all(r["same_answer"] for r in report["results"]) else 1
 
 
+def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.backfill import backfill
+
+    if not args.file.is_file():
+        console.print(f"[red]error:[/] no such file: {args.file}")
+        return 2
+    try:
+        summary = asyncio.run(backfill(settings, _bootstrap(settings), args.file))
+    except BadRecordError as exc:
+        console.print(f"[red]error:[/] {args.file.name}: {exc.message}")
+        return 2
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejected.items())) or "none"
+    console.print(f"{summary.file}: {summary.published:,} leads published; rejected: {rejected}")
+    return 0
+
+
 def cmd_upload(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.upload import summary_table, upload
 
@@ -379,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--event", required=True, help="the trade show, e.g. 'CIIE 2026'")
     upload.add_argument("--mapping", type=Path, help="YAML: column in the file: field name")
     upload.set_defaults(fn=cmd_upload)
+
+    backfill = verbs.add_parser(
+        "backfill", help="publish a Meta Ads Manager lead export (leads a webhook missed)"
+    )
+    backfill.add_argument("file", type=Path)
+    backfill.set_defaults(fn=cmd_backfill)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument("suite", choices=["queries", "upload", "ingest", "pipeline"])

@@ -149,3 +149,42 @@ async def test_linkedin_challenge_and_signed_notification(social_stack: Stack) -
     )
     # LinkedIn must not retry a deletion; the dead letter is its trail.
     assert (status, answer["status"], answer["reason"]) == (200, "ignored", "lead_deleted")
+
+
+async def test_backfill_of_an_ads_manager_export(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from leadflow.topics import Topics
+
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "KAFKA_TOPIC_PREFIX": topic_prefix,
+        "LEADFLOW_DATA_DIR": str(tmp_path),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "leadflow", "backfill", str(DATA / "meta_export_utf16.tsv")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The sample holds two good rows and one with an unreadable date.
+    assert "2 leads published; rejected: invalid_row 1" in done.stdout
+    topics = Topics(topic_prefix)
+    raw = await read_topic(kafka_bootstrap, topics.leads_raw, 2)
+    envelopes = [RawLead.model_validate_json(m.value or b"") for m in raw]
+    # The same event id a webhook for that lead would have given.
+    assert {e.event_id for e in envelopes} == {
+        lead_event_id("meta", "1020304050607080"),
+        lead_event_id("meta", "1020304050607082"),
+    }
+    [letter] = await read_topic(kafka_bootstrap, topics.dlq("social_ads"), 1)
+    assert DeadLetter.model_validate_json(letter.value or b"").reason == "invalid_row"
