@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
@@ -57,6 +58,10 @@ _STATUS_BY_REASON = {
 }
 # Refusals a webhook provider must not retry: answered 200 with the dead letter's id.
 _ACKNOWLEDGED_REFUSALS = {"lead_deleted", "unsupported_event"}
+
+
+class _TooLarge(Exception):
+    """An upload went past HTTP_MAX_UPLOAD_BYTES while streaming."""
 
 
 def error_body(status: int, reason: str, message: str, **extra: Any) -> web.Response:
@@ -229,29 +234,17 @@ class IngestRoutes:
         folder = self._settings.data_dir / "uploads"
         folder.mkdir(parents=True, exist_ok=True)
         limit = self._settings.http.max_upload_bytes
-        texts: dict[str, str] = {}
         path: Path | None = None
         try:
-            reader = await request.multipart()
-            async for part in reader:
-                if not isinstance(part, BodyPartReader) or not part.name:
-                    continue
-                if part.name == "file":
-                    name = Path(part.filename or "upload.csv").name
-                    path = folder / f"{uuid.uuid4().hex}-{name}"
-                    size = 0
-                    with path.open("wb") as out:
-                        while chunk := await part.read_chunk(1 << 20):
-                            size += len(chunk)
-                            if size > limit:
-                                return error_body(
-                                    413,
-                                    "body_too_large",
-                                    f"files larger than {limit} bytes are not accepted",
-                                )
-                            out.write(chunk)
-                elif part.name in ("event", "mapping"):
-                    texts[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
+            try:
+                received = await self._receive_upload(request, folder, limit)
+            except (ValueError, HttpProcessingError) as exc:  # malformed multipart
+                return error_body(400, "invalid_form", f"body is not valid multipart: {exc}")
+            if received is None:
+                return error_body(
+                    413, "body_too_large", f"files larger than {limit} bytes are not accepted"
+                )
+            path, name, texts = received
             if path is None or not texts.get("event", "").strip():
                 return error_body(
                     422,
@@ -281,6 +274,40 @@ class IngestRoutes:
             for leftover in (path, path.with_suffix(".mapping.yaml") if path else None):
                 if leftover is not None:
                     leftover.unlink(missing_ok=True)
+
+    async def _receive_upload(
+        self, request: web.Request, folder: Path, limit: int
+    ) -> tuple[Path | None, str, dict[str, str]] | None:
+        """The file part streamed to disk, its name, and the text parts; None if too large."""
+        texts: dict[str, str] = {}
+        path: Path | None = None
+        name = "upload.csv"
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if not isinstance(part, BodyPartReader) or not part.name:
+                    continue
+                if part.name == "file":
+                    name = Path(part.filename or name).name
+                    path = folder / f"{uuid.uuid4().hex}-{name}"
+                    size = 0
+                    with path.open("wb") as out:
+                        while chunk := await part.read_chunk(1 << 20):
+                            size += len(chunk)
+                            if size > limit:
+                                raise _TooLarge
+                            out.write(chunk)
+                elif part.name in ("event", "mapping"):
+                    texts[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
+        except _TooLarge:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            return None
+        except BaseException:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
+        return path, name, texts
 
     async def get_meta_verification(self, request: web.Request) -> web.Response:
         """Meta's webhook setup: echo hub.challenge when hub.verify_token matches."""

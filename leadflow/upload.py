@@ -62,7 +62,10 @@ def load_mapping(path: Path | None) -> dict[str, str]:
     """A mapping file: `{column in the file: field name leadflow knows}`."""
     if path is None:
         return {}
-    data = yaml.safe_load(path.read_text("utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BadRecordError("invalid_mapping", f"the mapping is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise BadRecordError("invalid_mapping", f"{path}: expected `column: field` pairs")
     return {str(k): v for k, v in data.items()}

@@ -42,6 +42,8 @@ def _time(request: web.Request, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw)
     except ValueError as exc:
         raise web.HTTPBadRequest(reason=f"{name} must be an ISO date or time") from exc
+    if not 1900 <= value.year <= 2299:  # the range of ClickHouse's DateTime64
+        raise web.HTTPBadRequest(reason=f"{name} must fall between the years 1900 and 2299")
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
