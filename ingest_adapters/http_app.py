@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import logging
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
+TIMEOUT_KEY = web.AppKey("request_timeout_s", float)
+# Long by nature: a whole file's upload, an erasure that waits for its mutations.
+UNTIMED_ROUTES = frozenset({"/v1/uploads/tradeshow", "/v1/privacy/erase"})
 
 _STATUS_BY_REASON = {
     "bad_signature": 403,
@@ -500,8 +504,18 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         else "unmatched"
     )
     metrics = request.app[METRICS_KEY]
+    timeout = None if route in UNTIMED_ROUTES else request.app.get(TIMEOUT_KEY)
     try:
-        response: web.StreamResponse = await handler(request)
+        async with asyncio.timeout(timeout):
+            response: web.StreamResponse = await handler(request)
+    except TimeoutError:
+        log.warning("504 on %s after %.1fs", request.path, timeout or 0)
+        response = error_body(
+            504,
+            "timeout",
+            f"not answered within {timeout:g}s; retry with the same Idempotency-Key",
+        )
+        response.headers["Retry-After"] = "5"
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[MAX_BODY_KEY]
         response = error_body(

@@ -132,13 +132,19 @@ async def ensure_topics(
                 # Another process may have declared them first.
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(wanted)
-            return
         except KafkaConnectionError as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise RetriableError(f"Kafka at {bootstrap} is unreachable: {exc}") from exc
             await asyncio.sleep(0.5)
+            continue
         finally:
             await admin.close()
+        if wanted:
+            # A write right after creation can wait seconds for a leader: wait here instead.
+            await wait_for_topics(
+                kafka, bootstrap, {t.name: t.num_partitions for t in wanted}, timeout_s
+            )
+        return
 
 
 async def wait_for_topics(

@@ -31,6 +31,7 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         422: "Fields refused, each named in `fields`; dead-lettered.",
         429: "Rate limit of this credential; see Retry-After.",
         503: "Kafka did not acknowledge; retry with the same idempotency key.",
+        504: "Not answered within HTTP_REQUEST_TIMEOUT_S; retry with the same key.",
     }
     return {str(status): _answer(meaning[status], _ERROR) for status in statuses}
 

@@ -21,7 +21,13 @@ import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from ingest_adapters.http_app import MAX_BODY_KEY, METRICS_KEY, IngestRoutes, json_errors
+from ingest_adapters.http_app import (
+    MAX_BODY_KEY,
+    METRICS_KEY,
+    TIMEOUT_KEY,
+    IngestRoutes,
+    json_errors,
+)
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
@@ -77,6 +83,7 @@ def build_app(
     app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[json_errors])
     app[METRICS_KEY] = metrics
     app[MAX_BODY_KEY] = settings.http.max_body_bytes
+    app[TIMEOUT_KEY] = settings.http.request_timeout_s
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__, "roles": roles.names()})

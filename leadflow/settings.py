@@ -119,6 +119,10 @@ class HttpSettings(_Section):
         default=200 * 1024 * 1024, description="Largest file POST /v1/uploads/tradeshow takes."
     )
     publish_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    request_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="A request not answered within this gets 504 (uploads and erasure excepted).",
+    )
 
 
 class WebSettings(_Section):

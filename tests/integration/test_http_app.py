@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -90,6 +91,23 @@ async def test_kafka_not_acknowledging_is_503_never_2xx(
         assert (await response.json())["error"] == "unavailable"
         metrics = await (await client.get("/metrics")).text()
         assert 'leadflow_http_requests_total{route="/v1/leads/web",status="503"} 1.0' in metrics
+
+
+async def test_a_request_past_its_timeout_is_504_never_2xx(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    # Kafka would take up to 5 s to give up; the request's own limit is shorter.
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=topic_prefix + "undeclared."),
+        http=HttpSettings(publish_timeout_s=5, request_timeout_s=0.5),
+    )
+    async for client in client_for(settings, kafka_bootstrap):
+        started = asyncio.get_running_loop().time()
+        response = await client.post("/v1/leads/web", json={"email": "a@example.com"})
+        assert response.status == 504
+        assert (await response.json())["error"] == "timeout"
+        assert response.headers["Retry-After"] == "5"
+        assert asyncio.get_running_loop().time() - started < 3
 
 
 async def test_event_endpoints_validate_publish_and_dead_letter(
