@@ -36,7 +36,6 @@ import csv
 import hashlib
 import hmac
 import io
-import json
 import logging
 import re
 import uuid
@@ -47,6 +46,7 @@ from typing import IO, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from ingest_adapters.strict_json import load_object
 from ingest_adapters.tradeshow import detect_encoding
 from leadflow import stages
 from leadflow.errors import BadRecordError
@@ -238,38 +238,6 @@ def verify_linkedin_signature(
 # --- notifications ----------------------------------------------------------------------
 
 
-def _refuse_constant(name: str) -> Any:
-    raise BadRecordError("invalid_json", f"JSON constant {name} is not allowed")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise BadRecordError(
-                "invalid_json", f"key {key!r} appears twice", {key: "appears more than once"}
-            )
-        seen[key] = value
-    return seen
-
-
-def _load_object(body: bytes | str, reason: str = "invalid_json") -> dict[str, Any]:
-    try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
-    except UnicodeDecodeError as exc:
-        raise BadRecordError(reason, f"body is not UTF-8 ({exc.reason})") from exc
-    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
-        raise BadRecordError(reason, f"body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRecordError(reason, "body is nested too deeply") from exc
-    except BadRecordError as exc:
-        raise BadRecordError(reason, exc.message, exc.fields) from exc
-    if not isinstance(data, dict):
-        raise BadRecordError(reason, "body must be a JSON object")
-    return data
-
-
 def _problem(reason: str, where: str, problem: str) -> BadRecordError:
     return BadRecordError(reason, f"{where}: {problem}", {where: problem})
 
@@ -310,7 +278,7 @@ def _text(value: Any, where: str, reason: str = "invalid_fields") -> str | None:
 
 def parse_meta_notification(body: bytes, *, received_at: datetime) -> list[LeadgenRef]:
     """The leads announced by a Meta Page webhook; changes other than `leadgen` are ignored."""
-    data = _load_object(body)
+    data = load_object(body)
     if data.get("object") != "page":
         raise _problem("invalid_fields", "object", "must be 'page' (a Page leadgen subscription)")
     entries = data.get("entry")
@@ -394,7 +362,7 @@ def parse_linkedin_notification(body: bytes, *, received_at: datetime) -> list[L
     A `DELETED` action is refused as `lead_deleted`: there is nothing to fetch,
     and the dead letter is the trail for whoever handles erasure.
     """
-    data = _load_object(body)
+    data = load_object(body)
     if data.get("type") != "LEAD_ACTION":
         raise BadRecordError(
             "unsupported_event",

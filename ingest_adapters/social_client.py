@@ -33,11 +33,11 @@ from ingest_adapters.social import (
     Sleep,
     _form_parts,
     _hmac_hex,
-    _load_object,
     _secret,
     linkedin_lead,
     meta_lead,
 )
+from ingest_adapters.strict_json import load_object
 from leadflow.errors import BadRecordError, ConfigurationError
 from leadflow.settings import SocialSettings
 from schemas import RawLead
@@ -218,7 +218,7 @@ class SocialFetcher:
                 ) as answer:
                     body = await answer.text(errors="replace")
                     if answer.status == 200:
-                        return _load_object(body, _INVALID)
+                        return load_object(body, _INVALID)
                     failure = _classify(ref.provider, answer.status, body)
                     if failure.outcome != "retry":
                         raise self._refusal(ref, subject, failure)

@@ -12,7 +12,6 @@ derived from (form, key), so a retried post is the same event and the same lead.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from schemas import RawLead
@@ -53,21 +53,6 @@ def event_id_for(form_id: str | None, idempotency_key: str | None) -> str:
     return str(uuid.uuid5(_EVENT_NAMESPACE, f"{SOURCE_SYSTEM}|{form_id or ''}|{idempotency_key}"))
 
 
-def _reject_constant(name: str) -> Any:
-    raise BadRecordError("invalid_json", f"JSON constant {name} is not allowed")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise BadRecordError(
-                "invalid_json", f"field {key!r} appears twice", {key: "appears more than once"}
-            )
-        seen[key] = value
-    return seen
-
-
 def _as_text(name: str, value: Any) -> str:
     if value is None:
         return ""
@@ -85,17 +70,7 @@ def _as_text(name: str, value: Any) -> str:
 
 
 def _parse_json(text: str) -> dict[str, str]:
-    try:
-        data = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-        )
-    except json.JSONDecodeError as exc:
-        raise BadRecordError("invalid_json", f"body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRecordError("invalid_json", "body is nested too deeply") from exc
-    if not isinstance(data, dict):
-        raise BadRecordError("invalid_json", "body must be a JSON object of form fields")
-    return {str(key): _as_text(str(key), value) for key, value in data.items()}
+    return {str(key): _as_text(str(key), value) for key, value in load_object(text).items()}
 
 
 def _parse_urlencoded(text: str) -> dict[str, str]:
