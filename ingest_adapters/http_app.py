@@ -400,9 +400,8 @@ class IngestRoutes:
         letter = dead_letter_for(
             error, body, stage=stage, detail=detail, key=key.encode() if key else None
         )
-        await self._publisher.publish(
-            self._topics.dlq(stage), letter.dead_letter_id, letter.model_dump_json().encode()
-        )
+        key_bytes, value = letter.record()
+        await self._publisher.publish(self._topics.dlq(stage), key_bytes.decode(), value)
         self._metrics.dead_letters.labels(stage=stage).inc()
         return letter.dead_letter_id
 

@@ -92,11 +92,8 @@ class SocialLeadService:
 
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
         letter = dead_letter_for_record(error, message, stage=STAGE)
-        await self._producer.send_and_wait(
-            self._topics.dlq(STAGE),
-            letter.model_dump_json().encode(),
-            key=letter.dead_letter_id.encode(),
-        )
+        key, value = letter.record()
+        await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
         self._metrics.dead_letters.labels(stage=STAGE).inc()
         self._metrics.social_leads.labels(
             provider=_provider(message), outcome="dead_lettered"

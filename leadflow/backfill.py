@@ -48,13 +48,8 @@ async def backfill(settings: Settings, bootstrap: str, path: Path) -> BackfillSu
                 if isinstance(item, BadRecordError):
                     original = json.dumps(item.fields, ensure_ascii=False).encode()
                     letter = dead_letter_for(item, original, stage=STAGE, detail=path.name)
-                    in_flight.append(
-                        await producer.send(
-                            topics.dlq(STAGE),
-                            letter.model_dump_json().encode(),
-                            key=letter.dead_letter_id.encode(),
-                        )
-                    )
+                    key, value = letter.record()
+                    in_flight.append(await producer.send(topics.dlq(STAGE), value, key=key))
                     rejected[item.reason] += 1
                     continue
                 in_flight.append(

@@ -184,11 +184,8 @@ async def upload(
                 letter = dead_letter_for(
                     exc, head, stage=tradeshow.STAGE, detail=f"{name} ({summary.digest})"
                 )
-                await producer.send_and_wait(
-                    topics.dlq(tradeshow.STAGE),
-                    letter.model_dump_json().encode(),
-                    key=letter.dead_letter_id.encode(),
-                )
+                key, value = letter.record()
+                await producer.send_and_wait(topics.dlq(tradeshow.STAGE), value, key=key)
                 raise
         await asyncio.gather(*in_flight)
         summary.rejected = dict(rejected)
@@ -207,11 +204,8 @@ async def _dead_letter(
 ) -> asyncio.Future[Any]:
     original = json.dumps(row.cells, ensure_ascii=False).encode()
     letter = dead_letter_for(error, original, stage=tradeshow.STAGE, detail=detail)
-    future: asyncio.Future[Any] = await producer.send(
-        topics.dlq(tradeshow.STAGE),
-        letter.model_dump_json().encode(),
-        key=letter.dead_letter_id.encode(),
-    )
+    key, value = letter.record()
+    future: asyncio.Future[Any] = await producer.send(topics.dlq(tradeshow.STAGE), value, key=key)
     return future
 
 

@@ -36,6 +36,15 @@ class DeadLetter(BaseModel):
     )
     failed_at: datetime
 
+    def record(self) -> tuple[bytes, bytes]:
+        """Its Kafka key and value on `dlq.<stage>`.
+
+        Keyed by its own id, never by the original's key: the dead-letter
+        topics are compacted, so an erasure removes a letter by tombstoning
+        exactly this key.
+        """
+        return self.dead_letter_id.encode(), self.model_dump_json().encode()
+
     @property
     def original(self) -> bytes:
         return base64.b64decode(self.original_b64)

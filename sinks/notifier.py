@@ -207,8 +207,5 @@ class Notifier:
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
         letter = dead_letter_for_record(error, message, stage=STAGE)
         self._metrics.dead_letters.labels(stage=STAGE).inc()
-        await self._producer.send_and_wait(
-            self._topics.dlq(STAGE),
-            letter.model_dump_json().encode(),
-            key=letter.dead_letter_id.encode(),
-        )
+        key, value = letter.record()
+        await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)

@@ -89,8 +89,7 @@ def register(
                     message.offset,
                     result.message,
                 )
-                await dead_letters.send(
-                    key=result.dead_letter_id.encode(), value=result.model_dump_json().encode()
-                )
+                letter_key, letter_value = result.record()
+                await dead_letters.send(key=letter_key, value=letter_value)
 
     return app.agent(source, name=STAGE, concurrency=1)(normalize_leads)

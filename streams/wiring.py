@@ -70,4 +70,5 @@ async def dead_letter(dlq: Any, stage: str, event: Any, error: Exception) -> Non
         stage,
         letter.message,
     )
-    await dlq.send(key=letter.dead_letter_id.encode(), value=letter.model_dump_json().encode())
+    key, value = letter.record()
+    await dlq.send(key=key, value=value)

@@ -200,11 +200,8 @@ class ClickHouseWriter:
                     # Republishing would feed this very loop; store it as it is instead.
                     dead_rows.append(DeadLetterRow.from_dead_letter(letter).as_row())
                 else:
-                    await self._producer.send_and_wait(
-                        self._topics.dlq(STAGE),
-                        letter.model_dump_json().encode(),
-                        key=letter.dead_letter_id.encode(),
-                    )
+                    key, value = letter.record()
+                    await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
         token = f"{tp.topic}:{tp.partition}:{batch.first_offset}-{batch.last_offset}"
         if batch.rows:
             await self._insert_with_retry(route.table, batch.rows, route.columns, token)
