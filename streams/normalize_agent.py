@@ -63,7 +63,8 @@ def register(
         async for event in stream.events():
             message = event.message
             await suppressed.wait_loaded()
-            if suppressed.hits(raw_identifiers(event.value, region)):
+            # Reading every field as a phone costs; only do it once someone was erased.
+            if len(suppressed) and suppressed.hits(raw_identifiers(event.value, region)):
                 # An erased person: not a lead, not a dead letter (that would keep their data).
                 log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
                 continue
