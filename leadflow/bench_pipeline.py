@@ -33,20 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
 from leadflow.broker.local import LocalKafka, free_port
-from leadflow.kafka_clients import ensure_topics, make_producer
+from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
 from leadflow.samples.generate import generate
 from leadflow.settings import KafkaSettings
 from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
-
-WORKER_TOPICS = ("leads_raw", "identity_keys", "lead_updates", "routing_requests", "leads_assigned")
 
 
 def _vm_kib(pid: int, field: str) -> int:
@@ -164,26 +161,10 @@ class Run:
         from sinks.clickhouse.writer import routes
 
         groups = {
-            f"{self.prefix}leadflow": [getattr(self.topics, t) for t in WORKER_TOPICS],
+            f"{self.prefix}leadflow": self.topics.worker_sources(),
             self.topics.group("clickhouse-writer"): list(routes(self.topics)),
         }
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
-        reader = AIOKafkaConsumer(bootstrap_servers=self.broker.bootstrap, group_id=None)
-        await admin.start()
-        await reader.start()
-        try:
-            total = 0
-            for group, topics in groups.items():
-                committed = await admin.list_consumer_group_offsets(group)
-                parts = [TopicPartition(t, p) for t in topics for p in range(self.partitions)]
-                ends = await reader.end_offsets(parts)
-                for tp in parts:
-                    done = committed[tp].offset if tp in committed else 0
-                    total += max(0, ends[tp] - max(done, 0))
-            return total
-        finally:
-            await reader.stop()
-            await admin.close()
+        return sum((await consumer_lag(self.kafka, self.broker.bootstrap, groups)).values())
 
     def wait_drained(self, timeout_s: float = 1200) -> float:
         """Wait until every group committed to the log end (twice in a row); the time."""

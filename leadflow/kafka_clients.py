@@ -180,6 +180,33 @@ async def wait_for_topics(
         await consumer.stop()
 
 
+async def consumer_lag(
+    kafka: KafkaSettings, bootstrap: str, groups: dict[str, list[str]]
+) -> dict[str, int]:
+    """Messages each group has not committed past, by `group topic[partition]`; {} when none.
+
+    A partition a group never committed on counts from its start.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(kafka))
+    reader = make_consumer(kafka, bootstrap, group_id=None)
+    await admin.start()
+    await reader.start()
+    try:
+        behind: dict[str, int] = {}
+        for group, topics in groups.items():
+            committed = await admin.list_consumer_group_offsets(group)
+            parts = [TopicPartition(t, p) for t in topics for p in range(kafka.partitions)]
+            ends = await reader.end_offsets(parts)
+            for tp in parts:
+                done = max(committed[tp].offset, 0) if tp in committed else 0
+                if ends[tp] > done:
+                    behind[f"{group} {tp.topic}[{tp.partition}]"] = ends[tp] - done
+        return behind
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
 async def replay_topic(
     kafka: KafkaSettings,
     bootstrap: str,

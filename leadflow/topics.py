@@ -124,6 +124,19 @@ class Topics:
         """Topics that keep only the latest value per key."""
         return {self.notifier_delivered, self.uploads_done, self.privacy_suppressions}
 
+    def worker_sources(self) -> list[str]:
+        """Every topic the stream worker's agents read."""
+        return [
+            self.leads_raw,
+            self.events_calls,
+            self.events_engagement,
+            self.events_crm,
+            self.identity_keys,
+            self.lead_updates,
+            self.leads_assigned,
+            self.routing_requests,
+        ]
+
     def group(self, role: str) -> str:
         """Consumer group id of one role (clickhouse writer, notifier ...)."""
         return self._name(f"leadflow.{role}")

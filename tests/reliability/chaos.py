@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 
 from leadflow.broker.local import LocalKafka, free_port
-from leadflow.kafka_clients import make_producer
+from leadflow.kafka_clients import consumer_lag, make_producer
 from leadflow.settings import KafkaSettings
 from leadflow.stack import spawn
 from leadflow.topics import Topics
@@ -205,39 +204,16 @@ class Drill:
         topics = Topics(self.prefix)
         return [f"{self.prefix}leadflow", topics.group("clickhouse-writer")]
 
-    def _consumed(self) -> dict[str, list[str]]:
-        """The topics each consumer group reads."""
+    async def _lag(self) -> dict[str, int]:
+        """What the worker and writer groups have not committed past, by partition."""
         from sinks.clickhouse.writer import routes
 
         t = Topics(self.prefix)
-        faust_topics = [
-            t.leads_raw, t.events_calls, t.events_engagement, t.events_crm,
-            t.identity_keys, t.lead_updates, t.leads_assigned, t.routing_requests,
-        ]  # fmt: skip
-        return {f"{self.prefix}leadflow": faust_topics, t.group("clickhouse-writer"): [*routes(t)]}
-
-    async def _lag(self) -> dict[str, int]:
-        """Messages on the log a group has not committed past, by group and partition."""
-        bootstrap = self.broker.bootstrap
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-        await admin.start()
-        await reader.start()
-        try:
-            behind: dict[str, int] = {}
-            partitions = KafkaSettings().partitions
-            for group, topics in self._consumed().items():
-                committed = await admin.list_consumer_group_offsets(group)
-                parts = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
-                ends = await reader.end_offsets(parts)
-                for tp in parts:
-                    done = committed[tp].offset if tp in committed else 0
-                    if ends[tp] > max(done, 0):
-                        behind[f"{group} {tp.topic}[{tp.partition}]"] = ends[tp] - max(done, 0)
-            return behind
-        finally:
-            await reader.stop()
-            await admin.close()
+        groups = {
+            f"{self.prefix}leadflow": t.worker_sources(),
+            t.group("clickhouse-writer"): [*routes(t)],
+        }
+        return await consumer_lag(KafkaSettings(), self.broker.bootstrap, groups)
 
     def wait_quiet(self, since: float) -> float:
         """Seconds from `since` until every group has committed up to the log end twice."""
