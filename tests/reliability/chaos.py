@@ -34,7 +34,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from leadflow.broker.local import LocalKafka, free_port
+from leadflow.broker.local import LocalKafka, free_port, pid_alive
 from leadflow.kafka_clients import consumer_lag, make_producer
 from leadflow.settings import KafkaSettings
 from leadflow.stack import spawn
@@ -280,11 +280,14 @@ class Drill:
     def broker_kill9(self, load: Load) -> None:
         pid = self.broker.pid()
         assert pid is not None
-        load.broker_down.set()
         os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            time.sleep(0.05)
+        # The outage the ledger checks: from a dead broker to the moment it restarts.
+        load.broker_down.set()
         time.sleep(5)
-        self.broker.start()
         load.broker_down.clear()
+        self.broker.start()
 
     def broker_sigstop(self, _: Load) -> None:
         pid = self.broker.pid()
