@@ -229,6 +229,12 @@ class WorkerSettings(_Section):
     rules_dir: Path | None = Field(
         default=None, description="Folder of the rule files (default: ./config, else the bundled)."
     )
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="Most events an agent takes from its stream at once."
+    )
+    batch_within_s: Annotated[float, Field(gt=0)] = Field(
+        default=0.02, description="How long an agent waits to fill a batch before it works."
+    )
 
 
 class Settings(BaseSettings):

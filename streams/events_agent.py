@@ -25,7 +25,7 @@ from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
 from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import table_key
 from streams.rules import Rules
-from streams.wiring import dead_letter, raw_topic
+from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
 
 STAGE = stages.EVENTS
 
@@ -46,28 +46,28 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     region = settings.normalize.default_phone_region
 
     async def take_events(stream: Any) -> None:
-        async for event in stream.events():
-            result: IdentityProbe | dict[str, Any]
-            try:
-                if event.message.topic == topics.events_crm:
-                    result = crm_update(CrmEvent.model_validate_json(event.value))
-                elif event.message.topic == topics.events_calls:
-                    result = call_probe(
-                        CallEvent.model_validate_json(event.value), rules.identity, region
-                    )
-                else:
-                    result = engagement_update(
-                        EngagementEvent.model_validate_json(event.value), rules.identity, region
-                    )
-            except (BadRecordError, ValidationError, ValueError) as exc:
-                await dead_letter(dlq, STAGE, event, exc)
-                continue
-            if isinstance(result, IdentityProbe):
-                kind, value, _ = result.keys[0]
-                await keys_out.send(
-                    key=table_key(kind, value).encode(), value=result.model_dump_json().encode()
+        await run_batches(stream, settings.worker, take_one)
+
+    def take_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
+        result: IdentityProbe | dict[str, Any]
+        try:
+            if event.message.topic == topics.events_crm:
+                result = crm_update(CrmEvent.model_validate_json(event.value))
+            elif event.message.topic == topics.events_calls:
+                result = call_probe(
+                    CallEvent.model_validate_json(event.value), rules.identity, region
                 )
             else:
-                await updates.send(key=result["lead_id"].encode(), value=orjson.dumps(result))
+                result = engagement_update(
+                    EngagementEvent.model_validate_json(event.value), rules.identity, region
+                )
+        except (BadRecordError, ValidationError, ValueError) as exc:
+            out.dead_letter(dlq, STAGE, event, exc)
+            return
+        if isinstance(result, IdentityProbe):
+            kind, value, _ = result.keys[0]
+            out.add(keys_out, table_key(kind, value), result.model_dump_json().encode())
+        else:
+            out.add(updates, result["lead_id"], orjson.dumps(result))
 
     return app.agent(source, name=STAGE, concurrency=1)(take_events)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import orjson
 from pydantic import ValidationError
 
 from leadflow import stages
@@ -21,7 +22,7 @@ from leadflow.topics import Topics
 from schemas import IdentityProbe
 from streams.identity import table_key, visit_key
 from streams.rules import Rules
-from streams.wiring import dead_letter, json_table, raw_topic
+from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
 
 STAGE = stages.IDENTITY
 ERASE_PREFIX = b'{"type":"erase"'
@@ -35,39 +36,32 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     index = json_table(app, "identity_index", settings.kafka.partitions)
 
     async def resolve_identity(stream: Any) -> None:
-        async for event in stream.events():
-            if event.value and event.value.startswith(ERASE_PREFIX):
-                # `leadflow erase`: forget the person's match key (Faust tombstones the changelog).
-                key = (event.key or b"").decode()
-                if key in index:
-                    del index[key]
-                continue
-            try:
-                probe = IdentityProbe.model_validate_json(event.value)
-                if not probe.keys:
-                    raise ValueError("probe has no key left to visit")
-            except (ValidationError, ValueError) as exc:
-                await dead_letter(dlq, STAGE, event, exc)
-                continue
+        await run_batches(stream, settings.worker, resolve_one, index)
+
+    def resolve_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        if event.value and event.value.startswith(ERASE_PREFIX):
+            # `leadflow erase`: forget the person's match key (Faust tombstones the changelog).
+            staged.pop((event.key or b"").decode())
+            return
+        try:
+            probe = IdentityProbe.model_validate_json(event.value)
+            if not probe.keys:
+                raise ValueError("probe has no key left to visit")
+        except (ValidationError, ValueError) as exc:
+            out.dead_letter(dlq, STAGE, event, exc)
+            return
+        kind, value, _ = probe.keys[0]
+        key = table_key(kind, value)
+        entry = staged.get(key)
+        probe, new_entry = visit_key(probe, entry, rules.identity)
+        if new_entry != entry:
+            staged[key] = new_entry
+        if probe.keys:
             kind, value, _ = probe.keys[0]
-            key = table_key(kind, value)
-            entry = index.get(key)
-            probe, new_entry = visit_key(probe, entry, rules.identity)
-            if new_entry != entry:
-                index[key] = new_entry
-            if probe.keys:
-                kind, value, _ = probe.keys[0]
-                await keys_out.send(
-                    key=table_key(kind, value).encode(), value=probe.model_dump_json().encode()
-                )
-            else:
-                update = {"type": "lead", "probe": probe.model_dump(mode="json")}
-                await updates.send(key=probe.lead_id.encode(), value=_json(update))
+            out.add(keys_out, table_key(kind, value), probe.model_dump_json().encode())
+        else:
+            update = {"type": "lead", "probe": probe.model_dump(mode="json")}
+            out.add(updates, probe.lead_id, orjson.dumps(update))
 
     return app.agent(source, name=STAGE, concurrency=1)(resolve_identity)
-
-
-def _json(value: dict[str, Any]) -> bytes:
-    import orjson
-
-    return orjson.dumps(value)

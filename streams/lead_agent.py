@@ -34,7 +34,7 @@ from streams.identity_agent import ERASE_PREFIX
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
-from streams.wiring import Message, dead_letter, json_table, raw_topic
+from streams.wiring import Message, Outbox, StagedTable, json_table, raw_topic, run_batches
 
 STAGE = stages.LEAD
 _DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
@@ -419,31 +419,33 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     table = json_table(app, "lead_state", settings.kafka.partitions)
 
     async def fold_leads(stream: Any) -> None:
-        async for event in stream.events():
-            key = (event.key or b"").decode()
-            if event.value and event.value.startswith(ERASE_PREFIX):
-                # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
-                if key in table:
-                    del table[key]
-                continue
-            stored = table.get(key)
-            state = LeadState.model_validate(stored) if stored else None
-            now = datetime.now(UTC)
-            try:
-                if event.message.topic == topics.leads_assigned:
-                    effects = handle_assignment(
-                        Assignment.model_validate_json(event.value), state, topics, rules, now
-                    )
-                else:
-                    effects = handle_update(Message.parse(event.value), state, topics, rules, now)
-            except (BadRecordError, ValidationError, ValueError) as exc:
-                # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
-                # stage raises anything else and stops the worker before its offset commits.
-                await dead_letter(dlq, STAGE, event, exc)
-                continue
-            if effects.state is not None:
-                table[key] = effects.state.model_dump(mode="json")
-            for topic, out_key, value in effects.sends:
-                await outputs[topic].send(key=out_key.encode(), value=value)
+        await run_batches(stream, settings.worker, fold_one, table)
+
+    def fold_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        key = (event.key or b"").decode()
+        if event.value and event.value.startswith(ERASE_PREFIX):
+            # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
+            staged.pop(key)
+            return
+        stored = staged.get(key)
+        state = LeadState.model_validate(stored) if stored else None
+        now = datetime.now(UTC)
+        try:
+            if event.message.topic == topics.leads_assigned:
+                effects = handle_assignment(
+                    Assignment.model_validate_json(event.value), state, topics, rules, now
+                )
+            else:
+                effects = handle_update(Message.parse(event.value), state, topics, rules, now)
+        except (BadRecordError, ValidationError, ValueError) as exc:
+            # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
+            # stage raises anything else and stops the worker before its offset commits.
+            out.dead_letter(dlq, STAGE, event, exc)
+            return
+        if effects.state is not None:
+            staged[key] = effects.state.model_dump(mode="json")
+        for topic, out_key, value in effects.sends:
+            out.add(outputs[topic], out_key, value)
 
     return app.agent(source, name=STAGE, concurrency=1)(fold_leads)

@@ -2,7 +2,8 @@
 
 Concurrency 1 keeps per-partition order. The agent never raises for a bad
 record (Faust would acknowledge it and lose it): `normalize_message` returns
-a dead letter instead, which is sent before the offset can be committed.
+a dead letter instead, which is acknowledged by Kafka before the offset can be
+committed (batches: see `streams.wiring`).
 A good lead leaves as an identity probe keyed by its first match key.
 """
 
@@ -22,7 +23,7 @@ from schemas import Lead
 from streams.identity import start_probe, table_key
 from streams.normalize import STAGE, normalize_message, normalize_phone
 from streams.rules import Rules
-from streams.wiring import raw_topic
+from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +61,36 @@ def register(
     region = settings.normalize.default_phone_region
 
     async def normalize_leads(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await suppressed.wait_loaded()
-            # Reading every field as a phone costs; only do it once someone was erased.
-            if len(suppressed) and suppressed.hits(raw_identifiers(event.value, region)):
-                # An erased person: not a lead, not a dead letter (that would keep their data).
-                log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
-                continue
-            result = normalize_message(
-                event.value,
-                default_region=region,
-                key=event.key,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
+        await suppressed.wait_loaded()
+        await run_batches(stream, settings.worker, normalize_one)
+
+    def normalize_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
+        message = event.message
+        # Reading every field as a phone costs; only do it once someone was erased.
+        if len(suppressed) and suppressed.hits(raw_identifiers(event.value, region)):
+            # An erased person: not a lead, not a dead letter (that would keep their data).
+            log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
+            return
+        result = normalize_message(
+            event.value,
+            default_region=region,
+            key=event.key,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
+        if isinstance(result, Lead):
+            probe = start_probe(result, rules.identity)
+            kind, value, _ = probe.keys[0]
+            out.add(keys_out, table_key(kind, value), probe.model_dump_json().encode())
+        else:
+            log.warning(
+                "dead-lettered %s@%s/%s: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                result.message,
             )
-            if isinstance(result, Lead):
-                probe = start_probe(result, rules.identity)
-                kind, value, _ = probe.keys[0]
-                await keys_out.send(
-                    key=table_key(kind, value).encode(), value=probe.model_dump_json().encode()
-                )
-            else:
-                log.warning(
-                    "dead-lettered %s@%s/%s: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    result.message,
-                )
-                letter_key, letter_value = result.record()
-                await dead_letters.send(key=letter_key, value=letter_value)
+            out.add(dead_letters, *result.record())
 
     return app.agent(source, name=STAGE, concurrency=1)(normalize_leads)

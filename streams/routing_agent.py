@@ -27,7 +27,7 @@ from leadflow.topics import Topics
 from schemas import Assignment, LeadState
 from streams.routing import TeamView, account_key, assign_owner
 from streams.rules import AssignmentRule, Rules
-from streams.wiring import Message, dead_letter, json_table, raw_topic
+from streams.wiring import Message, Outbox, StagedTable, json_table, raw_topic, run_batches
 
 STAGE = stages.ROUTE
 
@@ -166,19 +166,19 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     table = json_table(app, "team_state", settings.kafka.partitions)
 
     async def assign_owners(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                assignments = handle_routing(
-                    Message.parse(event.value), table, rules, datetime.now(UTC)
-                )
-            except (BadRecordError, ValidationError, ValueError) as exc:
-                # Bad input only; a bug in the stage stops the worker uncommitted.
-                await dead_letter(dlq, STAGE, event, exc)
-                continue
-            for assignment in assignments:
-                await assigned.send(
-                    key=assignment.lead_id.encode(), value=assignment.model_dump_json().encode()
-                )
+        await run_batches(stream, settings.worker, assign_one, table)
+
+    def assign_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        try:
+            assignments = handle_routing(
+                Message.parse(event.value), staged, rules, datetime.now(UTC)
+            )
+        except (BadRecordError, ValidationError, ValueError) as exc:
+            # Bad input only; a bug in the stage stops the worker uncommitted.
+            out.dead_letter(dlq, STAGE, event, exc)
+            return
+        for assignment in assignments:
+            out.add(assigned, assignment.lead_id, assignment.model_dump_json().encode())
 
     async def tick_teams() -> None:
         # Every worker ticks every team; the team's own partition decides, so extra

@@ -1,20 +1,39 @@
-"""Shared plumbing of the thin agents: raw-bytes topics and dead-lettering.
+"""Shared plumbing of the thin agents: raw-bytes topics, batches, dead-lettering.
 
 An agent never raises for a bad record (Faust would acknowledge and lose it):
 it sends a dead letter carrying the record's coordinates, then moves on.
+
+Every agent works in batches (`run_batches`), in this order:
+
+1. compute each event's outputs against a `StagedTable`, which reads through
+   to the Faust table but keeps the batch's writes in memory;
+2. send every output and wait until Kafka acknowledged all of them (acks=all);
+3. only then write the table (the store and its changelog).
+
+Faust commits the batch's offsets after that. A worker killed at any point
+therefore either replays the batch from the old state, sending the same
+outputs again (every consumer is idempotent), or finds its state written
+with every output already delivered. Writing the state first, as a plain
+Faust agent does (its sends wait for the commit), let a kill between the two
+keep the state and lose the outputs: a replay then saw nothing new to send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import faust
+import faust.streams
 import orjson
 
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError
+from leadflow.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +77,115 @@ def json_table(app: faust.App, name: str, partitions: int) -> Any:
     return app.Table(name, default=None, partitions=partitions)
 
 
-async def dead_letter(dlq: Any, stage: str, event: Any, error: Exception) -> None:
-    """Send the event's dead letter; Faust's message carries the raw key and value."""
-    message = event.message
-    letter = dead_letter_for_record(error, message, stage=stage)
-    log.warning(
-        "dead-lettered %s@%s/%s in %s: %s",
-        message.topic,
-        message.partition,
-        message.offset,
-        stage,
-        letter.message,
-    )
-    key, value = letter.record()
-    await dlq.send(key=key, value=value)
+class Outbox:
+    """The messages one batch sends, in the order its events asked for them."""
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[Any, bytes, bytes]] = []
+
+    def add(self, topic: Any, key: str | bytes, value: bytes) -> None:
+        self.sends.append((topic, key.encode() if isinstance(key, str) else key, value))
+
+    def dead_letter(self, dlq: Any, stage: str, event: Any, error: Exception) -> None:
+        """The event's dead letter; Faust's message carries the raw key and value."""
+        message = event.message
+        letter = dead_letter_for_record(error, message, stage=stage)
+        log.warning(
+            "dead-lettered %s@%s/%s in %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            stage,
+            letter.message,
+        )
+        key, value = letter.record()
+        self.add(dlq, key, value)
+
+    async def deliver(self) -> None:
+        """Send everything and return once Kafka acknowledged every message."""
+        # force=True: not attached to the source offset (Faust would hold them until
+        # its next commit, after the table writes); sent now, in order.
+        pending = [
+            await topic.send(key=key, value=value, force=True) for topic, key, value in self.sends
+        ]
+        await asyncio.gather(*pending)
+
+
+_DELETED = object()
+
+
+class StagedTable:
+    """A batch's view of a Faust table: reads see the batch's own writes first, and the
+    writes reach the table only in `apply`, once the batch's outputs are delivered.
+
+    Set `event` to the event being handled: a write goes to that event's partition
+    of the store and changelog, as it would inside a plain agent.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self._writes: dict[str, tuple[Any, Any]] = {}
+        self.event: Any = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._writes:
+            value = self._writes[key][1]
+            return default if value is _DELETED else value
+        return self._table.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._writes:
+            return self._writes[key][1] is not _DELETED
+        return key in self._table
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return self.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._writes[key] = (self.event, value)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._writes[key] = (self.event, _DELETED)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        value = self.get(key, default)
+        if key in self:
+            self._writes[key] = (self.event, _DELETED)
+        return value
+
+    def apply(self) -> None:
+        """Write the batch's changes to the table, each under the event that made it."""
+        for key, (event, value) in self._writes.items():
+            token = faust.streams._current_event.set(weakref.ref(event))
+            try:
+                if value is not _DELETED:
+                    self._table[key] = value
+                elif key in self._table:
+                    del self._table[key]
+            finally:
+                faust.streams._current_event.reset(token)
+        self._writes.clear()
+
+
+async def run_batches(
+    stream: Any,
+    worker: WorkerSettings,
+    step: Callable[[Any, StagedTable | None, Outbox], None],
+    table: Any = None,
+) -> None:
+    """The body of a batched agent: `step(event, staged_table, outbox)` for each event,
+    then deliver the outbox, then write the table (see the module's docstring)."""
+    async for events in stream.take_events(worker.batch_size, worker.batch_within_s):
+        staged = StagedTable(table) if table is not None else None
+        outbox = Outbox()
+        for event in events:
+            if staged is not None:
+                staged.event = event
+            step(event, staged, outbox)
+        await outbox.deliver()
+        if staged is not None:
+            staged.apply()

@@ -1,0 +1,157 @@
+"""The batch discipline of the agents: outputs acknowledged by Kafka before state is written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import faust.streams
+import pytest
+
+from leadflow.settings import WorkerSettings
+from streams.wiring import Outbox, StagedTable, run_batches
+
+
+class _Event:
+    """What the agents read of a Faust event (Faust holds events by weak reference)."""
+
+    def __init__(self, partition: int, key: bytes, value: bytes) -> None:
+        self.key, self.value = key, value
+        self.message = SimpleNamespace(
+            topic="t", partition=partition, offset=0, key=key, value=value
+        )
+
+
+def _event(partition: int, key: bytes, value: bytes = b"") -> Any:
+    return _Event(partition, key, value)
+
+
+class RecordingTable(dict[str, Any]):
+    """A table that notes, for each write, the partition of the event Faust would see."""
+
+    def __init__(self, journal: list[str], **items: Any) -> None:
+        super().__init__(**items)
+        self.journal = journal
+        self.partitions: dict[str, int] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        event = faust.streams.current_event()
+        assert event is not None, "a table write outside an event context"
+        self.partitions[key] = event.message.partition
+        self.journal.append(f"write {key}")
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.journal.append(f"delete {key}")
+        super().__delitem__(key)
+
+
+class SlowTopic:
+    """A topic whose sends are acknowledged a little later, in order."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+
+    async def send(self, key: bytes, value: bytes, force: bool = False) -> asyncio.Future[None]:
+        assert force, "a send attached to the source offset waits for the commit"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def acknowledge() -> None:
+            self.journal.append(f"acked {key.decode()}")
+            future.set_result(None)
+
+        asyncio.get_running_loop().call_later(0.01, acknowledge)
+        return future
+
+
+class FakeStream:
+    def __init__(self, batches: list[list[Any]]) -> None:
+        self.batches = batches
+
+    async def take_events(self, size: int, within: float) -> AsyncIterator[list[Any]]:
+        for batch in self.batches:
+            yield batch
+
+
+def test_staged_reads_see_the_batch_writes_and_the_table_waits() -> None:
+    table = RecordingTable([], old="before", gone="x")
+    staged = StagedTable(table)
+    staged.event = _event(3, b"k")
+    staged["new"] = 1
+    staged["old"] = "after"
+    del staged["gone"]
+    assert staged.get("new") == 1
+    assert staged["old"] == "after"
+    assert "gone" not in staged
+    assert staged.get("gone", "default") == "default"
+    assert staged.pop("missing", 7) == 7
+    with pytest.raises(KeyError):
+        staged["gone"]
+    assert dict(table) == {"old": "before", "gone": "x"}  # nothing written yet
+
+    staged.apply()
+    assert dict(table) == {"old": "after", "new": 1}
+    assert table.partitions == {"new": 3, "old": 3}
+    assert faust.streams.current_event() is None  # the context is restored
+
+
+def test_each_write_lands_in_the_partition_of_the_event_that_made_it() -> None:
+    table = RecordingTable([])
+    staged = StagedTable(table)
+    for partition, key in ((0, "a"), (5, "b"), (2, "a")):
+        staged.event = _event(partition, key.encode())
+        staged[key] = partition
+    staged.apply()
+    assert table == {"a": 2, "b": 5}
+    assert table.partitions == {"a": 2, "b": 5}
+
+
+def test_a_batch_writes_its_state_only_after_every_output_was_acknowledged() -> None:
+    journal: list[str] = []
+    table = RecordingTable(journal)
+    topic = SlowTopic(journal)
+
+    def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        key = event.key.decode()
+        staged[key] = (staged.get(key) or 0) + 1
+        out.add(topic, f"{key}{staged[key]}", b"v")
+
+    batches = [
+        [_event(0, b"a"), _event(1, b"b"), _event(0, b"a")],
+        [_event(1, b"b")],
+    ]
+    worker = WorkerSettings()
+    asyncio.run(run_batches(FakeStream(batches), worker, step, table))
+
+    assert table == {"a": 2, "b": 2}
+    assert journal == [
+        "acked a1",
+        "acked b1",
+        "acked a2",
+        "write a",
+        "write b",
+        "acked b2",
+        "write b",
+    ]
+
+
+def test_a_stateless_batch_delivers_in_order_and_dead_letters_travel_with_it() -> None:
+    journal: list[str] = []
+    topic = SlowTopic(journal)
+
+    def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is None
+        if event.value == b"bad":
+            out.dead_letter(topic, "normalize", event, ValueError("unreadable"))
+        else:
+            out.add(topic, event.key, b"ok")
+
+    batch = [_event(0, b"one"), _event(0, b"two", b"bad"), _event(0, b"three")]
+    asyncio.run(run_batches(FakeStream([batch]), WorkerSettings(), step))
+    assert journal[0] == "acked one"
+    assert journal[2] == "acked three"
+    assert journal[1].startswith("acked ")
+    assert len(journal) == 3
