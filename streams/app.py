@@ -9,7 +9,10 @@ flushed what the agent sent for it, and every downstream write is idempotent
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import ssl
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -20,6 +23,9 @@ from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
 from streams import events_agent, identity_agent, lead_agent, normalize_agent, routing_agent
 from streams.rules import Rules, load_rules
+
+log = logging.getLogger(__name__)
+CLEAN_STOP_MARK = ".stopped-cleanly"
 
 
 def broker_url(bootstrap: str) -> str:
@@ -86,9 +92,26 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
     return app
 
 
+def prepare_state_dir(state_dir: Path) -> None:
+    """Keep the local table stores only if the last worker here stopped cleanly.
+
+    A worker killed outright may have written a table's local store without its
+    changelog record reaching Kafka; kept, that store would disagree with the
+    changelog every other worker rebuilds from. Without the mark of a clean stop,
+    the stores go and the tables are rebuilt from their changelogs.
+    """
+    mark = state_dir / CLEAN_STOP_MARK
+    if state_dir.is_dir() and any(state_dir.iterdir()) and not mark.exists():
+        log.warning("the last worker in %s did not stop cleanly: rebuilding its tables", state_dir)
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    mark.unlink(missing_ok=True)
+
+
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
     """Run the Faust worker in this process until SIGINT/SIGTERM."""
-    (settings.data_dir / "worker-state").mkdir(parents=True, exist_ok=True)
+    state_dir = settings.data_dir / "worker-state"
+    prepare_state_dir(state_dir)
     app = create_app(settings, bootstrap)
     # Declare every product topic, and the tables' changelogs, before Faust starts: Faust
     # declares its own lazily, and a write racing that declaration can stall a commit
@@ -107,4 +130,9 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> No
 
     asyncio.run(declare())
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code in (0, None):  # stopped by SIGINT/SIGTERM: stores and changelogs agree
+            (state_dir / CLEAN_STOP_MARK).touch()
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,6 +12,7 @@ import faust.streams
 import pytest
 
 from leadflow.settings import WorkerSettings
+from streams.app import CLEAN_STOP_MARK, prepare_state_dir
 from streams.wiring import Outbox, StagedTable, run_batches
 
 
@@ -155,3 +157,17 @@ def test_a_stateless_batch_delivers_in_order_and_dead_letters_travel_with_it() -
     assert journal[2] == "acked three"
     assert journal[1].startswith("acked ")
     assert len(journal) == 3
+
+
+def test_a_worker_that_did_not_stop_cleanly_rebuilds_its_tables(tmp_path: Path) -> None:
+    state = tmp_path / "worker-state"
+    prepare_state_dir(state)  # first start: nothing to keep
+    (state / "lead_state-0.db").write_text("store")
+    (state / CLEAN_STOP_MARK).touch()  # a clean stop
+    prepare_state_dir(state)
+    assert (state / "lead_state-0.db").exists()
+    assert not (state / CLEAN_STOP_MARK).exists()  # the running worker has not stopped yet
+
+    prepare_state_dir(state)  # killed before it could leave the mark
+    assert state.is_dir()
+    assert list(state.iterdir()) == []
