@@ -103,11 +103,15 @@ class Outbox:
 
     async def deliver(self) -> None:
         """Send everything and return once Kafka acknowledged every message."""
-        # force=True: not attached to the source offset (Faust would hold them until
-        # its next commit, after the table writes); sent now, in order.
-        pending = [
-            await topic.send(key=key, value=value, force=True) for topic, key, value in self.sends
-        ]
+        # Straight to the app's producer: not attached to the source offset (Faust would
+        # hold attached messages until its next commit, after the table writes), and
+        # without the per-message layers of Topic.send; sent now, in order.
+        pending = []
+        for topic, key, value in self.sends:
+            producer = topic.app.producer
+            pending.append(
+                await producer.send(topic.get_topic_name(), key, value, None, None, None)
+            )
         await asyncio.gather(*pending)
 
 

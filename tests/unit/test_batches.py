@@ -51,13 +51,16 @@ class RecordingTable(dict[str, Any]):
 
 
 class SlowTopic:
-    """A topic whose sends are acknowledged a little later, in order."""
+    """A topic whose messages are acknowledged a little after they are sent, in order."""
 
     def __init__(self, journal: list[str]) -> None:
         self.journal = journal
+        self.app = SimpleNamespace(producer=self)
 
-    async def send(self, key: bytes, value: bytes, force: bool = False) -> asyncio.Future[None]:
-        assert force, "a send attached to the source offset waits for the commit"
+    def get_topic_name(self) -> str:
+        return "out"
+
+    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def acknowledge() -> None:
