@@ -50,6 +50,7 @@ from ingest_adapters.strict_json import load_object
 from ingest_adapters.tradeshow import detect_encoding
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from schemas import RawLead
 
 STAGE = stages.SOCIAL_ADS
@@ -92,7 +93,7 @@ log = logging.getLogger(__name__)
 
 def lead_event_id(provider: Provider, lead_ref: str) -> str:
     """The event id of a provider's lead: the same from webhooks, redeliveries and backfills."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{provider}|{lead_ref}"))
+    return stable_id(_EVENT_NAMESPACE, f"{provider}|{lead_ref}")
 
 
 class LeadgenRef(BaseModel):

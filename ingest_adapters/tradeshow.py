@@ -29,6 +29,7 @@ from typing import IO
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from schemas import RawLead
 from streams.normalize import FIELD_ALIASES, fold_field_name
 
@@ -176,7 +177,7 @@ def envelope(
 ) -> RawLead:
     """The RawLead of one row; its id depends only on the event and the row's content."""
     content = "|".join(f"{k}={v}" for k, v in sorted(row.cells.items()))
-    event_id = str(uuid.uuid5(_ROW_NAMESPACE, f"{event_name}|{content}"))
+    event_id = stable_id(_ROW_NAMESPACE, f"{event_name}|{content}")
     return RawLead(
         event_id=event_id,
         channel="tradeshow",

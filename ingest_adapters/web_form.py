@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from schemas import RawLead
 
 STAGE = stages.WEB_FORM
@@ -50,7 +51,7 @@ def event_id_for(form_id: str | None, idempotency_key: str | None) -> str:
     """Same (form, key) → same event id; no key → a fresh one."""
     if not idempotency_key:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{SOURCE_SYSTEM}|{form_id or ''}|{idempotency_key}"))
+    return stable_id(_EVENT_NAMESPACE, f"{SOURCE_SYSTEM}|{form_id or ''}|{idempotency_key}")
 
 
 def _as_text(name: str, value: Any) -> str:

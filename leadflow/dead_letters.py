@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from schemas import DeadLetter, FieldProblem
 
 _DEAD_LETTER_NAMESPACE = uuid.UUID("5d1f0c8e-2b7a-4f3e-8a61-9c4d2e7b1a30")
@@ -38,7 +39,7 @@ def dead_letter_for(
         reason, message, fields = "unreadable", str(error), {}
     where = f"{stage}|{topic}|{partition}|{offset}|{detail}|{DeadLetter.encode_original(original)}"
     return DeadLetter(
-        dead_letter_id=str(uuid.uuid5(_DEAD_LETTER_NAMESPACE, where)),
+        dead_letter_id=stable_id(_DEAD_LETTER_NAMESPACE, where),
         stage=stage,
         reason=reason,
         error_class=type(error).__name__,

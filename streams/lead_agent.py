@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState
@@ -123,7 +124,7 @@ def crm_moves(event: CrmEvent, state: LeadState, rules: Rules) -> list[Move]:
     """The stage moves a rep's CRM action asks for."""
     at, cause = event.occurred_at, event.event_id
     if event.action == "convert":
-        deal_id = str(uuid.uuid5(_DEAL_NAMESPACE, state.lead_id))
+        deal_id = stable_id(_DEAL_NAMESPACE, state.lead_id)
         return [
             Move(
                 "converted",

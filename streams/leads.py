@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from leadflow.ids import stable_id
 from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
 from streams.rules import Rules
 from streams.scoring import score_lead
@@ -34,7 +35,7 @@ PROFILE_FIELDS = (
 
 
 def merge_id(survivor: str, merged: str) -> str:
-    return str(uuid.uuid5(_MERGE_NAMESPACE, f"{survivor}|{merged}"))
+    return stable_id(_MERGE_NAMESPACE, f"{survivor}|{merged}")
 
 
 def _merge_field(state: LeadState, name: str, value: object, channel: str, rules: Rules) -> None:

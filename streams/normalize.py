@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 
 import phonenumbers
 import pycountry
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from schemas import DeadLetter, Lead, RawLead
 
 STAGE = stages.NORMALIZE
@@ -182,11 +183,36 @@ def clean_text(value: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+# Plain ASCII addresses, the vast majority, are checked here: what this accepts, the
+# validator accepts unchanged (tests/unit/test_normalize.py compares the two). Anything
+# else (Unicode, quoted parts, punycode, special-use domains, odd lengths) goes to it.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"(?!..--)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN_EMAIL = re.compile(
+    rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>(?:{_LABEL}\.)+(?P<tld>[A-Za-z]{{2,63}}))"
+)
+
+
+def _plain_email(candidate: str) -> str | None:
+    """The lower-case address when it is plain ASCII and plainly valid, else None."""
+    if len(candidate) > 254 or not candidate.isascii():
+        return None
+    match = _PLAIN_EMAIL.fullmatch(candidate)
+    if match is None or len(match["local"]) > 64 or len(match["domain"]) > 253:
+        return None
+    if match["tld"].lower() in SPECIAL_USE_DOMAIN_NAMES:
+        return None
+    return candidate.lower()
+
+
 def normalize_email(value: str) -> str:
     """A syntactically valid address, lower case; raises ValueError saying what is wrong."""
     candidate = unicodedata.normalize("NFKC", value).strip()
     if not candidate:
         raise ValueError("is empty")
+    plain = _plain_email(candidate)
+    if plain is not None:
+        return plain
     try:
         checked = validate_email(candidate, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -273,7 +299,7 @@ def parse_consent(value: str) -> bool | None:
 
 def lead_id_for(event_id: str) -> str:
     """The lead id a first-seen event gets; stable, so a redelivery maps to the same lead."""
-    return str(uuid.uuid5(_LEAD_NAMESPACE, event_id))
+    return stable_id(_LEAD_NAMESPACE, event_id)
 
 
 def _canonical_fields(fields: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from leadflow.ids import stable_id
 from schemas import Assignment, LeadState
 from streams.rules import AssignmentRule, Criteria, Rep, RoutingRules, Team, working_hours
 from streams.scoring import email_domain
@@ -99,7 +100,7 @@ def _cycle(team: Team) -> list[Rep]:
 
 
 def assignment_id(lead_id: str, team: str, owner: str) -> str:
-    return str(uuid.uuid5(_ASSIGNMENT_NAMESPACE, f"{lead_id}|{team}|{owner}"))
+    return stable_id(_ASSIGNMENT_NAMESPACE, f"{lead_id}|{team}|{owner}")
 
 
 def assign_owner(

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from leadflow.ids import stable_id
 from schemas import LeadState
 from schemas.transition import StageTransition
 from streams.rules import StageRules
@@ -104,8 +105,8 @@ def apply_moves(
         touch = state.touches[0] if state.touches else None
         transitions.append(
             StageTransition(
-                transition_id=str(
-                    uuid.uuid5(_TRANSITION_NAMESPACE, f"{state.lead_id}|{move.to}|{move.cause}")
+                transition_id=stable_id(
+                    _TRANSITION_NAMESPACE, f"{state.lead_id}|{move.to}|{move.cause}"
                 ),
                 lead_id=state.lead_id,
                 deal_id=state.deal_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from leadflow.errors import BadRecordError
+from leadflow.ids import stable_id
 from schemas import DeadLetter, Lead, RawLead
 from streams.normalize import (
     clean_text,
@@ -244,3 +246,41 @@ def test_full_width_and_prefixed_phones_agree(digits: str) -> None:
     assert normalize_phone("0086" + digits, "US") == expected
     assert normalize_phone("+86 " + digits, "GB") == expected
     assert normalize_phone(expected, "CN") == expected
+
+
+# ASCII text shaped like addresses, tricky parts included: dots, hyphens, `--`, digits-only
+# and special-use top-level domains, overlong parts, atext symbols.
+_address_chars = "abcXYZ019.-_+!#$%&'*/=?^`{|}~@"
+address_like = st.one_of(
+    st.text(alphabet=_address_chars, min_size=3, max_size=30),
+    st.builds(
+        lambda local, labels, tld: f"{local}@{'.'.join([*labels, tld])}",
+        st.text(alphabet=_address_chars.replace("@", ""), min_size=1, max_size=70),
+        st.lists(st.text(alphabet="ab9-X", min_size=1, max_size=66), min_size=1, max_size=4),
+        st.sampled_from(
+            ["com", "cn", "test", "localhost", "onion", "c", "123", "xn--fiqs8s", "Io"]
+        ),
+    ),
+)
+
+
+@given(address_like)
+def test_the_plain_ascii_shortcut_agrees_with_the_validator(text: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    from streams.normalize import _plain_email
+
+    shortcut = _plain_email(text)
+    if shortcut is None:
+        return  # the validator decides, as before
+    try:
+        checked = validate_email(text, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        pytest.fail(f"the shortcut accepted {text!r}, the validator refuses it: {exc}")
+    assert shortcut == checked
+
+
+@given(st.uuids(), st.text(max_size=80))
+def test_stable_ids_are_version_5_uuids(namespace: uuid.UUID, name: str) -> None:
+    # Ids already stored (lead, event, transition ids) must not change with the helper.
+    assert stable_id(namespace, name) == str(uuid.uuid5(namespace, name))
