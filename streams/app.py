@@ -70,6 +70,10 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
         # that short so another worker (or its own restart) takes over within seconds.
         "broker_session_timeout": 10.0,
         "broker_heartbeat_interval": 3.0,
+        # Log (only log) a partition that is not fetched, processed or committed for
+        # 30 s while it has work: a stalled partition names itself in the worker log.
+        "stream_processing_timeout": 30.0,
+        "broker_commit_livelock_soft_timeout": 30.0,
         "web_enabled": settings.worker.web_port > 0,
         "web_port": settings.worker.web_port or 6066,
         "web_host": "0.0.0.0" if settings.worker.web_port else "127.0.0.1",  # noqa: S104

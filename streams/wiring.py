@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from collections.abc import Callable
 from datetime import datetime
@@ -30,12 +31,14 @@ from typing import Any
 import faust
 import faust.streams
 import orjson
+from aiokafka.errors import KafkaError
 
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError
 from leadflow.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+EXIT_STAGE_FAILED = 70  # EX_SOFTWARE
 
 
 class Message(dict[str, Any]):
@@ -186,10 +189,43 @@ async def run_batches(
     async for events in stream.take_events(worker.batch_size, worker.batch_within_s):
         staged = StagedTable(table) if table is not None else None
         outbox = Outbox()
-        for event in events:
-            if staged is not None:
-                staged.event = event
-            step(event, staged, outbox)
-        await outbox.deliver()
+        try:
+            for event in events:
+                if staged is not None:
+                    staged.event = event
+                step(event, staged, outbox)
+        except Exception:
+            # A bug, not bad input (steps dead-letter that). Faust would acknowledge the
+            # batch and commit past it; dying like a kill -9 leaves it uncommitted, and
+            # the next start replays it (the fault drill proves a kill -9 loses nothing).
+            log.critical(
+                "a stage failed on a batch; stopping the worker uncommitted", exc_info=True
+            )
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(EXIT_STAGE_FAILED)
+        await deliver_until_acknowledged(outbox)
         if staged is not None:
             staged.apply()
+
+
+async def deliver_until_acknowledged(outbox: Outbox, backoff_max_s: float = 10.0) -> None:
+    """Deliver the outbox, sending all of it again after a failure, until Kafka takes it.
+
+    Nothing of the batch is committed meanwhile; consumers of the outputs are
+    idempotent, so messages that made it the first time do no harm twice.
+    """
+    backoff = 0.5
+    while True:
+        try:
+            await outbox.deliver()
+            return
+        except KafkaError as exc:
+            log.warning(
+                "sending a batch's %d outputs failed (%r); again in %.1fs",
+                len(outbox.sends),
+                exc,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, backoff_max_s)

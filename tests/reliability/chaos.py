@@ -139,6 +139,7 @@ class Outcome:
     recovery_s: list[float]
     ledger: Ledger
     stalls: int = 0
+    stalled: list[str] = field(default_factory=list)  # what was behind, per stall
 
 
 class Drill:
@@ -247,10 +248,11 @@ class Drill:
                 time.sleep(2)
             try:
                 outcome.recovery_s.append(self.wait_quiet(ended))
-            except AssertionError:
+            except AssertionError as exc:
                 # A stall: counted and reported; a clean worker restart heals it so the
                 # drill can go on, and the reconciliation still counts every id.
                 outcome.stalls += 1
+                outcome.stalled.append(f"run {run} (seed {seed}): {str(exc).splitlines()[0]}")
                 self.respawn("worker")
                 outcome.recovery_s.append(self.wait_quiet(ended))
         self.outcomes.append(outcome)
@@ -399,6 +401,7 @@ class Drill:
                     "unacknowledged": outcome.ledger.unacknowledged,
                     "recovery_s_max": max(outcome.recovery_s),
                     "stalls": outcome.stalls,
+                    "stalled": outcome.stalled,
                     "statuses": dict(outcome.ledger.statuses),
                 }
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,10 +11,11 @@ from typing import Any
 
 import faust.streams
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from leadflow.settings import WorkerSettings
 from streams.app import CLEAN_STOP_MARK, prepare_state_dir
-from streams.wiring import Outbox, StagedTable, run_batches
+from streams.wiring import EXIT_STAGE_FAILED, Outbox, StagedTable, run_batches
 
 
 class _Event:
@@ -174,3 +176,66 @@ def test_a_worker_that_did_not_stop_cleanly_rebuilds_its_tables(tmp_path: Path) 
     prepare_state_dir(state)  # killed before it could leave the mark
     assert state.is_dir()
     assert list(state.iterdir()) == []
+
+
+class FlakyTopic(SlowTopic):
+    """Fails the first `failures` sends the way a broker outage does, then acknowledges."""
+
+    def __init__(self, journal: list[str], failures: int) -> None:
+        super().__init__(journal)
+        self.failures = failures
+
+    async def send(self, topic: str, key: bytes, value: bytes, *rest: Any) -> asyncio.Future[None]:
+        if self.failures > 0:
+            self.failures -= 1
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_exception(KafkaTimeoutError())
+            self.journal.append(f"failed {key.decode()}")
+            return future
+        return await super().send(topic, key, value)
+
+
+def test_outputs_that_kafka_refused_are_sent_again_before_the_state_is_written() -> None:
+    journal: list[str] = []
+    table = RecordingTable(journal)
+    topic = FlakyTopic(journal, failures=1)
+
+    def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        staged[event.key.decode()] = True
+        out.add(topic, event.key, b"v")
+
+    batch = [_event(0, b"a"), _event(0, b"b")]
+    asyncio.run(run_batches(FakeStream([batch]), WorkerSettings(), step, table))
+    assert journal[0] == "failed a"
+    assert journal[-2:] == ["write a", "write b"]
+    assert "acked a" in journal
+    assert "acked b" in journal
+
+
+def test_a_stage_bug_stops_the_worker_before_anything_is_sent_or_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journal: list[str] = []
+    table = RecordingTable(journal)
+    topic = SlowTopic(journal)
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+
+    def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        staged[event.key.decode()] = True
+        out.add(topic, event.key, b"v")
+        if event.key == b"b":
+            raise KeyError("a bug")
+
+    batch = [_event(0, b"a"), _event(0, b"b")]
+    with pytest.raises(SystemExit):
+        asyncio.run(run_batches(FakeStream([batch]), WorkerSettings(), step, table))
+    assert exits == [EXIT_STAGE_FAILED]
+    assert journal == []  # nothing sent, nothing written: the batch replays on the next start
