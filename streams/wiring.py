@@ -8,7 +8,8 @@ Every agent works in batches (`run_batches`), in this order:
 1. compute each event's outputs against a `StagedTable`, which reads through
    to the Faust table but keeps the batch's writes in memory;
 2. send every output and wait until Kafka acknowledged all of them (acks=all);
-3. only then write the table (the store and its changelog).
+3. only then write the table (the store and its changelog), and acknowledge
+   the batch's events.
 
 Faust commits the batch's offsets after that. A worker killed at any point
 therefore either replays the batch from the old state, sending the same
@@ -186,7 +187,10 @@ async def run_batches(
 ) -> None:
     """The body of a batched agent: `step(event, staged_table, outbox)` for each event,
     then deliver the outbox, then write the table (see the module's docstring)."""
-    async for events in stream.take_events(worker.batch_size, worker.batch_within_s):
+    # noack_take: Faust's take_events acknowledges a batch when its generator closes,
+    # even if the agent was cancelled (a SIGTERM, a rebalance) halfway through sending;
+    # here a batch is acknowledged only below, once its outputs and state are in.
+    async for events in stream.noack_take(worker.batch_size, worker.batch_within_s):
         staged = StagedTable(table) if table is not None else None
         outbox = Outbox()
         try:
@@ -207,6 +211,8 @@ async def run_batches(
         await deliver_until_acknowledged(outbox)
         if staged is not None:
             staged.apply()
+        for event in events:
+            await stream.ack(event)
 
 
 async def deliver_until_acknowledged(outbox: Outbox, backoff_max_s: float = 10.0) -> None:

@@ -253,6 +253,10 @@ class Drill:
                 # drill can go on, and the reconciliation still counts every id.
                 outcome.stalls += 1
                 outcome.stalled.append(f"run {run} (seed {seed}): {str(exc).splitlines()[0]}")
+                # SIGUSR1: the worker writes every thread's stack and asyncio task to its log.
+                worker = next(c for c in self.running.children if c.name == "worker")
+                os.kill(worker.process.pid, signal.SIGUSR1)
+                time.sleep(2)
                 self.respawn("worker")
                 outcome.recovery_s.append(self.wait_quiet(ended))
         self.outcomes.append(outcome)

@@ -74,12 +74,19 @@ class SlowTopic:
 
 
 class FakeStream:
-    def __init__(self, batches: list[list[Any]]) -> None:
-        self.batches = batches
+    """Yields the batches; notes each acknowledgement in the journal, when there is one."""
 
-    async def take_events(self, size: int, within: float) -> AsyncIterator[list[Any]]:
+    def __init__(self, batches: list[list[Any]], journal: list[str] | None = None) -> None:
+        self.batches = batches
+        self.journal = journal if journal is not None else []
+
+    async def noack_take(self, size: int, within: float) -> AsyncIterator[list[Any]]:
         for batch in self.batches:
             yield batch
+
+    async def ack(self, event: Any) -> bool:
+        self.journal.append(f"ack {event.key.decode()}@{event.message.partition}")
+        return True
 
 
 def test_staged_reads_see_the_batch_writes_and_the_table_waits() -> None:
@@ -131,7 +138,7 @@ def test_a_batch_writes_its_state_only_after_every_output_was_acknowledged() -> 
         [_event(1, b"b")],
     ]
     worker = WorkerSettings()
-    asyncio.run(run_batches(FakeStream(batches), worker, step, table))
+    asyncio.run(run_batches(FakeStream(batches, journal), worker, step, table))
 
     assert table == {"a": 2, "b": 2}
     assert journal == [
@@ -140,8 +147,12 @@ def test_a_batch_writes_its_state_only_after_every_output_was_acknowledged() -> 
         "acked a2",
         "write a",
         "write b",
+        "ack a@0",
+        "ack b@1",
+        "ack a@0",
         "acked b2",
         "write b",
+        "ack b@1",
     ]
 
 
@@ -236,6 +247,35 @@ def test_a_stage_bug_stops_the_worker_before_anything_is_sent_or_written(
 
     batch = [_event(0, b"a"), _event(0, b"b")]
     with pytest.raises(SystemExit):
-        asyncio.run(run_batches(FakeStream([batch]), WorkerSettings(), step, table))
+        asyncio.run(run_batches(FakeStream([batch], journal), WorkerSettings(), step, table))
     assert exits == [EXIT_STAGE_FAILED]
-    assert journal == []  # nothing sent, nothing written: the batch replays on the next start
+    # Nothing sent, written or acknowledged: the batch replays on the next start.
+    assert journal == []
+
+
+def test_a_batch_cancelled_while_sending_is_not_acknowledged() -> None:
+    journal: list[str] = []
+    table = RecordingTable(journal)
+
+    class NeverAcknowledged(SlowTopic):
+        async def send(self, *args: Any) -> asyncio.Future[None]:
+            return asyncio.get_running_loop().create_future()  # Kafka never answers
+
+    topic = NeverAcknowledged(journal)
+
+    def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        staged[event.key.decode()] = True
+        out.add(topic, event.key, b"v")
+
+    async def stop_midway() -> None:
+        agent = asyncio.create_task(
+            run_batches(FakeStream([[_event(0, b"a")]], journal), WorkerSettings(), step, table)
+        )
+        await asyncio.sleep(0.05)
+        agent.cancel()  # what a SIGTERM or a rebalance does to an agent
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+
+    asyncio.run(stop_midway())
+    assert journal == []
