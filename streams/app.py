@@ -21,7 +21,14 @@ from leadflow.kafka_clients import ensure_topics, wait_for_topics
 from leadflow.privacy import SuppressionList
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
-from streams import events_agent, identity_agent, lead_agent, normalize_agent, routing_agent
+from streams import (
+    diagnostics,
+    events_agent,
+    identity_agent,
+    lead_agent,
+    normalize_agent,
+    routing_agent,
+)
 from streams.rules import Rules, load_rules
 
 log = logging.getLogger(__name__)
@@ -134,6 +141,13 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> No
 
     asyncio.run(declare())
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False, quiet=True)
+    faust_dump = worker._on_sigusr1
+
+    def on_sigusr1() -> None:  # kill -USR1: Faust's dump, then every coroutine's wait
+        faust_dump()
+        diagnostics.log_tasks(worker.loop)
+
+    worker._on_sigusr1 = on_sigusr1  # type: ignore[method-assign]
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
