@@ -28,6 +28,7 @@ from streams import (
     lead_agent,
     normalize_agent,
     routing_agent,
+    stall_guard,
 )
 from streams.rules import Rules, load_rules
 
@@ -97,6 +98,7 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
 
     app.task(follow_suppressions)
 
+    stall_guard.install(app)
     normalize_agent.register(app, topics, settings, rules, suppressions)
     for stage in (events_agent, identity_agent, lead_agent, routing_agent):
         stage.register(app, topics, settings, rules)
@@ -146,6 +148,10 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> No
     def on_sigusr1() -> None:  # kill -USR1: Faust's dump, then every coroutine's wait
         faust_dump()
         diagnostics.log_tasks(worker.loop)
+        try:
+            log.warning("consumer state:\n%s", diagnostics.describe_consumer(app))
+        except Exception:  # a diagnostic must not take the worker down
+            log.exception("could not describe the consumer")
 
     worker._on_sigusr1 = on_sigusr1  # type: ignore[method-assign]
     try:

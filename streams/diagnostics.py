@@ -48,3 +48,25 @@ def describe(loop: asyncio.AbstractEventLoop) -> str:
 
 def log_tasks(loop: asyncio.AbstractEventLoop) -> None:
     log.warning("what the worker's coroutines wait on:\n%s", describe(loop))
+
+
+def describe_consumer(app: Any) -> str:
+    """Faust's view of its partitions, and aiokafka's fetch position of each."""
+    consumer = app.consumer
+    lines = [
+        f"assigned: {sorted(map(str, consumer.assignment()))}",
+        f"active: {sorted(map(str, consumer._active_partitions or ()))}",
+        f"paused: {sorted(map(str, consumer._paused_partitions))}",
+        f"buffered: {sorted(map(str, consumer._buffered_partitions))}",
+        f"flow active: {consumer.flow_active}",
+        f"read offsets: { {str(k): v for k, v in consumer._read_offset.items()} }",
+        f"committed: { {str(k): v for k, v in consumer._committed_offset.items()} }",
+    ]
+    inner = getattr(consumer._thread, "_consumer", None)
+    if inner is not None:
+        lines.append(f"aiokafka paused: {sorted(map(str, inner.paused()))}")
+        assignment = inner._subscription.subscription.assignment
+        for tp in sorted(assignment.tps):
+            state = assignment.state_value(tp)
+            lines.append(f"  {tp.topic}[{tp.partition}]: {state!r}")
+    return "\n".join(lines)

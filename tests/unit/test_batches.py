@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from leadflow.settings import WorkerSettings
 from streams.app import CLEAN_STOP_MARK, prepare_state_dir
+from streams.stall_guard import StallGuard
 from streams.wiring import EXIT_STAGE_FAILED, Outbox, StagedTable, run_batches
 
 
@@ -279,3 +280,46 @@ def test_a_batch_cancelled_while_sending_is_not_acknowledged() -> None:
 
     asyncio.run(stop_midway())
     assert journal == []
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_stall_guard_names_a_partition_fetched_but_not_delivered() -> None:
+    clock = FakeClock()
+    guard = StallGuard(after_s=20, clock=clock)
+    # (tp, Faust's read offset, committed offset, aiokafka's position)
+    stuck = ("raw", 1)
+    rows = [
+        (stuck, 690, 690, 704),  # fetched up to 703, delivered only 690: apart
+        (("raw", 2), 799, 800, 800),  # delivered everything fetched: idle, fine
+        (("raw", 3), None, None, None),  # no position yet
+        (("raw", 4), None, 12, 12),  # nothing delivered since the seek, nothing fetched
+    ]
+    assert guard.stalled(rows) == []
+    clock.now = 19
+    assert guard.stalled(rows) == []
+    clock.now = 21
+    assert guard.stalled(rows) == [stuck]
+    guard.healed()
+    assert guard.stalled(rows) == []  # the clock starts again after a seek
+
+
+def test_a_busy_partition_is_not_a_stall() -> None:
+    clock = FakeClock()
+    guard = StallGuard(after_s=20, clock=clock)
+    tp = ("raw", 0)
+    for step in range(10):
+        clock.now = step * 5.0
+        # Behind the fetcher, but the stream keeps taking records: not stuck.
+        assert guard.stalled([(tp, 100 + step, 90 + step, 200 + step)]) == []
+    # Never committed and nothing delivered, yet fetched to 50: the records were dropped.
+    fresh = ("raw", 9)
+    assert guard.stalled([(fresh, None, None, 50)]) == []
+    clock.now += 25
+    assert guard.stalled([(fresh, None, None, 50)]) == [fresh]
