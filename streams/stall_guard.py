@@ -1,18 +1,23 @@
-"""A guard against partitions Faust fetched but never handed to its streams.
+"""A guard against records Faust fetched but never handed to its streams.
 
 Under a rebalance race (a worker restarted after a kill -9, before the dead
 member's session expired), Faust can drop records it already took from
-aiokafka's buffer without seeking back: aiokafka's position is past them, the
-stream never saw them, and the partition's committed offset never moves again
-until the worker restarts. The fault drill caught it as a stall about once in
-ten kills.
+aiokafka's buffer without seeking back. Two things then go wrong, both seen
+by the fault drill about once in ten kills:
 
-Every `interval` seconds the guard compares, per stream partition, what
-aiokafka fetched (its position) with what Faust delivered (its read offset).
-A gap that has not changed for `after_s` seconds is a stall: the guard seeks
-every partition back to its committed offset, so the records are fetched
-again (a record that was in flight is then handled twice, which every stage
-tolerates).
+- nothing arrives after the dropped records: aiokafka's position is past
+  them, the stream never saw them, and the committed offset never moves;
+- something does: Faust takes the jump in offsets for a compaction gap and
+  commits past it, and the dropped records are lost.
+
+The second is refused here: leadflow's stream topics are neither compacted
+nor transactional, so their offsets have no gaps, and a jump only means
+dropped records; the commit stays before them. Then both cases look the
+same, a partition whose committed offset stays behind what was fetched
+while none of its records is in flight, and every `interval` seconds the
+guard looks for one. Stuck for `after_s` seconds, the consumer seeks every
+partition back to its committed offset, so the records are fetched again
+(records already handled are handled twice, which every stage tolerates).
 """
 
 from __future__ import annotations
@@ -30,39 +35,40 @@ log = logging.getLogger(__name__)
 class StallGuard:
     after_s: float = 20.0
     clock: Callable[[], float] = time.monotonic
-    # per partition: (read offset, fetch position) when first seen apart, and since when
-    _apart: dict[Any, tuple[tuple[int | None, int], float]] = field(default_factory=dict)
+    # per partition: its (read, committed, position) when first seen behind, and since when
+    _behind: dict[Any, tuple[tuple[int | None, int | None, int], float]] = field(
+        default_factory=dict
+    )
 
     def stalled(
         self, partitions: Iterable[tuple[Any, int | None, int | None, int | None]]
     ) -> list[Any]:
-        """The partitions stuck apart for `after_s`, from (tp, read, committed, position)."""
+        """The partitions stuck behind for `after_s`, from (tp, read, committed, position)
+        of the partitions that have no record in flight."""
         now = self.clock()
         stuck: list[Any] = []
         seen: set[Any] = set()
         for tp, read, committed, position in partitions:
-            # Nothing read since the last seek: the stream starts at the committed offset,
-            # or at the log's start when the group never committed on this partition.
-            delivered_to = read + 1 if read is not None else (committed or 0)
-            if position is None or position <= delivered_to:
-                continue  # nothing fetched beyond what the stream saw
+            if position is None or position <= (committed or 0):
+                continue  # everything fetched is committed
             seen.add(tp)
-            state = (read, position)
-            first = self._apart.get(tp)
+            state = (read, committed, position)
+            first = self._behind.get(tp)
             if first is None or first[0] != state:
-                self._apart[tp] = (state, now)
+                self._behind[tp] = (state, now)
             elif now - first[1] >= self.after_s:
                 stuck.append(tp)
-        for tp in set(self._apart) - seen:
-            del self._apart[tp]
+        for tp in set(self._behind) - seen:
+            del self._behind[tp]
         return stuck
 
     def healed(self) -> None:
-        self._apart.clear()
+        self._behind.clear()
 
 
-def stream_partitions(app: Any) -> list[tuple[Any, int | None, int | None, int | None]]:
-    """(tp, Faust's read offset, its committed offset, aiokafka's position) per stream tp.
+def idle_stream_partitions(app: Any) -> list[tuple[Any, int | None, int | None, int | None]]:
+    """(tp, read offset, committed offset, fetch position) of each stream partition with
+    no record in flight (delivered to a stream and not yet acknowledged).
 
     Reads Faust's and aiokafka's internals (faust-streaming 0.15, aiokafka 0.14):
     neither exposes these as public API.
@@ -74,10 +80,13 @@ def stream_partitions(app: Any) -> list[tuple[Any, int | None, int | None, int |
     subscription = inner._subscription.subscription
     if subscription is None or subscription.assignment is None:
         return []
+    in_flight = {message.tp for message in list(consumer._unacked_messages)}
     rows = []
     for tp in consumer.assignment():
         if tp.topic.endswith("-changelog") or tp in consumer._paused_partitions:
             continue
+        if tp in in_flight or tp in consumer._buffered_partitions:
+            continue  # being worked on, or held back on purpose (stream buffer full)
         state = subscription.assignment.state_value(tp)
         position = state.position if state is not None and state.has_valid_position else None
         rows.append(
@@ -86,18 +95,33 @@ def stream_partitions(app: Any) -> list[tuple[Any, int | None, int | None, int |
     return rows
 
 
+async def _hold_commits_at_gaps(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+    """Replaces Faust's `Consumer._add_gap`, which marks the skipped offsets as done."""
+    log.warning(
+        "offsets %d..%d of %s[%d] were fetched but not delivered; not committing past "
+        "them (they are fetched again)",
+        offset_from,
+        offset_to - 1,
+        tp.topic,
+        tp.partition,
+    )
+
+
 def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuard:
+    from faust.transport.consumer import Consumer
+
+    Consumer._add_gap = _hold_commits_at_gaps  # type: ignore[method-assign]
     guard = StallGuard(after_s=after_s)
 
     async def check_stalls() -> None:
         if app.rebalancing or not app.consumer.flow_active:
             guard.healed()  # a rebalance ends with its own seek
             return
-        stuck = guard.stalled(stream_partitions(app))
+        stuck = guard.stalled(idle_stream_partitions(app))
         if stuck:
             log.warning(
-                "partitions fetched but not delivered for %.0fs: %s; seeking back to "
-                "the committed offsets",
+                "nothing delivered or committed for %.0fs while behind: %s; seeking back "
+                "to the committed offsets",
                 after_s,
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
             )
