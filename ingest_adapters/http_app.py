@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
-from ingest_adapters import call_center, form_guard, social, web_form
+from ingest_adapters import call_center, form_guard, social, tradeshow, web_form
 from ingest_adapters.publisher import Publisher
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
@@ -243,18 +243,25 @@ class IngestRoutes:
             try:
                 received = await self._receive_upload(request, folder, limit)
             except (ValueError, HttpProcessingError) as exc:  # malformed multipart
-                return error_body(400, "invalid_form", f"body is not valid multipart: {exc}")
+                return await self._refuse_upload(
+                    400, BadRecordError("invalid_form", f"body is not valid multipart: {exc}")
+                )
             if received is None:
-                return error_body(
-                    413, "body_too_large", f"files larger than {limit} bytes are not accepted"
+                return await self._refuse_upload(
+                    413,
+                    BadRecordError(
+                        "body_too_large", f"files larger than {limit} bytes are not accepted"
+                    ),
                 )
             path, name, texts = received
             if path is None or not texts.get("event", "").strip():
-                return error_body(
+                return await self._refuse_upload(
                     422,
-                    "invalid_fields",
-                    "send a file part named file and a text part named event",
-                    fields={"file": "required", "event": "required"},
+                    BadRecordError(
+                        "invalid_fields",
+                        "send a file part named file and a text part named event",
+                        {"file": "required", "event": "required"},
+                    ),
                 )
             mapping_file = None
             if texts.get("mapping"):
@@ -392,6 +399,16 @@ class IngestRoutes:
             )
         return web.json_response(
             {"status": "accepted", "event_ids": [ref.event_id for ref in refs]}, status=200
+        )
+
+    async def _refuse_upload(self, status: int, error: BadRecordError) -> web.Response:
+        """A refused upload: its answer, and a dead letter with the reason (the file itself
+        was streamed to disk and deleted, so the letter carries no body)."""
+        letter_id = await self._dead_letter(
+            error, b"", tradeshow.STAGE, "POST /v1/uploads/tradeshow", None
+        )
+        return error_body(
+            status, error.reason, error.message, fields=error.fields, dead_letter_id=letter_id
         )
 
     async def _dead_letter(

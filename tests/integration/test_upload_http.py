@@ -68,12 +68,20 @@ async def test_upload_over_http_publishes_once_with_a_summary(
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
-async def test_upload_refusals(uploads: TestClient) -> None:
+async def test_upload_refusals(
+    uploads: TestClient, kafka_bootstrap: str, topic_prefix: str
+) -> None:
     too_big = await uploads.post("/v1/uploads/tradeshow", data=form(b"a,b\n" * 2000))
     assert too_big.status == 413
     no_event = FormData()
     no_event.add_field("file", SCANS, filename="x.csv")
     missing = await uploads.post("/v1/uploads/tradeshow", data=no_event)
     assert missing.status == 422
+    # Each refusal is kept as a dead letter with its reason.
+    sent = {(await too_big.json())["dead_letter_id"], (await missing.json())["dead_letter_id"]}
+    letters = await read_topic(kafka_bootstrap, Topics(topic_prefix).dlq("tradeshow_upload"), 2)
+    kept = [DeadLetter.model_validate_json(m.value or b"") for m in letters]
+    assert sent <= {letter.dead_letter_id for letter in kept}
+    assert {"body_too_large", "invalid_fields"} <= {letter.reason for letter in kept}
     as_json = await uploads.post("/v1/uploads/tradeshow", json={"event": "x"})
     assert as_json.status == 415
