@@ -11,31 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
 
-from ingest_adapters import call_center, form_guard, social, tradeshow, web_form
+from ingest_adapters import call_center, form_guard, social, web_form
+from ingest_adapters.answers import STATUS_BY_REASON, error_body
 from ingest_adapters.publisher import Publisher
+from ingest_adapters.upload_http import UploadRoutes
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from leadflow.upload import upload
 from schemas import CallEvent, CrmEvent, EngagementEvent
 from streams.normalize import normalize_lead
 from streams.rules import load_rules
@@ -48,28 +43,8 @@ TIMEOUT_KEY = web.AppKey("request_timeout_s", float)
 # Long by nature: a whole file's upload, an erasure that waits for its mutations.
 UNTIMED_ROUTES = frozenset({"/v1/uploads/tradeshow", "/v1/privacy/erase"})
 
-_STATUS_BY_REASON = {
-    "bad_signature": 403,
-    "not_configured": 403,
-    "unauthorized": 401,
-    "unsupported_media_type": 415,
-    "invalid_json": 400,
-    "invalid_form": 400,
-    "invalid_encoding": 400,
-    "no_leads": 422,
-    "forbidden_origin": 403,
-    "too_large": 413,
-}
 # Refusals a webhook provider must not retry: answered 200 with the dead letter's id.
 _ACKNOWLEDGED_REFUSALS = {"lead_deleted", "unsupported_event"}
-
-
-class _TooLarge(Exception):
-    """An upload went past HTTP_MAX_UPLOAD_BYTES while streaming."""
-
-
-def error_body(status: int, reason: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": reason, "message": message, **extra}, status=status)
 
 
 class IngestRoutes:
@@ -98,11 +73,11 @@ class IngestRoutes:
         app.router.add_post("/v1/calls/events", self.post_call_event)
         app.router.add_post("/v1/calls/asterisk", self.post_asterisk)
         app.router.add_post("/v1/events/engagement", self.post_engagement_event)
-        app.router.add_post("/v1/uploads/tradeshow", self.post_tradeshow_upload)
         app.router.add_get("/v1/social/meta", self.get_meta_verification)
         app.router.add_post("/v1/social/meta", self.post_meta)
         app.router.add_get("/v1/social/linkedin", self.get_linkedin_challenge)
         app.router.add_post("/v1/social/linkedin", self.post_linkedin)
+        UploadRoutes(self._settings, self._bootstrap, self._dead_letter).add_to(app)
 
     async def _post_event(
         self,
@@ -145,7 +120,7 @@ class IngestRoutes:
         except BadRecordError as exc:
             detail = f"POST {request.path}"
             letter_id = await self._dead_letter(exc, body, call_center.STAGE, detail, None)
-            status = _STATUS_BY_REASON.get(exc.reason, 422)
+            status = STATUS_BY_REASON.get(exc.reason, 422)
             return error_body(
                 status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=letter_id
             )
@@ -221,105 +196,6 @@ class IngestRoutes:
             stages.EVENTS,
         )
 
-    async def post_tradeshow_upload(self, request: web.Request) -> web.Response:
-        """A badge-scanner export as multipart (`file`, `event`, optional `mapping` YAML).
-
-        The file streams to disk under the data dir (at most HTTP_MAX_UPLOAD_BYTES),
-        then goes through the same upload as `leadflow upload`; the answer is its summary.
-        """
-        if self._bootstrap is None:
-            return error_body(
-                503, "unavailable", "uploads need the adapters role of leadflow serve"
-            )
-        if request.content_type != "multipart/form-data":
-            return error_body(
-                415, "unsupported_media_type", "send multipart/form-data with file and event"
-            )
-        folder = self._settings.data_dir / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        limit = self._settings.http.max_upload_bytes
-        path: Path | None = None
-        try:
-            try:
-                received = await self._receive_upload(request, folder, limit)
-            except (ValueError, HttpProcessingError) as exc:  # malformed multipart
-                return await self._refuse_upload(
-                    400, BadRecordError("invalid_form", f"body is not valid multipart: {exc}")
-                )
-            if received is None:
-                return await self._refuse_upload(
-                    413,
-                    BadRecordError(
-                        "body_too_large", f"files larger than {limit} bytes are not accepted"
-                    ),
-                )
-            path, name, texts = received
-            if path is None or not texts.get("event", "").strip():
-                return await self._refuse_upload(
-                    422,
-                    BadRecordError(
-                        "invalid_fields",
-                        "send a file part named file and a text part named event",
-                        {"file": "required", "event": "required"},
-                    ),
-                )
-            mapping_file = None
-            if texts.get("mapping"):
-                mapping_file = path.with_suffix(".mapping.yaml")
-                mapping_file.write_text(texts["mapping"], "utf-8")
-            try:
-                summary = await upload(
-                    self._settings,
-                    self._bootstrap,
-                    path,
-                    texts["event"].strip(),
-                    mapping_file,
-                    Console(file=io.StringIO()),
-                    original_name=name,
-                )
-            except BadRecordError as exc:
-                status = _STATUS_BY_REASON.get(exc.reason, 422)
-                return error_body(status, exc.reason, exc.message, fields=exc.fields)
-            return web.json_response(asdict(summary))
-        finally:
-            for leftover in (path, path.with_suffix(".mapping.yaml") if path else None):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
-
-    async def _receive_upload(
-        self, request: web.Request, folder: Path, limit: int
-    ) -> tuple[Path | None, str, dict[str, str]] | None:
-        """The file part streamed to disk, its name, and the text parts; None if too large."""
-        texts: dict[str, str] = {}
-        path: Path | None = None
-        name = "upload.csv"
-        try:
-            reader = await request.multipart()
-            async for part in reader:
-                if not isinstance(part, BodyPartReader) or not part.name:
-                    continue
-                if part.name == "file":
-                    name = Path(part.filename or name).name
-                    path = folder / f"{uuid.uuid4().hex}-{name}"
-                    size = 0
-                    with path.open("wb") as out:
-                        while chunk := await part.read_chunk(1 << 20):
-                            size += len(chunk)
-                            if size > limit:
-                                raise _TooLarge
-                            out.write(chunk)
-                elif part.name in ("event", "mapping"):
-                    texts[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
-        except _TooLarge:
-            if path is not None:
-                path.unlink(missing_ok=True)
-            return None
-        except BaseException:
-            if path is not None:
-                path.unlink(missing_ok=True)
-            raise
-        return path, name, texts
-
     async def get_meta_verification(self, request: web.Request) -> web.Response:
         """Meta's webhook setup: echo hub.challenge when hub.verify_token matches."""
         token = self._settings.social.meta_verify_token
@@ -343,7 +219,7 @@ class IngestRoutes:
         try:
             answer = social.linkedin_challenge(code, secret.get_secret_value())
         except BadRecordError as exc:
-            return error_body(_STATUS_BY_REASON.get(exc.reason, 422), exc.reason, exc.message)
+            return error_body(STATUS_BY_REASON.get(exc.reason, 422), exc.reason, exc.message)
         return web.json_response(answer)
 
     async def post_meta(self, request: web.Request) -> web.Response:
@@ -389,7 +265,7 @@ class IngestRoutes:
                 return web.json_response(
                     {"status": "ignored", "reason": exc.reason, "dead_letter_id": letter_id}
                 )
-            status = _STATUS_BY_REASON.get(exc.reason, 422)
+            status = STATUS_BY_REASON.get(exc.reason, 422)
             return error_body(
                 status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=letter_id
             )
@@ -399,16 +275,6 @@ class IngestRoutes:
             )
         return web.json_response(
             {"status": "accepted", "event_ids": [ref.event_id for ref in refs]}, status=200
-        )
-
-    async def _refuse_upload(self, status: int, error: BadRecordError) -> web.Response:
-        """A refused upload: its answer, and a dead letter with the reason (the file itself
-        was streamed to disk and deleted, so the letter carries no body)."""
-        letter_id = await self._dead_letter(
-            error, b"", tradeshow.STAGE, "POST /v1/uploads/tradeshow", None
-        )
-        return error_body(
-            status, error.reason, error.message, fields=error.fields, dead_letter_id=letter_id
         )
 
     async def _dead_letter(
@@ -505,7 +371,7 @@ class IngestRoutes:
         dead_letter_id = await self._dead_letter(
             exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key")
         )
-        status = _STATUS_BY_REASON.get(exc.reason, 422)
+        status = STATUS_BY_REASON.get(exc.reason, 422)
         return error_body(
             status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=dead_letter_id
         )

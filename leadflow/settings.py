@@ -10,6 +10,7 @@ only sets variables that exist here.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +31,22 @@ def known_time_zone(value: str) -> str:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {value!r}") from exc
     return value
+
+
+SCOPES = ("ingest", "calls", "crm", "upload", "read:analytics", "read:pii", "admin")
+Scope = Literal["ingest", "calls", "crm", "upload", "read:analytics", "read:pii", "admin"]
+
+
+class ApiKeyEntry(BaseModel):
+    """One API key as the server keeps it: never the key, only its SHA-256."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9]{8,32}$")
+    name: str = Field(min_length=1, max_length=100)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: tuple[Scope, ...] = Field(min_length=1)
+    created_at: datetime | None = None
 
 
 class _Section(BaseModel):
@@ -111,10 +128,6 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
-    admin_key: SecretStr | None = Field(
-        default=None,
-        description="X-Admin-Key for POST /v1/privacy/erase; unset: loopback clients only.",
-    )
     max_upload_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=200 * 1024 * 1024, description="Largest file POST /v1/uploads/tradeshow takes."
     )
@@ -123,18 +136,89 @@ class HttpSettings(_Section):
         default=30.0,
         description="A request not answered within this gets 504 (uploads and erasure excepted).",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed "
+        '(JSON, e.g. ["10.0.0.0/8"]); from anyone else the header is ignored.',
+    )
+    header_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0,
+        description="A connection that has not sent its whole request head by then is closed.",
+    )
+    keepalive_timeout_s: Annotated[float, Field(ge=0)] = Field(
+        default=15.0, description="An idle keep-alive connection is closed after this."
+    )
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        default=4096, description="Open connections the server holds at once; more are closed."
+    )
+    max_connections_per_client: Annotated[int, Field(ge=1)] = Field(
+        default=128, description="Open connections one client address may hold at once."
+    )
+    body_min_rate_bytes_s: Annotated[int, Field(ge=0)] = Field(
+        default=4096,
+        description="Request bodies slower than this (after a 10 s grace) are cut off (408).",
+    )
+    write_rate_per_s: Annotated[float, Field(gt=0)] = Field(
+        default=500.0, description="Sustained writes per second per API key (every POST route)."
+    )
+    write_rate_burst: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="Writes an API key may send at once before 429s start."
+    )
+    upload_concurrency: Annotated[int, Field(ge=1)] = Field(
+        default=2, description="Uploads processed at once; more get 429 with Retry-After."
+    )
+    log_lines_per_s: Annotated[float, Field(gt=0)] = Field(
+        default=20.0, description="Warnings per second the server logs about refused clients."
+    )
 
 
 class WebSettings(_Section):
-    api_keys: dict[str, SecretStr] = Field(
-        default_factory=dict,
-        description='Server-side keys per form id as JSON, e.g. {"partner-portal": "…"}.',
-    )
     rate_per_s: Annotated[float, Field(gt=0)] = Field(
-        default=20.0, description="Sustained posts per second per credential (or client address)."
+        default=2.0,
+        description="Sustained posts per second per visitor of a public form (token + client).",
     )
     rate_burst: Annotated[int, Field(ge=1)] = Field(
-        default=100, description="Posts a credential may send at once before 429s start."
+        default=20, description="Posts one visitor may send at once before 429s start."
+    )
+
+
+class AuthSettings(_Section):
+    keys: list[ApiKeyEntry] = Field(
+        default_factory=list,
+        description="API keys as JSON (hashed entries that `leadflow keys create --env` prints).",
+    )
+    keys_file: Path | None = Field(
+        default=None,
+        description="JSON file of hashed API keys that `leadflow keys` manages "
+        "(default: keys.json in the data dir).",
+    )
+
+
+class LimitsSettings(_Section):
+    earliest_time: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Event times before this are refused (ISO 8601).",
+    )
+    future_skew_s: Annotated[float, Field(ge=0)] = Field(
+        default=86400.0, description="Event times more than this ahead of now are refused."
+    )
+    max_amount: Annotated[float, Field(gt=0)] = Field(
+        default=1e12, description="Largest deal amount accepted (absolute value)."
+    )
+    max_call_duration_s: Annotated[int, Field(gt=0)] = Field(
+        default=86400, description="Longest call duration accepted, in seconds."
+    )
+    upload_max_rows: Annotated[int, Field(ge=1)] = Field(
+        default=2_000_000, description="Rows one upload may hold."
+    )
+    upload_max_empty_rows: Annotated[int, Field(ge=1)] = Field(
+        default=10_000, description="Consecutive empty rows after which an upload stops reading."
+    )
+    upload_max_columns: Annotated[int, Field(ge=1)] = Field(
+        default=256, description="Columns one upload row may have."
+    )
+    upload_max_cell_chars: Annotated[int, Field(ge=1)] = Field(
+        default=32_767, description="Characters one upload cell may hold (Excel's own limit)."
     )
 
 
@@ -159,9 +243,6 @@ class CallsSettings(_Section):
     )
     twilio_public_url: str | None = Field(
         default=None, description="The URL Twilio posts status callbacks to, as Twilio sees it."
-    )
-    api_key: SecretStr | None = Field(
-        default=None, description="X-Api-Key required on POST /v1/calls/events when set."
     )
     asterisk_timezone: str = Field(
         default="Asia/Shanghai", description="Time zone of the PBX's AMI Cdr times."
@@ -262,6 +343,13 @@ class Settings(BaseSettings):
     calls: CallsSettings = CallsSettings()
     social: SocialSettings = SocialSettings()
     worker: WorkerSettings = WorkerSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
+    api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="LEADFLOW_API_KEY",
+        description="The key leadflow's own CLI sends to a server (leads, funnel, erase …).",
+    )
 
     @property
     def clickhouse_dsn(self) -> str:
@@ -285,12 +373,17 @@ SECTIONS: dict[str, type[_Section]] = {
     "calls": CallsSettings,
     "social": SocialSettings,
     "worker": WorkerSettings,
+    "auth": AuthSettings,
+    "limits": LimitsSettings,
 }
 
 
 def environment_variables() -> dict[str, str]:
     """Every environment variable leadflow reads, with its description."""
-    names = {"LEADFLOW_DATA_DIR": Settings.model_fields["data_dir"].description or ""}
+    names = {
+        "LEADFLOW_DATA_DIR": Settings.model_fields["data_dir"].description or "",
+        "LEADFLOW_API_KEY": Settings.model_fields["api_key"].description or "",
+    }
     for section, model in SECTIONS.items():
         for field_name, info in model.model_fields.items():
             names[f"{section}_{field_name}".upper()] = info.description or ""
