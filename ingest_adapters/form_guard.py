@@ -1,14 +1,14 @@
 """Who may post a web form, and which posts are bots: pure checks, no I/O.
 
-- Credentials (config/forms.yaml + WEB_API_KEYS): a form with a server-side
-  key needs it in `X-Api-Key`; a form with a public token needs the token
-  (`X-Form-Token` or a `_token` field) and an `Origin` it lists. Failing
-  either is a 401/403 with a dead letter.
+- Credentials: a post with an API key (scope ingest, checked by the access
+  middleware) may name any form; a post without one needs a form of
+  config/forms.yaml with a public token (`X-Form-Token` or a `_token` field)
+  and an `Origin` it lists. Failing either is a 401/403 with a dead letter.
 - Spam: a filled honeypot field, or a form sent faster than its minimum fill
   time, is accepted (the bot learns nothing) but quarantined on
   `leads.quarantine`, never a lead.
-- Rate: a token bucket per credential (the form's key or token, else the
-  client address); over it the sender gets 429 with Retry-After.
+- Rate: a token bucket per visitor of a public form (token + client
+  address); over it the sender gets 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from pydantic import SecretStr
 
 from leadflow.errors import BadRecordError
 from streams.rules import FormConfig, FormRules
@@ -40,33 +38,32 @@ def check_credentials(
     headers: Mapping[str, str],
     fields: Mapping[str, str],
     rules: FormRules,
-    api_keys: Mapping[str, SecretStr],
+    keyed: bool,
 ) -> str:
-    """The credential the post was made with (its rate-limit key); raises when refused."""
-    key = api_keys.get(form_id) if form_id else None
-    if key is not None:
-        if not _same(headers.get("X-Api-Key", ""), key.get_secret_value()):
-            raise BadRecordError("unauthorized", f"form {form_id} needs its key in X-Api-Key")
-        return f"key:{form_id}"
+    """The form's public credential (`token:<form>`), or "" for a post made with an API key
+    (`keyed`: the access middleware already checked it has scope ingest); raises when refused.
+    A post without a key needs a form of forms.yaml with a public token and a listed origin."""
+    if keyed:
+        return ""
     config = form_config(rules, form_id)
-    if config is not None and config.public_token:
-        token = headers.get("X-Form-Token") or fields.get(TOKEN_FIELD, "")
-        if not _same(token, config.public_token):
-            raise BadRecordError(
-                "unauthorized", f"form {form_id} needs its token in X-Form-Token or _token"
-            )
-        origin = headers.get("Origin", "").lower()
-        if origin not in config.origins:
-            raise BadRecordError(
-                "forbidden_origin",
-                f"form {form_id} does not accept posts from origin {origin or '(none)'}",
-            )
-        return f"token:{form_id}"
-    if rules.require_known_form and config is None:
+    if config is None or not config.public_token:
         raise BadRecordError(
-            "unauthorized", f"form {form_id or '(none)'} is not configured in forms.yaml"
+            "unauthorized",
+            f"form {form_id or '(none)'} has no public token in forms.yaml: "
+            "send an API key with scope ingest as Authorization: Bearer <key>",
         )
-    return ""
+    token = headers.get("X-Form-Token") or fields.get(TOKEN_FIELD, "")
+    if not _same(token, config.public_token):
+        raise BadRecordError(
+            "unauthorized", f"form {form_id} needs its token in X-Form-Token or _token"
+        )
+    origin = headers.get("Origin", "").lower()
+    if origin not in config.origins:
+        raise BadRecordError(
+            "forbidden_origin",
+            f"form {form_id} does not accept posts from origin {origin or '(none)'}",
+        )
+    return f"token:{form_id}"
 
 
 def allowed_origin(rules: FormRules, form_id: str | None, origin: str | None) -> str | None:

@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from ingest_adapters.answers import STATUS_BY_REASON, error_body
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.upload_http import UploadRoutes
 from leadflow import stages
+from leadflow.access import ACCESS_KEY, CLIENT_KEY, principal_of, too_many
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.metrics import Metrics
@@ -63,7 +62,6 @@ class IngestRoutes:
         self._metrics = metrics
         self._topics = Topics(settings.kafka.topic_prefix)
         self._forms = load_rules(settings.worker.rules_dir).forms
-        self._limiter = form_guard.RateLimiter(settings.web.rate_per_s, settings.web.rate_burst)
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/leads/web", self.post_web_form)
@@ -77,7 +75,7 @@ class IngestRoutes:
         app.router.add_post("/v1/social/meta", self.post_meta)
         app.router.add_get("/v1/social/linkedin", self.get_linkedin_challenge)
         app.router.add_post("/v1/social/linkedin", self.post_linkedin)
-        UploadRoutes(self._settings, self._bootstrap, self._dead_letter).add_to(app)
+        UploadRoutes(self._settings, self._bootstrap, self.dead_letter).add_to(app)
 
     async def _post_event(
         self,
@@ -98,12 +96,12 @@ class IngestRoutes:
             error = BadRecordError(
                 "invalid_fields", "; ".join(f"{k}: {v}" for k, v in fields.items()), fields
             )
-            letter_id = await self._dead_letter(error, body, stage, f"POST {request.path}", None)
+            letter_id = await self.dead_letter(error, body, stage, f"POST {request.path}", None)
             return error_body(
                 422, error.reason, error.message, fields=fields, dead_letter_id=letter_id
             )
         except BadRecordError as exc:
-            letter_id = await self._dead_letter(exc, body, stage, f"POST {request.path}", None)
+            letter_id = await self.dead_letter(exc, body, stage, f"POST {request.path}", None)
             return error_body(415, exc.reason, exc.message, dead_letter_id=letter_id)
         await self._publisher.publish(topic, key_of(event), body)
         return web.json_response(
@@ -119,7 +117,7 @@ class IngestRoutes:
             event = parse(body)
         except BadRecordError as exc:
             detail = f"POST {request.path}"
-            letter_id = await self._dead_letter(exc, body, call_center.STAGE, detail, None)
+            letter_id = await self.dead_letter(exc, body, call_center.STAGE, detail, None)
             status = STATUS_BY_REASON.get(exc.reason, 422)
             return error_body(
                 status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=letter_id
@@ -128,14 +126,6 @@ class IngestRoutes:
             self._topics.events_calls, event.caller, event.model_dump_json().encode()
         )
         return web.json_response({"status": "accepted", "event_id": event.event_id}, status=202)
-
-    def _check_api_key(self, request: web.Request) -> None:
-        expected = self._settings.calls.api_key
-        given = request.headers.get("X-Api-Key", "")
-        if expected is not None and not hmac.compare_digest(
-            given.encode(), expected.get_secret_value().encode()
-        ):
-            raise BadRecordError("unauthorized", "X-Api-Key is missing or wrong")
 
     async def post_twilio(self, request: web.Request) -> web.Response:
         """Twilio Voice status callbacks, verified by X-Twilio-Signature."""
@@ -164,7 +154,6 @@ class IngestRoutes:
         region = self._settings.normalize.default_phone_region
 
         def parse(body: bytes) -> CallEvent:
-            self._check_api_key(request)
             return call_center.parse_generic(body, region)
 
         return await self._post_call(request, parse)
@@ -175,7 +164,6 @@ class IngestRoutes:
         zone = self._settings.calls.asterisk_timezone
 
         def parse(body: bytes) -> CallEvent:
-            self._check_api_key(request)
             return call_center.parse_ami_cdr(body, region, zone)
 
         return await self._post_call(request, parse)
@@ -258,7 +246,7 @@ class IngestRoutes:
         try:
             refs = parse(body)
         except BadRecordError as exc:
-            letter_id = await self._dead_letter(
+            letter_id = await self.dead_letter(
                 exc, body, social.STAGE, f"POST {request.path}", None
             )
             if exc.reason in _ACKNOWLEDGED_REFUSALS:
@@ -277,7 +265,7 @@ class IngestRoutes:
             {"status": "accepted", "event_ids": [ref.event_id for ref in refs]}, status=200
         )
 
-    async def _dead_letter(
+    async def dead_letter(
         self, error: BadRecordError, body: bytes, stage: str, detail: str, key: str | None
     ) -> str:
         letter = dead_letter_for(
@@ -326,22 +314,24 @@ class IngestRoutes:
             headers=request.headers,
             form_id=form_id,
             received_at=received_at,
-            remote=request.remote,
+            remote=request[CLIENT_KEY],
         )
         try:
             raw = web_form.parse_web_form(parsed)
             credential = form_guard.check_credentials(
-                form_id, request.headers, raw.fields, self._forms, self._settings.web.api_keys
+                form_id,
+                request.headers,
+                raw.fields,
+                self._forms,
+                keyed=principal_of(request) is not None,
             )
         except BadRecordError as exc:
             return await self._refuse_web_form(request, exc, body, form_id)
-        wait = self._limiter.wait_for(credential or f"addr:{request.remote}", time.monotonic())
-        if wait > 0:
-            response = error_body(
-                429, "rate_limited", "too many posts from this form or address; retry later"
-            )
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return response
+        if credential:  # each visitor of a public form has a bucket of their own
+            visitor = f"{credential}|{request[CLIENT_KEY]}"
+            wait = request.app[ACCESS_KEY].visitors.wait_for(visitor, time.monotonic())
+            if wait > 0:
+                return too_many(wait, "too many posts from this visitor; retry later")
         spam = form_guard.spam_reason(raw.fields, form_id, self._forms, received_at)
         raw = raw.model_copy(
             update={"fields": form_guard.without_control_fields(raw.fields, self._forms)}
@@ -368,7 +358,7 @@ class IngestRoutes:
         self, request: web.Request, exc: BadRecordError, body: bytes, form_id: str | None
     ) -> web.Response:
         detail = f"POST {request.path}" + (f"?form_id={form_id}" if form_id else "")
-        dead_letter_id = await self._dead_letter(
+        dead_letter_id = await self.dead_letter(
             exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key")
         )
         status = STATUS_BY_REASON.get(exc.reason, 422)

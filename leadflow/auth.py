@@ -75,7 +75,7 @@ def new_key(name: str, scopes: Iterable[str]) -> tuple[str, ApiKeyEntry]:
         id=key_id,
         name=name,
         sha256=digest(key),
-        scopes=chosen,  # type: ignore[arg-type]
+        scopes=chosen,
         created_at=datetime.now(UTC).replace(microsecond=0),
     )
     return key, entry

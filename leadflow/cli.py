@@ -5,6 +5,7 @@ leadflow kafka start|stop|status|logs   the project's own Kafka broker
 leadflow worker                     the Faust worker (stream stages)
 leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API, notifier
 leadflow migrate                    apply ClickHouse migrations and exit
+leadflow keys create|list|revoke    API keys with scopes (shown once, stored hashed)
 leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
 leadflow explain LEAD_ID            why a lead was merged, scored and routed
 leadflow funnel --from D --to D      the funnel: --by source, --mode strict|any, --format csv
@@ -28,7 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from leadflow.errors import BadRecordError, FatalError, LeadflowError
-from leadflow.settings import Settings, load_settings
+from leadflow.settings import SCOPES, Settings, load_settings
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -114,6 +115,59 @@ def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> in
     return run_up(settings, console)
 
 
+def _key_header(settings: Settings) -> dict[str, str]:
+    """The CLI's credential: LEADFLOW_API_KEY, else the key `leadflow up` made here."""
+    from leadflow.auth import local_key
+
+    key = local_key(settings)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    """Create, list and revoke API keys in the keys file the server reads."""
+    from rich.table import Table
+
+    from leadflow import auth
+
+    path = auth.keys_file(settings)
+    if args.action == "create":
+        if not args.scope:
+            console.print(f"[red]give at least one --scope ({', '.join(SCOPES)})[/]")
+            return 2
+        if args.env:
+            key, entry = auth.new_key(args.name, args.scope)
+            print(auth.env_line([*settings.auth.keys, entry]))
+        else:
+            key, entry = auth.add_key(path, args.name, args.scope)
+            console.print(f"added key {entry.id} ({args.name}) to {path}", highlight=False)
+        console.print(
+            f"key (shown once, store it as a secret): [bold]{key}[/]\n"
+            f"scopes: {', '.join(entry.scopes)}; send it as Authorization: Bearer <key>",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 0
+    if args.action == "revoke":
+        if not args.id:
+            console.print("[red]give the key's id (leadflow keys list)[/]")
+            return 2
+        if not auth.revoke_key(path, args.id):
+            console.print(f"[red]no key {args.id} in {path}[/]", highlight=False)
+            return 1
+        console.print(f"revoked key {args.id}; servers stop taking it within a second")
+        return 0
+    table = Table(title=f"API keys ({path}; AUTH_KEYS adds {len(settings.auth.keys)})")
+    for column in ("id", "name", "scopes", "created", "from"):
+        table.add_column(column)
+    for entry, origin in [(e, "AUTH_KEYS") for e in settings.auth.keys] + [
+        (e, "keys file") for e in auth.read_keys_file(path)
+    ]:
+        created = entry.created_at.isoformat() if entry.created_at else ""
+        table.add_row(entry.id, entry.name, ", ".join(entry.scopes), created, origin)
+    console.print(table)
+    return 0
+
+
 def _ask_server(
     settings: Settings, args: argparse.Namespace, path: str, console: Console
 ) -> dict[str, Any] | None:
@@ -122,7 +176,7 @@ def _ask_server(
     from leadflow.stack import http_json
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
-    status, answer = http_json("GET", base + path)
+    status, answer = http_json("GET", base + path, headers=_key_header(settings))
     if status != 200:
         console.print(f"[red]{status}[/] {answer.get('message', answer)}")
         raise SystemExit(1)
@@ -172,9 +226,7 @@ def cmd_erase(settings: Settings, args: argparse.Namespace, console: Console) ->
     if not who:
         console.print("[red]give --email, --phone or --lead-id[/]")
         return 2
-    headers = {"Content-Type": "application/json"}
-    if settings.http.admin_key is not None:
-        headers["X-Admin-Key"] = settings.http.admin_key.get_secret_value()
+    headers = {"Content-Type": "application/json", **_key_header(settings)}
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     status, report = http_json(
         "POST", base + "/v1/privacy/erase", json.dumps(who).encode(), headers, timeout_s=600
@@ -348,6 +400,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=cmd_serve)
 
     verbs.add_parser("migrate", help="apply ClickHouse migrations").set_defaults(fn=cmd_migrate)
+
+    keys = verbs.add_parser(
+        "keys",
+        help="API keys: create (shown once), list, revoke",
+        description="Keys live hashed in the keys file (AUTH_KEYS_FILE, default keys.json in "
+        "the data dir) or in AUTH_KEYS. Scopes: " + ", ".join(SCOPES) + ".",
+    )
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("id", nargs="?", help="revoke: the key's id")
+    keys.add_argument("--name", default="unnamed", help="create: who uses the key")
+    keys.add_argument("--scope", action="append", choices=SCOPES, help="create: repeatable")
+    keys.add_argument(
+        "--env",
+        action="store_true",
+        help="create: print AUTH_KEYS=… (current AUTH_KEYS plus the new key) for an env file "
+        "instead of writing the keys file",
+    )
+    keys.set_defaults(fn=cmd_keys)
 
     leads = verbs.add_parser("leads", help="show leads from ClickHouse via a running server")
     leads.add_argument("--email")

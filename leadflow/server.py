@@ -31,7 +31,7 @@ from ingest_adapters.http_app import (
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
-from leadflow import __version__, openapi
+from leadflow import __version__, access, openapi
 from leadflow.erase import PrivacyRoutes
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
@@ -80,7 +80,10 @@ def build_app(
     clickhouse: ClickHouse | None,
     bootstrap: str | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.http.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=settings.http.max_body_bytes,
+        middlewares=[json_errors, access.access_control],
+    )
     app[METRICS_KEY] = metrics
     app[MAX_BODY_KEY] = settings.http.max_body_bytes
     app[TIMEOUT_KEY] = settings.http.request_timeout_s
@@ -99,12 +102,17 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi_page)
+    ingest = None
     if publisher is not None:
-        IngestRoutes(settings, publisher, metrics, bootstrap).add_to(app)
+        ingest = IngestRoutes(settings, publisher, metrics, bootstrap)
+        ingest.add_to(app)
     if clickhouse is not None and roles.query:
         QueryRoutes(clickhouse).add_to(app)
         if publisher is not None and bootstrap is not None:
             PrivacyRoutes(settings, bootstrap, clickhouse, publisher.producer).add_to(app)
+    access.install(app, settings, ingest.dead_letter if ingest is not None else None)
+    access.check_routes(app)
+    access.check_exposure(settings, app[access.ACCESS_KEY].keys)
     return app
 
 

@@ -279,7 +279,6 @@ class FormRules(_Rule):
     honeypot_field: str = "_hp"
     started_at_field: str = "_started_at"
     min_fill_seconds: float = Field(default=2.0, ge=0)
-    require_known_form: bool = False
     forms: dict[str, FormConfig] = Field(default_factory=dict)
 
 

@@ -19,6 +19,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from leadflow.broker.local import free_port
 from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
+from tests.keys import ADMIN_KEY, KEYS, bearer
+from tests.keys import env as keys_env
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Stack:
             "POST",
             f"{self.base_url}/v1/leads/web",
             body,
-            {"Content-Type": "application/json", **(headers or {})},
+            {"Content-Type": "application/json", **bearer(KEYS["ingest"]), **(headers or {})},
         )
 
     def post_raw(
@@ -71,13 +73,25 @@ class Stack:
             "POST",
             f"{self.base_url}/v1/leads/web",
             body,
-            {"Content-Type": content_type, **(headers or {})},
+            {"Content-Type": content_type, **bearer(KEYS["ingest"]), **(headers or {})},
+        )
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        key: str = ADMIN_KEY,
+        timeout_s: float = 10.0,
+    ) -> tuple[int, dict[str, Any]]:
+        """Any route of this stack's server, with `key` (the test admin key by default)."""
+        return http_json(
+            method, self.base_url + path, body, {**bearer(key), **(headers or {})}, timeout_s
         )
 
     def leads(self, **query: str) -> dict[str, Any]:
-        status, answer = http_json(
-            "GET", f"{self.base_url}/v1/leads?{urllib.parse.urlencode(query)}"
-        )
+        status, answer = self.http("GET", f"/v1/leads?{urllib.parse.urlencode(query)}")
         assert status == 200, answer
         return answer
 
@@ -108,7 +122,7 @@ def run_cli(*args: str) -> str:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", "LEADFLOW_API_KEY": ADMIN_KEY},
     )
     return result.stdout
 
@@ -123,6 +137,7 @@ def start_stack(
     port = free_port()
     env = {
         **os.environ,
+        **keys_env(),
         **(extra_env or {}),
         "KAFKA_BOOTSTRAP": bootstrap,
         "KAFKA_TOPIC_PREFIX": prefix,

@@ -18,7 +18,6 @@ import yaml
 
 from leadflow.kafka_clients import make_producer
 from leadflow.settings import KafkaSettings
-from leadflow.stack import http_json
 from schemas import CrmEvent, StageTransition, TransitionRow
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import (
@@ -257,7 +256,7 @@ async def play_three_leads(stack: Stack) -> None:
         await producer.stop()
 
     for _ in range(120):
-        _, piped = http_json("GET", f"{stack.base_url}/v1/pipeline")
+        _, piped = stack.http("GET", "/v1/pipeline")
         if any(r["stage"] == "proposal" for r in piped.get("rows", [])):
             break
         await asyncio.sleep(0.25)
@@ -269,16 +268,16 @@ async def test_funnel_and_pipeline_through_the_running_stack(dashboard_stack: St
     stack = dashboard_stack
     day = datetime.now(UTC).date()
     query = f"from={day}&to={day + timedelta(days=1)}"
-    _, piped = http_json("GET", f"{stack.base_url}/v1/pipeline")
+    _, piped = stack.http("GET", "/v1/pipeline")
     stages = {r["stage"]: r for r in piped["rows"]}
     assert stages["proposal"]["amount"] == 50_000.0
     assert stages["proposal"]["weighted_amount"] == 25_000.0
-    status, funnel = http_json("GET", f"{stack.base_url}/v1/funnel?{query}")
+    status, funnel = stack.http("GET", f"/v1/funnel?{query}")
     assert status == 200
     reached = {r["stage"]: r["leads"] for r in funnel["rows"]}
     assert reached["new"] == 3
     assert reached["proposal"] == 1
-    bad, answer = http_json("GET", f"{stack.base_url}/v1/funnel?from=yesterday&to=x")
+    bad, answer = stack.http("GET", "/v1/funnel?from=yesterday&to=x")
     assert bad == 400
     assert "ISO" in answer["message"]
 
@@ -350,14 +349,14 @@ def test_dashboard_renders_what_the_api_returns(dashboard_stack: Stack) -> None:
     query = f"from={day}&to={day + timedelta(days=1)}"
     dom = render(f"{dashboard_stack.base_url}/dashboard?{query}")
     assert 'data-loaded="yes"' in dom
-    _, funnel = http_json("GET", f"{dashboard_stack.base_url}/v1/funnel?{query}")
+    _, funnel = dashboard_stack.http("GET", f"/v1/funnel?{query}")
     for row in funnel["rows"]:
         assert re.search(
             rf'<tr data-stage="{row["stage"]}"><td class="stage">{row["stage"]}'
             rf'</td><td class="leads">{row["leads"]}</td>',
             dom,
         ), row
-    _, pipeline = http_json("GET", f"{dashboard_stack.base_url}/v1/pipeline")
+    _, pipeline = dashboard_stack.http("GET", "/v1/pipeline")
     for row in pipeline["rows"]:
         assert f'<td class="weighted">{row["weighted_amount"]:,.0f}</td>' in dom, row
     filtered = render(f"{dashboard_stack.base_url}/dashboard?{query}&owner=nobody")

@@ -13,19 +13,26 @@ from ingest_adapters.publisher import Publisher
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
 from leadflow.server import Roles, build_app
-from leadflow.settings import CallsSettings, HttpSettings, KafkaSettings, Settings
+from leadflow.settings import AuthSettings, CallsSettings, HttpSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter
 from tests.integration.processes import read_topic
+from tests.keys import ADMIN_KEY, ENTRIES, KEYS, bearer
 
 
-async def client_for(settings: Settings, bootstrap: str) -> AsyncIterator[TestClient]:
+async def client_for(
+    settings: Settings, bootstrap: str, key: str | None = ADMIN_KEY
+) -> AsyncIterator[TestClient]:
+    """The app on a test server that accepts the test keys; every request sends `key`
+    (the admin key by default; None sends none)."""
+    if not settings.auth.keys:
+        settings = settings.model_copy(update={"auth": AuthSettings(keys=ENTRIES)})
     producer = make_producer(settings.kafka, bootstrap, request_timeout_ms=1500)
     await producer.start()
     metrics = Metrics()
     publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)
     app = build_app(settings, metrics, Roles.parse(["adapters"]), publisher, None, bootstrap)
-    client = TestClient(TestServer(app))
+    client = TestClient(TestServer(app), headers=bearer(key) if key else None)
     await client.start_server()
     try:
         yield client
@@ -180,9 +187,7 @@ async def test_call_center_endpoints(kafka_bootstrap: str, topic_prefix: str) ->
     url = "https://leads.example.com/v1/calls/twilio"
     settings = Settings(
         kafka=KafkaSettings(topic_prefix=topic_prefix),
-        calls=CallsSettings(
-            twilio_auth_token=SecretStr("tok"), twilio_public_url=url, api_key=SecretStr("k-1")
-        ),
+        calls=CallsSettings(twilio_auth_token=SecretStr("tok"), twilio_public_url=url),
     )
     await ensure_topics(settings.kafka, kafka_bootstrap)
     topics = Topics(topic_prefix)
@@ -197,7 +202,7 @@ async def test_call_center_endpoints(kafka_bootstrap: str, topic_prefix: str) ->
         "Timestamp": "Mon, 02 Mar 2026 01:01:20 +0000",
     }
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    async for client in client_for(settings, kafka_bootstrap):
+    async for client in client_for(settings, kafka_bootstrap, key=None):
         signature = twilio_signature("tok", url, params)
         ok = await client.post(
             "/v1/calls/twilio",
@@ -221,7 +226,7 @@ async def test_call_center_endpoints(kafka_bootstrap: str, topic_prefix: str) ->
         ami = await client.post(
             "/v1/calls/asterisk",
             data=cdr,
-            headers={"X-Api-Key": "k-1", "Content-Type": "text/plain"},
+            headers={"X-Api-Key": KEYS["calls"], "Content-Type": "text/plain"},
         )
         assert ami.status == 202
 

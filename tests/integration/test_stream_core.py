@@ -24,7 +24,6 @@ import yaml
 from leadflow.kafka_clients import make_producer
 from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
-from leadflow.stack import http_json
 from schemas import CallEvent, CrmEvent, DeadLetter, EngagementEvent
 from streams.rules import Rules, load_rules
 from tests.integration.processes import Stack, read_topic, start_stack
@@ -112,7 +111,7 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
 
     # `explain` says why: the merge rules, the score's rules, the routing decision.
     merged = max(leads, key=lambda lead: len(lead["merged_from"]))
-    status, why = http_json("GET", f"{two_workers.base_url}/v1/leads/{merged['lead_id']}/explain")
+    status, why = two_workers.http("GET", f"/v1/leads/{merged['lead_id']}/explain")
     assert status == 200
     assert {m["merged_id"] for m in why["merges"]} <= set(merged["merged_from"])
     assert why["merges"]
@@ -123,8 +122,8 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
     assert why["routing"]["owner"] == merged["owner"]
     assert len(why["touches"]) == len(merged["touch_event_ids"])
     # Asking by a merged-away id answers with the survivor.
-    status, via_loser = http_json(
-        "GET", f"{two_workers.base_url}/v1/leads/{why['merges'][0]['merged_id']}/explain"
+    status, via_loser = two_workers.http(
+        "GET", f"/v1/leads/{why['merges'][0]['merged_id']}/explain"
     )
     assert status == 200
     assert via_loser["lead"]["lead_id"] == merged["lead_id"]
@@ -217,7 +216,7 @@ async def test_engagement_and_calls_rescore_the_lead(stack: Stack) -> None:
     assert lead["touch_count"] == 2
     assert lead["score"] > before["score"]
     assert lead["mql_at"]
-    status, why = http_json("GET", f"{stack.base_url}/v1/leads/{lead['lead_id']}/explain")
+    status, why = stack.http("GET", f"/v1/leads/{lead['lead_id']}/explain")
     assert {"webinar_attended", "demo_requested", "call_connected"} <= set(why["score"]["rules"])
 
     [letter] = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 1)

@@ -1,0 +1,286 @@
+"""Who may call which route: every route's access decision, in this one table.
+
+The server refuses to start when a route has no entry here, and a test walks
+every route of `/openapi.json` with no key, a wrong key and each scope, so a
+route cannot be added without deciding who may call it.
+
+Kinds of decision:
+- `public`: anyone (health, the API description, CORS preflights, the
+  dashboard page itself, which holds no data and asks for a key).
+- `scope`: an API key (`Authorization: Bearer …` or `X-Api-Key`) with that
+  scope, or `admin`.
+- `form`: a public web form's token from one of its origins (checked by the
+  handler against config/forms.yaml), or a key with `ingest`.
+- `signed`: a provider's webhook, verified by its signature in the handler.
+
+The client address is never a credential. It is used only to give each
+visitor of a public form a rate-limit bucket of their own, taken from
+`X-Forwarded-For` only when the direct peer is a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from ingest_adapters.answers import error_body
+from ingest_adapters.form_guard import RateLimiter
+from leadflow import stages
+from leadflow.auth import KeyRing, Principal, presented_key
+from leadflow.errors import BadRecordError, ConfigurationError
+from leadflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["public", "scope", "form", "signed"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: Kind
+    scope: str | None = None
+    stage: str | None = None  # where a refused write is dead-lettered
+
+    def describe(self) -> str:
+        if self.kind == "scope":
+            return f"scope {self.scope}"
+        if self.kind == "form":
+            return "form token + origin, or scope ingest"
+        return self.kind
+
+
+PUBLIC = Rule("public")
+
+ACCESS: dict[tuple[str, str], Rule] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/dashboard"): PUBLIC,
+    ("GET", "/metrics"): Rule("scope", "read:analytics"),
+    ("POST", "/v1/leads/web"): Rule("form", "ingest", stages.WEB_FORM),
+    ("OPTIONS", "/v1/leads/web"): PUBLIC,
+    ("POST", "/v1/events/crm"): Rule("scope", "crm", stages.EVENTS),
+    ("POST", "/v1/events/engagement"): Rule("scope", "ingest", stages.EVENTS),
+    ("POST", "/v1/calls/events"): Rule("scope", "calls", stages.CALL_CENTER),
+    ("POST", "/v1/calls/asterisk"): Rule("scope", "calls", stages.CALL_CENTER),
+    ("POST", "/v1/calls/twilio"): Rule("signed", stage=stages.CALL_CENTER),
+    ("POST", "/v1/uploads/tradeshow"): Rule("scope", "upload", stages.TRADESHOW_UPLOAD),
+    ("GET", "/v1/social/meta"): Rule("signed"),
+    ("POST", "/v1/social/meta"): Rule("signed", stage=stages.SOCIAL_ADS),
+    ("GET", "/v1/social/linkedin"): Rule("signed"),
+    ("POST", "/v1/social/linkedin"): Rule("signed", stage=stages.SOCIAL_ADS),
+    ("GET", "/v1/leads"): Rule("scope", "read:pii"),
+    ("GET", "/v1/leads/{lead_id}/explain"): Rule("scope", "read:pii"),
+    ("GET", "/v1/dead-letters"): Rule("scope", "read:pii"),
+    ("GET", "/v1/audit"): Rule("scope", "admin"),
+    ("GET", "/v1/funnel"): Rule("scope", "read:analytics"),
+    ("GET", "/v1/pipeline"): Rule("scope", "read:analytics"),
+    ("GET", "/v1/pipeline/stagnant"): Rule("scope", "read:analytics"),
+    ("POST", "/v1/privacy/erase"): Rule("scope", "admin"),
+}
+
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+CLIENT_KEY = web.RequestKey("client", str)
+
+# (error, body, stage, detail, key) -> dead letter id; what the ingest routes use.
+DeadLetterSink = Callable[[BadRecordError, bytes, str, str, str | None], Awaitable[str]]
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    return ACCESS.get(("GET" if method == "HEAD" else method, path))
+
+
+def check_routes(app: web.Application) -> None:
+    """Refuse to start when a route has no access decision."""
+    missing = sorted(
+        f"{route.method} {route.resource.canonical}"
+        for route in app.router.routes()
+        if route.resource is not None
+        and route.method != "HEAD"
+        and rule_for(route.method, route.resource.canonical) is None
+    )
+    if missing:
+        raise ConfigurationError(
+            "routes without an access decision in leadflow/access.py: " + ", ".join(missing)
+        )
+
+
+class TrustedProxies:
+    """The reverse proxies whose `X-Forwarded-For` we believe, and the client it names."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        try:
+            self._networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs]
+        except ValueError as exc:
+            raise ConfigurationError(f"HTTP_TRUSTED_PROXIES: {exc}") from exc
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._networks)
+
+    def client(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The client's address: the peer, unless a trusted proxy forwarded the request, in
+        which case the right-most address in X-Forwarded-For that is not a trusted proxy."""
+        address = peer or "unknown"
+        if not forwarded_for or not self._trusted(address):
+            return address
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            address = hop
+            if not self._trusted(hop):
+                break
+        return address
+
+
+class AccessControl:
+    """The middleware's state: keys, proxies, and the write buckets."""
+
+    def __init__(self, settings: Settings, dead_letter: DeadLetterSink | None) -> None:
+        self.keys = KeyRing(settings)
+        self.proxies = TrustedProxies(settings.http.trusted_proxies)
+        self._writes = RateLimiter(settings.http.write_rate_per_s, settings.http.write_rate_burst)
+        self.visitors = RateLimiter(settings.web.rate_per_s, settings.web.rate_burst)
+        # Refusals cost a dead letter each: a client that keeps failing is slowed down.
+        self._refusals = RateLimiter(5.0, 50)
+        self._dead_letter = dead_letter
+        self._warned_at = 0.0
+
+    def _warn(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 1.0:  # a flood of bad keys must not fill the log
+            self._warned_at = now
+            log.warning(message, *args)
+
+    async def refuse(
+        self, request: web.Request, rule: Rule, status: int, reason: str, message: str
+    ) -> web.Response:
+        client = request[CLIENT_KEY]
+        wait = self._refusals.wait_for(f"refused:{client}", time.monotonic())
+        if wait > 0:
+            return too_many(wait, "too many refused requests from this client; retry later")
+        self._warn("%s %s from %s refused: %s", request.method, request.path, client, reason)
+        extra: dict[str, Any] = {}
+        if rule.stage is not None and self._dead_letter is not None and request.method == "POST":
+            body = await request.read()
+            extra["dead_letter_id"] = await self._dead_letter(
+                BadRecordError(reason, message),
+                body,
+                rule.stage,
+                f"{request.method} {request.path}",
+                request.headers.get("Idempotency-Key"),
+            )
+        return error_body(status, reason, message, **extra)
+
+    def write_wait(self, bucket: str) -> float:
+        return self._writes.wait_for(bucket, time.monotonic())
+
+
+ACCESS_KEY = web.AppKey("access", AccessControl)
+
+
+def too_many(wait: float, message: str) -> web.Response:
+    response = error_body(429, "rate_limited", message)
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    return request.get(PRINCIPAL_KEY)
+
+
+@web.middleware
+async def access_control(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Decide who may call this route before its handler runs."""
+    control = request.app[ACCESS_KEY]
+    request[CLIENT_KEY] = control.proxies.client(
+        request.remote, request.headers.get("X-Forwarded-For")
+    )
+    resource = request.match_info.route.resource
+    if resource is None:  # 404 / 405: the router's own answer
+        response: web.StreamResponse = await handler(request)
+        return response
+    rule = rule_for(request.method, resource.canonical)
+    if rule is None:  # check_routes makes this unreachable; refuse rather than guess
+        return error_body(403, "forbidden", "this route has no access decision")
+    if rule.kind == "public":
+        response = await handler(request)
+        return response
+    key = presented_key(request.headers)
+    if rule.kind == "scope" or key is not None:
+        required = rule.scope or "admin"
+        if key is None:
+            hint = (
+                ""
+                if len(control.keys)
+                else " (this server has no keys yet: create one with "
+                f"`leadflow keys create --scope {required}`)"
+            )
+            return await control.refuse(
+                request,
+                rule,
+                401,
+                "unauthorized",
+                f"send an API key with scope {required} as Authorization: Bearer <key>{hint}",
+            )
+        principal = control.keys.principal(key)
+        if principal is None:
+            return await control.refuse(
+                request, rule, 401, "unauthorized", "this API key is unknown or was revoked"
+            )
+        if rule.kind == "signed":
+            # A key does not stand in for a provider's signature; the handler still checks it.
+            request[PRINCIPAL_KEY] = principal
+        elif not principal.may(required):
+            return await control.refuse(
+                request,
+                rule,
+                403,
+                "forbidden",
+                f"key {principal.name!r} lacks scope {required}",
+            )
+        request[PRINCIPAL_KEY] = principal
+        bucket = f"key:{principal.key_id}"
+    elif rule.kind == "form":
+        bucket = ""  # the handler limits each visitor of a public form
+    else:  # signed webhooks: one bucket per route and client
+        bucket = f"{resource.canonical}|{request[CLIENT_KEY]}"
+    if bucket and request.method == "POST":
+        wait = control.write_wait(bucket)
+        if wait > 0:
+            return too_many(wait, "too many writes with this credential; retry later")
+    response = await handler(request)
+    return response
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, keys: KeyRing) -> None:
+    """Refuse to serve beyond this machine without any API key configured."""
+    if len(keys) == 0 and not is_loopback(settings.http.host):
+        raise ConfigurationError(
+            f"refusing to listen on {settings.http.host} with no API keys configured: anyone "
+            "who reaches it could write and read leads. Create a key first, e.g.\n"
+            "  leadflow keys create --name website --scope ingest\n"
+            "  leadflow keys create --name bi --scope read:analytics --env   "
+            "# prints AUTH_KEYS=… for an env file\n"
+            "or listen on 127.0.0.1 (HTTP_HOST)."
+        )
+
+
+def install(app: web.Application, settings: Settings, dead_letter: DeadLetterSink | None) -> None:
+    app[ACCESS_KEY] = AccessControl(settings, dead_letter)
