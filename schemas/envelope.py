@@ -7,10 +7,11 @@ who sent what, when, and under which idempotency key.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.limits import EventTime
 
 Channel = Literal["web", "social", "tradeshow", "call", "api"]
 
@@ -21,7 +22,10 @@ class RawLead(BaseModel):
     event_id: str = Field(description="Stable id of this submission; the Kafka key of leads.raw.")
     channel: Channel
     source_system: str = Field(description="Adapter that received it, e.g. web_form.")
-    received_at: datetime = Field(description="When the adapter received it (UTC).")
+    received_at: EventTime = Field(
+        description="When the adapter received it (UTC); the lead's first touch time, so it "
+        "lies in [LIMITS_EARLIEST_TIME, now + LIMITS_FUTURE_SKEW_S]."
+    )
     idempotency_key: str | None = Field(
         default=None, description="Sender's key; a retry with the same key is the same event."
     )
