@@ -16,6 +16,13 @@ Three formats, pure parsing, no I/O:
 The key on `events.calls` is the caller's E.164 number (the lead's side of
 the call). Event ids come from the provider's call id and callback, so a
 redelivered callback is the same event and changes nothing downstream.
+
+Every refusal is a BadRecordError naming the sender's own field: times
+outside [LIMITS_EARLIEST_TIME, now + LIMITS_FUTURE_SKEW_S], durations that
+are not whole seconds within 0 and LIMITS_MAX_CALL_DURATION_S (a 30-digit
+`CallDuration` included), JSON that is not strict (`strict_json`), and every
+other rule of `CallEvent` (`invalid_fields`, so 422). Nothing here may raise
+anything else, so no body can make the endpoint answer 500.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -31,9 +37,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
+from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from schemas import CallEvent
+from schemas.limits import active, check_duration, check_event_time
 from streams.normalize import normalize_phone
 
 STAGE = stages.CALL_CENTER
@@ -57,6 +67,70 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> st
     payload = url + "".join(f"{name}{params[name]}" for name in sorted(params))
     digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
+
+
+# Seconds and sequence numbers are short: more digits than this are refused before int().
+_MAX_DIGITS = 18
+
+
+def _invalid(field: str, problem: str) -> BadRecordError:
+    return BadRecordError("invalid_fields", f"{field}: {problem}", {field: problem})
+
+
+def _out_of_domain(field: str, exc: ValueError) -> BadRecordError:
+    """A limits rule's refusal, whose text already names the field, the value and the rule."""
+    return BadRecordError("invalid_fields", str(exc), {field: str(exc)})
+
+
+def _whole_number(text: str, field: str) -> int:
+    """`text` as a non-negative whole number of at most _MAX_DIGITS digits."""
+    if not (text.isascii() and text.isdigit()):
+        raise _invalid(field, f"{text[:40]!r} is not a whole number (digits only)")
+    digits = len(text.lstrip("0"))
+    if digits > _MAX_DIGITS:
+        raise _invalid(field, f"{text[:12]}… has {digits} digits; at most {_MAX_DIGITS}")
+    return int(text)
+
+
+def _seconds(text: str | None, field: str) -> int:
+    """Whole seconds within 0 and LIMITS_MAX_CALL_DURATION_S; absent or empty is 0."""
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit()):
+        raise _invalid(field, f"{text[:40]!r} is not whole seconds (digits only)")
+    digits = len(text.lstrip("0"))
+    if digits > _MAX_DIGITS:  # far beyond any limit; int() of it could itself be refused
+        problem = (
+            f"{field} {text.lstrip('0')[:12]}… ({digits} digits) is longer than "
+            f"{active().max_call_duration_s} s (LIMITS_MAX_CALL_DURATION_S)"
+        )
+        raise BadRecordError("invalid_fields", problem, {field: problem})
+    try:
+        return check_duration(field, int(text))
+    except ValueError as exc:
+        raise _out_of_domain(field, exc) from exc
+
+
+def _in_window(moment: datetime, field: str) -> datetime:
+    """`moment` if inside the time window; a BadRecordError naming `field` if not."""
+    try:
+        return check_event_time(field, moment)
+    except ValueError as exc:
+        raise _out_of_domain(field, exc) from exc
+
+
+def _call_event(sent_as: Mapping[str, str], **values: Any) -> CallEvent:
+    """The CallEvent of `values`; each problem named by the sender's field (`sent_as`)."""
+    try:
+        return CallEvent(**values)
+    except ValidationError as exc:
+        fields: dict[str, str] = {}
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "body"
+            fields.setdefault(sent_as.get(name, name), error["msg"])
+        raise BadRecordError(
+            "invalid_fields", "; ".join(f"{k}: {v}" for k, v in fields.items()), fields
+        ) from exc
 
 
 def _e164(number: str, region: str, field: str) -> str:
@@ -89,23 +163,28 @@ def parse_twilio(
             {"CallStatus": "not a Twilio call status"},
         )
     inbound = params.get("Direction", "inbound") == "inbound"
-    caller = _e164(params["From"] if inbound else params["To"], region, "From" if inbound else "To")
-    try:
-        at = (
-            parsedate_to_datetime(params["Timestamp"])
-            if params.get("Timestamp")
-            else datetime.now(UTC)
-        )
-        duration = int(params.get("CallDuration") or 0)
-    except (TypeError, ValueError) as exc:
-        raise BadRecordError(
-            "invalid_fields",
-            f"Timestamp or CallDuration: {exc}",
-            {"Timestamp": "RFC 2822 date", "CallDuration": "whole seconds"},
-        ) from exc
-    started = at - timedelta(seconds=duration) if status == "completed" else at
+    party = "From" if inbound else "To"
+    caller = _e164(params[party], region, party)
+    duration = _seconds(params.get("CallDuration"), "CallDuration")
     sequence = params.get("SequenceNumber") or params["CallStatus"]
-    return CallEvent(
+    if params.get("SequenceNumber"):
+        _whole_number(params["SequenceNumber"], "SequenceNumber")
+    at = _in_window(_rfc2822(params.get("Timestamp")), "Timestamp")
+    try:
+        started = at - timedelta(seconds=duration) if status == "completed" else at
+    except OverflowError as exc:
+        raise _invalid("Timestamp", "is too close to the start of the calendar") from exc
+    sent_as = {
+        "event_id": "CallSid",
+        "call_id": "CallSid",
+        "caller": party,
+        "started_at": "Timestamp",
+        "ended_at": "Timestamp",
+        "duration_s": "CallDuration",
+        "notes": "RecordingUrl",
+    }
+    return _call_event(
+        sent_as,
         event_id=f"twilio:{params['CallSid']}:{sequence}",
         call_id=params["CallSid"],
         direction="inbound" if inbound else "outbound",
@@ -121,13 +200,19 @@ def parse_twilio(
     )
 
 
-def parse_generic(body: bytes, region: str) -> CallEvent:
+def _rfc2822(text: str | None) -> datetime:
+    """Twilio's `Timestamp` (RFC 2822; `-0000` is UTC); now when absent."""
+    if not text:
+        return datetime.now(UTC)
     try:
-        data: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRecordError("invalid_json", f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRecordError("invalid_json", "body must be a JSON object")
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _invalid("Timestamp", f"{text[:60]!r} is not an RFC 2822 date") from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_generic(body: bytes, region: str) -> CallEvent:
+    data = load_object(body)
     missing = [
         f
         for f in ("call_id", "from", "to", "direction", "status", "started_at")
@@ -139,25 +224,21 @@ def parse_generic(body: bytes, region: str) -> CallEvent:
         )
     inbound = data["direction"] == "inbound"
     field = "from" if inbound else "to"
-    try:
-        return CallEvent(
-            event_id=f"call:{data['call_id']}:{data['status']}",
-            call_id=str(data["call_id"]),
-            direction=data["direction"],
-            caller=_e164(str(data[field]), region, field),
-            status=data["status"],
-            started_at=data["started_at"],
-            ended_at=data.get("ended_at"),
-            duration_s=data.get("duration_s") or 0,
-            agent_id=data.get("agent_id"),
-            outcome=data.get("outcome"),
-            notes=data.get("notes"),
-            source_system="call_center",
-        )
-    except ValueError as exc:  # pydantic's ValidationError names each field
-        raise BadRecordError(
-            "invalid_fields", str(exc).splitlines()[0], {"body": str(exc)}
-        ) from exc
+    return _call_event(
+        {"caller": field, "event_id": "call_id"},
+        event_id=f"call:{data['call_id']}:{data['status']}",
+        call_id=str(data["call_id"]),
+        direction=data["direction"],
+        caller=_e164(str(data[field]), region, field),
+        status=data["status"],
+        started_at=data["started_at"],
+        ended_at=data.get("ended_at"),
+        duration_s=data.get("duration_s") or 0,
+        agent_id=data.get("agent_id"),
+        outcome=data.get("outcome"),
+        notes=data.get("notes"),
+        source_system="call_center",
+    )
 
 
 def parse_ami_cdr(body: bytes, region: str, zone: str) -> CallEvent:
@@ -193,26 +274,37 @@ def parse_ami_cdr(body: bytes, region: str, zone: str) -> CallEvent:
     outbound = fields["Source"].isdigit() and len(fields["Source"]) <= 5
     field = "Destination" if outbound else "Source"
     local = ZoneInfo(zone)
-    try:
-        started = datetime.fromisoformat(fields["StartTime"]).replace(tzinfo=local)
-        ended = (
-            datetime.fromisoformat(fields["EndTime"]).replace(tzinfo=local)
-            if fields.get("EndTime")
-            else None
-        )
-        billable = int(fields.get("BillableSeconds") or 0)
-    except ValueError as exc:
-        raise BadRecordError(
-            "invalid_fields", f"times or seconds: {exc}", {"StartTime": "YYYY-MM-DD HH:MM:SS"}
-        ) from exc
-    return CallEvent(
+    started = _ami_time(fields["StartTime"], local, "StartTime")
+    ended = _ami_time(fields["EndTime"], local, "EndTime") if fields.get("EndTime") else None
+    billable = _seconds(fields.get("BillableSeconds"), "BillableSeconds")
+    sent_as = {
+        "event_id": "UniqueID",
+        "call_id": "UniqueID",
+        "caller": field,
+        "started_at": "StartTime",
+        "ended_at": "EndTime",
+        "duration_s": "BillableSeconds",
+    }
+    return _call_event(
+        sent_as,
         event_id=f"ami:{fields['UniqueID']}",
         call_id=fields["UniqueID"],
         direction="outbound" if outbound else "inbound",
         caller=_e164(fields[field], region, field),
         status=status,
-        started_at=started.astimezone(UTC),
-        ended_at=ended.astimezone(UTC) if ended else None,
+        started_at=started,
+        ended_at=ended,
         duration_s=billable,
         source_system="asterisk",
     )
+
+
+def _ami_time(text: str, local: ZoneInfo, field: str) -> datetime:
+    """An AMI time (the PBX's local time in `local`) in UTC, inside the time window."""
+    try:
+        moment = datetime.fromisoformat(text).replace(tzinfo=local).astimezone(UTC)
+    except ValueError as exc:
+        raise _invalid(field, f"{text[:40]!r} is not YYYY-MM-DD HH:MM:SS") from exc
+    except OverflowError as exc:  # year 1 or 9999 moved across the date line
+        raise _invalid(field, f"{text[:40]!r} is out of the calendar's range") from exc
+    return _in_window(moment, field)
