@@ -231,10 +231,10 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
                 await _start_social_fetcher(settings, bootstrap, topics, producer, metrics)
             )
         app = build_app(settings, metrics, roles, publisher, clickhouse, bootstrap)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.http.host, settings.http.port)
-        await site.start()
+        # Head deadline, keep-alive timeout, connection caps, rate-limited noisy logs.
+        from leadflow.connections import start_site
+
+        runner, _site = await start_site(app, settings, metrics)
         print(
             f"{READY_PREFIX} http://{settings.http.host}:{settings.http.port} "
             f"(roles: {', '.join(roles.names())})",
