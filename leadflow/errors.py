@@ -43,3 +43,27 @@ class BadRecordError(LeadflowError):
         self.reason = reason
         self.message = message
         self.fields: dict[str, str] = dict(fields or {})
+
+
+class TooLargeError(BadRecordError):
+    """A message Kafka can never accept: larger, once encoded, than a write may be.
+
+    Raised by the publisher before sending (and for Kafka's own
+    MessageSizeTooLargeError), never retriable: the same bytes are as large on
+    every try, so answering "retry" would loop forever. Dead-letter the input
+    (its dead letter keeps a truncated original, see leadflow.dead_letters)
+    and answer 413. `size` is the encoded record's size, `limit` the most a
+    record may be (both in bytes; `size` is None when only Kafka measured it).
+    """
+
+    def __init__(
+        self, message: str, *, size: int | None, limit: int, reason: str = "too_large"
+    ) -> None:
+        problem = (
+            f"{size} bytes once encoded; at most {limit}"
+            if size is not None
+            else f"larger once encoded than Kafka accepts ({limit} bytes here)"
+        )
+        super().__init__(reason, message, {"body": problem})
+        self.size = size
+        self.limit = limit

@@ -1,4 +1,9 @@
-"""`DeadLetter`: what a stage emits for input it cannot take. Nothing is dropped silently."""
+"""`DeadLetter`: what a stage emits for input it cannot take. Nothing is dropped silently.
+
+A dead letter must itself fit in Kafka, so an original too large to keep
+whole is kept truncated (`original_truncated`), with the size and SHA-256
+digest of the whole: enough to match it with the sender's copy.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,23 @@ class DeadLetter(BaseModel):
     error_class: str
     message: str
     problems: list[FieldProblem] = Field(default_factory=list)
-    original_b64: str = Field(description="The original bytes, base64, exactly as received.")
+    original_b64: str = Field(
+        description="The original bytes, base64, exactly as received; only their first "
+        "bytes when original_truncated."
+    )
+    original_truncated: bool = Field(
+        default=False,
+        description="True when the original was too large to keep whole: original_b64 "
+        "holds its first bytes, original_bytes and original_sha256 describe all of it.",
+    )
+    original_bytes: int | None = Field(
+        default=None, ge=0, description="Size of the whole original in bytes."
+    )
+    original_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the whole original, lower-case hex.",
+    )
     original_key: str | None = None
     source_topic: str | None = None
     source_partition: int | None = None
@@ -47,6 +68,7 @@ class DeadLetter(BaseModel):
 
     @property
     def original(self) -> bytes:
+        """The kept bytes: the whole original unless `original_truncated`."""
         return base64.b64decode(self.original_b64)
 
     @staticmethod

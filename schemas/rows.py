@@ -220,7 +220,7 @@ class DeadLetterRow(_Row):
             reason=letter.reason,
             error_class=letter.error_class,
             message=letter.message,
-            problems={p.field: p.problem for p in letter.problems},
+            problems={p.field: p.problem for p in letter.problems} | _truncation(letter),
             original_b64=letter.original_b64,
             original_key=letter.original_key or "",
             source_topic=letter.source_topic or "",
@@ -229,3 +229,17 @@ class DeadLetterRow(_Row):
             source_detail=letter.source_detail or "",
             failed_at=letter.failed_at,
         )
+
+
+TRUNCATED_PROBLEM = "(original)"
+
+
+def _truncation(letter: DeadLetter) -> dict[str, str]:
+    """The truncation of the original, as a problem, until the table has columns for it."""
+    if not letter.original_truncated:
+        return {}
+    kept = len(letter.original)
+    return {
+        TRUNCATED_PROBLEM: f"truncated: first {kept} of {letter.original_bytes} bytes kept; "
+        f"sha256 {letter.original_sha256}"
+    }
