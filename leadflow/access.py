@@ -149,7 +149,9 @@ class AccessControl:
         self._writes = RateLimiter(settings.http.write_rate_per_s, settings.http.write_rate_burst)
         self.visitors = RateLimiter(settings.web.rate_per_s, settings.web.rate_burst)
         # Refusals cost a dead letter each: a client that keeps failing is slowed down.
-        self._refusals = RateLimiter(5.0, 50)
+        self._refusals = RateLimiter(
+            settings.http.write_rate_per_s / 10, max(1, settings.http.write_rate_burst // 10)
+        )
         self._dead_letter = dead_letter
         self._warned_at = 0.0
 
@@ -213,8 +215,10 @@ async def access_control(request: web.Request, handler: Any) -> web.StreamRespon
     if rule.kind == "public":
         response = await handler(request)
         return response
-    key = presented_key(request.headers)
-    if rule.kind == "scope" or key is not None:
+    key = None if rule.kind == "signed" else presented_key(request.headers)
+    if rule.kind == "signed":  # a key does not stand in for a provider's signature
+        bucket = f"{resource.canonical}|{request[CLIENT_KEY]}"
+    elif rule.kind == "scope" or key is not None:
         required = rule.scope or "admin"
         if key is None:
             hint = (
@@ -235,10 +239,7 @@ async def access_control(request: web.Request, handler: Any) -> web.StreamRespon
             return await control.refuse(
                 request, rule, 401, "unauthorized", "this API key is unknown or was revoked"
             )
-        if rule.kind == "signed":
-            # A key does not stand in for a provider's signature; the handler still checks it.
-            request[PRINCIPAL_KEY] = principal
-        elif not principal.may(required):
+        if not principal.may(required):
             return await control.refuse(
                 request,
                 rule,
@@ -248,10 +249,8 @@ async def access_control(request: web.Request, handler: Any) -> web.StreamRespon
             )
         request[PRINCIPAL_KEY] = principal
         bucket = f"key:{principal.key_id}"
-    elif rule.kind == "form":
-        bucket = ""  # the handler limits each visitor of a public form
-    else:  # signed webhooks: one bucket per route and client
-        bucket = f"{resource.canonical}|{request[CLIENT_KEY]}"
+    else:  # a public form: the handler limits each visitor
+        bucket = ""
     if bucket and request.method == "POST":
         wait = control.write_wait(bucket)
         if wait > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from leadflow import access
 from schemas import CrmEvent, EngagementEvent
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -45,6 +46,27 @@ def _accepted() -> dict[str, Any]:
             "required": ["status", "event_id"],
         },
     )
+
+
+def _with_access(paths: dict[str, Any]) -> None:
+    """Each operation's access decision, from the one table the server enforces."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            rule = access.rule_for(method.upper(), path)
+            if rule is None:
+                continue  # the server refuses to start; the matrix test names the route
+            operation["x-access"] = rule.describe()
+            responses = operation.setdefault("responses", {})
+            if rule.kind in ("scope", "form"):
+                operation["security"] = [{"bearer": []}, {"apiKeyHeader": []}]
+                if rule.kind == "form":
+                    operation["security"].append({})  # a public form's token + origin instead
+                responses.setdefault("401", _answer("No API key, or an unknown one.", _ERROR))
+                responses.setdefault("403", _answer("The key lacks the scope.", _ERROR))
+            else:
+                operation["security"] = []
+            if method == "post":
+                responses.setdefault("429", _answer("Rate limit; see Retry-After.", _ERROR))
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -341,11 +363,20 @@ def document(version: str) -> dict[str, Any]:
             }
         },
     }
+    _with_access(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "leadflow", "version": version},
         "paths": paths,
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from `leadflow keys create` (lf_…).",
+                },
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -357,6 +388,6 @@ def document(version: str) -> dict[str, Any]:
                         "dead_letter_id": {"type": "string"},
                     },
                 }
-            }
+            },
         },
     }

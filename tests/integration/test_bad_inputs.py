@@ -33,6 +33,7 @@ from leadflow.topics import Topics
 from schemas import DeadLetter
 from tests.integration.processes import read_topic
 from tests.integration.test_http_app import client_for
+from tests.keys import KEYS, bearer
 
 CASES: list[dict[str, Any]] = json.loads(
     (Path(__file__).parents[1] / "data" / "bad_inputs" / "http_cases.json").read_text()
@@ -56,7 +57,7 @@ async def app_client(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[T
         ),
     )
     await ensure_topics(settings.kafka, kafka_bootstrap)
-    async for made in client_for(settings, kafka_bootstrap):
+    async for made in client_for(settings, kafka_bootstrap, key=None):
         yield made
 
 
@@ -72,7 +73,10 @@ async def test_every_bad_input_gets_a_clear_4xx_and_a_dead_letter(
     wrong: list[str] = []
     for case in CASES:
         body = base64.b64decode(case["body_b64"])
-        headers = {"Content-Type": case["content_type"], **case["headers"]}
+        # A case names the scope of the key it is sent with; null sends none.
+        scope = case.get("key", "admin")
+        credential = bearer(KEYS[scope]) if scope else {}
+        headers = {"Content-Type": case["content_type"], **credential, **case["headers"]}
         if case["sign"]:
             headers["X-Hub-Signature-256"] = meta_signature(SECRETS[case["sign"]], body)
         answer = await app_client.post(case["path"], data=body, headers=headers)

@@ -29,6 +29,7 @@ from sinks.clickhouse.funnel import (
 )
 from streams.rules import load_rules
 from tests.integration.processes import Stack, run_cli
+from tests.keys import KEYS
 
 
 def at(text: str) -> datetime:
@@ -347,7 +348,12 @@ def render(url: str, screenshot: Path | None = None) -> str:
 def test_dashboard_renders_what_the_api_returns(dashboard_stack: Stack) -> None:
     day = datetime.now(UTC).date()
     query = f"from={day}&to={day + timedelta(days=1)}"
-    dom = render(f"{dashboard_stack.base_url}/dashboard?{query}")
+    locked = render(f"{dashboard_stack.base_url}/dashboard?{query}")
+    assert 'data-loaded="error"' in locked  # the page holds no data without a key
+    assert "read:analytics" in locked
+    assert '<tr data-stage="new">' not in locked
+    key = f"#key={KEYS['read:analytics']}"
+    dom = render(f"{dashboard_stack.base_url}/dashboard?{query}{key}")
     assert 'data-loaded="yes"' in dom
     _, funnel = dashboard_stack.http("GET", f"/v1/funnel?{query}")
     for row in funnel["rows"]:
@@ -359,7 +365,7 @@ def test_dashboard_renders_what_the_api_returns(dashboard_stack: Stack) -> None:
     _, pipeline = dashboard_stack.http("GET", "/v1/pipeline")
     for row in pipeline["rows"]:
         assert f'<td class="weighted">{row["weighted_amount"]:,.0f}</td>' in dom, row
-    filtered = render(f"{dashboard_stack.base_url}/dashboard?{query}&owner=nobody")
+    filtered = render(f"{dashboard_stack.base_url}/dashboard?{query}&owner=nobody{key}")
     assert '<tr data-stage="new">' not in filtered  # a filter keeps only its group
 
 

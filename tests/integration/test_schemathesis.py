@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, settings
 
 from ingest_adapters.social import linkedin_signature, meta_signature
 from leadflow import openapi
+from leadflow.auth import env_line, new_key
 from leadflow.broker.local import free_port
+from leadflow.settings import SCOPES
 from leadflow.stack import spawn, wait_healthy
 
 META_SECRET = "schemathesis-meta-secret"
@@ -40,7 +42,10 @@ def server(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
         "HTTP_PORT": str(port),
         "WEB_RATE_PER_S": "100000",
         "WEB_RATE_BURST": "100000",
-        "HTTP_ADMIN_KEY": "not-for-the-fuzzer",
+        "HTTP_WRITE_RATE_PER_S": "100000",
+        "HTTP_WRITE_RATE_BURST": "100000",
+        # Every scope but admin: the fuzz reaches every parser, and never erases.
+        "AUTH_KEYS": env_line([FUZZ_ENTRY]).removeprefix("AUTH_KEYS="),
         "SOCIAL_META_APP_SECRET": META_SECRET,
         "SOCIAL_META_VERIFY_TOKEN": "verify",
         "SOCIAL_LINKEDIN_CLIENT_SECRET": LINKEDIN_SECRET,
@@ -57,6 +62,9 @@ def server(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
         child.stop()
         log = Path(home / "logs" / "serve.log").read_text(errors="replace")
         assert "Traceback" not in log, log[-4000:]
+
+
+FUZZ_KEY, FUZZ_ENTRY = new_key("fuzzer", [s for s in SCOPES if s != "admin"])
 
 
 def _signed(path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -87,5 +95,6 @@ def _signed(path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 )
 def test_no_server_errors(case: Any, server: str) -> None:
     kwargs = _signed(case.path, case.as_transport_kwargs(base_url=server))
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": f"Bearer {FUZZ_KEY}"}
     response = requests.request(**kwargs, timeout=60)
     assert response.status_code < 500, f"{case.as_curl_command()}\n{response.text[:500]}"

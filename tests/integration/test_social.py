@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from ingest_adapters.social import lead_event_id, linkedin_signature, meta_signature
-from leadflow.stack import http_json
 from schemas import DeadLetter, RawLead
 from tests.integration.processes import Stack, read_topic, start_stack
 from tests.standins.social_api import SocialApiStandIn, running
@@ -57,7 +56,7 @@ async def social_stack(
 
 
 def call(stack: Stack, method: str, path: str, body: bytes | None = None, **headers: str) -> Any:
-    return http_json(method, f"{stack.base_url}{path}", body, headers)
+    return stack.http(method, path, body, headers)
 
 
 async def test_meta_lead_ads_reach_clickhouse_once(
