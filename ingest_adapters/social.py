@@ -52,6 +52,7 @@ from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from schemas import RawLead
+from schemas.limits import EventTime, check_event_time
 
 STAGE = stages.SOCIAL_ADS
 META_SOURCE = "meta_lead_ads"
@@ -109,7 +110,11 @@ class LeadgenRef(BaseModel):
     lead_ref: str = Field(description="Meta leadgen id, or LinkedIn leadGenFormResponse id.")
     event_id: str = Field(description="uuid5 of provider and lead_ref; leads.raw's event id.")
     received_at: datetime = Field(description="When the webhook arrived (UTC).")
-    created_time: datetime | None = Field(default=None, description="When the lead was made.")
+    created_time: EventTime | None = Field(
+        default=None,
+        description="When the lead was made; within [LIMITS_EARLIEST_TIME, now + "
+        "LIMITS_FUTURE_SKEW_S].",
+    )
     form_id: str | None = None
     ad_id: str | None = Field(default=None, description="Meta ad id or LinkedIn creative id.")
     page_id: str | None = Field(default=None, description="Meta Page that owns the form.")
@@ -256,17 +261,24 @@ def _optional_meta_id(value: Any, where: str, reason: str = "invalid_fields") ->
     return None if value in (None, "") else _meta_id(value, where, reason)
 
 
+def _in_window(moment: datetime, where: str, reason: str) -> datetime:
+    """`moment` if within [LIMITS_EARLIEST_TIME, now + LIMITS_FUTURE_SKEW_S]."""
+    try:
+        return check_event_time(where, moment)
+    except ValueError as exc:
+        raise BadRecordError(reason, str(exc), {where: str(exc)}) from exc
+
+
 def _epoch(value: Any, where: str, per_second: int, reason: str = "invalid_fields") -> datetime:
-    number = int(value) if isinstance(value, str) and value.isdigit() else value
+    number = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
     if isinstance(number, int) and not isinstance(number, bool):
         try:
             moment = datetime.fromtimestamp(number / per_second, UTC)
         except (OverflowError, OSError, ValueError):
             pass
         else:
-            if 2000 <= moment.year <= 2100:
-                return moment
-    raise _problem(reason, where, "must be an epoch time between 2000 and 2100")
+            return _in_window(moment, where, reason)
+    raise _problem(reason, where, "must be an epoch time within the accepted window")
 
 
 def _text(value: Any, where: str, reason: str = "invalid_fields") -> str | None:
@@ -431,7 +443,7 @@ def _iso_text(value: Any, where: str, reason: str) -> str | None:
         raise _problem(reason, where, "must be an ISO 8601 time") from exc
     if moment.tzinfo is None:
         raise _problem(reason, where, "must carry a UTC offset")
-    return _iso(moment)
+    return _iso(_in_window(moment, where, reason))
 
 
 def _answer_text(value: Any, where: str) -> str:
@@ -705,6 +717,14 @@ def lead_from_export_row(
         raise bad("created_time", "is not an ISO 8601 time") from None
     if created.tzinfo is None:
         raise bad("created_time", "has no UTC offset")
+    try:
+        check_event_time("created_time", created)
+    except ValueError as exc:
+        raise BadRecordError(
+            "invalid_row",
+            f"row {row.number}: {exc}",
+            {"row": str(row.number), "created_time": str(exc)},
+        ) from None
     organic = cells.get("is_organic", "").lower()
     if organic not in _TRUE | _FALSE:
         raise bad("is_organic", "must be 0 or 1")
