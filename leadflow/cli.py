@@ -134,13 +134,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace, console: Console) -> 
         if not args.scope:
             console.print(f"[red]give at least one --scope ({', '.join(SCOPES)})[/]")
             return 2
-        if args.env:
+        told = console
+        if args.env:  # the env line alone on stdout, so `… --env > leadflow.env` works
             key, entry = auth.new_key(args.name, args.scope)
-            print(auth.env_line([*settings.auth.keys, entry]))
+            print(auth.env_line([*settings.auth.keys, entry]), flush=True)
+            told = Console(stderr=True)
         else:
             key, entry = auth.add_key(path, args.name, args.scope)
             console.print(f"added key {entry.id} ({args.name}) to {path}", highlight=False)
-        console.print(
+        told.print(
             f"key (shown once, store it as a secret): [bold]{key}[/]\n"
             f"scopes: {', '.join(entry.scopes)}; send it as Authorization: Bearer <key>",
             highlight=False,

@@ -44,7 +44,10 @@ def test_leadflow_services_use_only_known_settings(
         for key in known:
             monkeypatch.delenv(key, raising=False)
         for key, value in environment.items():
-            monkeypatch.setenv(key, value.replace("${CLICKHOUSE_PASSWORD:-change-me}", "pw"))
+            monkeypatch.setenv(
+                key,
+                value.replace("${CLICKHOUSE_PASSWORD:?set CLICKHOUSE_PASSWORD in .env}", "pw"),
+            )
         settings = Settings()
         assert settings.kafka.bootstrap == "kafka:9092"
         assert settings.clickhouse_dsn == "http://leadflow:pw@clickhouse:8123/leadflow"
@@ -65,3 +68,17 @@ def test_roles_split_across_services(compose: dict[str, Any]) -> None:
     notifier = Roles.parse(services["notifier"]["command"][2].split(","))
     assert notifier.notifier
     assert not notifier.sink
+
+
+def test_http_services_need_their_keys_and_expose_little(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("adapters", "sink"):
+        [env_file] = services[name]["env_file"]
+        assert env_file == {"path": "leadflow.env", "required": True}, name
+        assert services[name]["environment"]["HTTP_HOST"] == "0.0.0.0"  # noqa: S104
+    assert services["adapters"]["ports"] == ["8080:8080"]
+    for name in ("sink", "clickhouse", "grafana"):
+        for port in services[name]["ports"]:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every address"
+    text = COMPOSE.read_text()
+    assert "change-me" not in text  # no default password
