@@ -275,8 +275,7 @@ def check_exposure(settings: Settings, keys: KeyRing) -> None:
             f"refusing to listen on {settings.http.host} with no API keys configured: anyone "
             "who reaches it could write and read leads. Create a key first, e.g.\n"
             "  leadflow keys create --name website --scope ingest\n"
-            "  leadflow keys create --name bi --scope read:analytics --env   "
-            "# prints AUTH_KEYS=… for an env file\n"
+            "  leadflow keys env > leadflow.env   # AUTH_KEYS=… (hashes) for an env file\n"
             "or listen on 127.0.0.1 (HTTP_HOST)."
         )
 

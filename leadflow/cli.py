@@ -5,7 +5,7 @@ leadflow kafka start|stop|status|logs   the project's own Kafka broker
 leadflow worker                     the Faust worker (stream stages)
 leadflow serve [--roles ...]        HTTP adapters, ClickHouse writer, query API, notifier
 leadflow migrate                    apply ClickHouse migrations and exit
-leadflow keys create|list|revoke    API keys with scopes (shown once, stored hashed)
+leadflow keys create|list|revoke|env  API keys with scopes (shown once, stored hashed)
 leadflow leads [--email ...]        leads as ClickHouse holds them (asks a running server)
 leadflow explain LEAD_ID            why a lead was merged, scored and routed
 leadflow funnel --from D --to D      the funnel: --by source, --mode strict|any, --format csv
@@ -134,15 +134,9 @@ def cmd_keys(settings: Settings, args: argparse.Namespace, console: Console) -> 
         if not args.scope:
             console.print(f"[red]give at least one --scope ({', '.join(SCOPES)})[/]")
             return 2
-        told = console
-        if args.env:  # the env line alone on stdout, so `… --env > leadflow.env` works
-            key, entry = auth.new_key(args.name, args.scope)
-            print(auth.env_line([*settings.auth.keys, entry]), flush=True)
-            told = Console(stderr=True)
-        else:
-            key, entry = auth.add_key(path, args.name, args.scope)
-            console.print(f"added key {entry.id} ({args.name}) to {path}", highlight=False)
-        told.print(
+        key, entry = auth.add_key(path, args.name, args.scope)
+        console.print(f"added key {entry.id} ({args.name}) to {path}", highlight=False)
+        console.print(
             f"key (shown once, store it as a secret): [bold]{key}[/]\n"
             f"scopes: {', '.join(entry.scopes)}; send it as Authorization: Bearer <key>",
             highlight=False,
@@ -157,6 +151,9 @@ def cmd_keys(settings: Settings, args: argparse.Namespace, console: Console) -> 
             console.print(f"[red]no key {args.id} in {path}[/]", highlight=False)
             return 1
         console.print(f"revoked key {args.id}; servers stop taking it within a second")
+        return 0
+    if args.action == "env":  # the line alone on stdout: `leadflow keys env > leadflow.env`
+        print(auth.env_line([*settings.auth.keys, *auth.read_keys_file(path)]), flush=True)
         return 0
     table = Table(title=f"API keys ({path}; AUTH_KEYS adds {len(settings.auth.keys)})")
     for column in ("id", "name", "scopes", "created", "from"):
@@ -405,20 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = verbs.add_parser(
         "keys",
-        help="API keys: create (shown once), list, revoke",
+        help="API keys: create (shown once), list, revoke, env (AUTH_KEYS=… for an env file)",
         description="Keys live hashed in the keys file (AUTH_KEYS_FILE, default keys.json in "
         "the data dir) or in AUTH_KEYS. Scopes: " + ", ".join(SCOPES) + ".",
     )
-    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("action", choices=["create", "list", "revoke", "env"])
     keys.add_argument("id", nargs="?", help="revoke: the key's id")
     keys.add_argument("--name", default="unnamed", help="create: who uses the key")
     keys.add_argument("--scope", action="append", choices=SCOPES, help="create: repeatable")
-    keys.add_argument(
-        "--env",
-        action="store_true",
-        help="create: print AUTH_KEYS=… (current AUTH_KEYS plus the new key) for an env file "
-        "instead of writing the keys file",
-    )
     keys.set_defaults(fn=cmd_keys)
 
     leads = verbs.add_parser("leads", help="show leads from ClickHouse via a running server")

@@ -185,7 +185,7 @@ class WebSettings(_Section):
 class AuthSettings(_Section):
     keys: list[ApiKeyEntry] = Field(
         default_factory=list,
-        description="API keys as JSON (hashed entries that `leadflow keys create --env` prints).",
+        description="API keys as JSON (hashed entries that `leadflow keys env` prints).",
     )
     keys_file: Path | None = Field(
         default=None,

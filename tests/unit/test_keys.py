@@ -89,22 +89,33 @@ def test_the_local_stack_key_is_made_once(tmp_path: Path) -> None:
     assert who.may("admin")
 
 
-def test_keys_create_env_prints_a_line_settings_accept(tmp_path: Path) -> None:
-    command = ["keys", "create", "--name", "web", "--scope", "ingest", "--env"]
-    result = subprocess.run(
-        [sys.executable, "-m", "leadflow", *command],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "LEADFLOW_DATA_DIR": str(tmp_path)},
-    )
-    [line] = result.stdout.splitlines()
+def test_keys_env_prints_a_line_settings_accept(tmp_path: Path) -> None:
+    environment = {**os.environ, "LEADFLOW_DATA_DIR": str(tmp_path)}
+    environment.pop("AUTH_KEYS", None)
+
+    def run(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "leadflow", "keys", *words],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**environment, "COLUMNS": "300"},
+        )
+
+    created = run("create", "--name", "web", "--scope", "ingest")
+    key = next(w for w in created.stdout.split() if w.startswith("lf_"))
+    run("create", "--name", "bi", "--scope", "read:analytics")
+    listed = run("list").stdout
+    assert "web" in listed
+    assert "read:analytics" in listed
+    assert key not in listed
+    [line] = run("env").stdout.splitlines()
     assert line.startswith("AUTH_KEYS=")
-    key = next(w for w in result.stderr.split() if w.startswith("lf_"))
-    assert key not in result.stdout
+    assert key not in line
     entries = AuthSettings(keys=json.loads(line.removeprefix("AUTH_KEYS="))).keys
+    assert [e.name for e in entries] == ["web", "bi"]
+    # A server that has only the env line (no keys file) takes the key.
     settings = Settings(auth=AuthSettings(keys=entries, keys_file=tmp_path / "none.json"))
     who = auth.KeyRing(settings).principal(key)
     assert who is not None
     assert who.scopes == frozenset({"ingest"})
-    assert not (tmp_path / "keys.json").exists()  # --env writes no file
