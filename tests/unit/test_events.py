@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from leadflow.errors import BadRecordError
 from schemas import CallEvent, EngagementEvent, Lead, LeadState, RawLead
@@ -148,3 +150,46 @@ def test_events_that_name_nobody_or_nonsense_are_refused(rules: Rules) -> None:
             rules.identity,
             "CN",
         )
+
+
+# --- input domains hold in the stream too: producers may write to the topics directly ---------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"amount": 1e308}, "amount"),
+        ({"amount": float("nan")}, "amount"),
+        ({"occurred_at": "1900-01-01T00:00:00Z"}, "occurred_at"),
+        ({"occurred_at": "9999-12-31T23:59:59Z"}, "occurred_at"),
+        ({"stage": "x" * 900_000, "action": "set_stage"}, "stage"),
+    ],
+)
+def test_a_forged_crm_update_is_refused_by_the_lead_stage(
+    known: tuple[Topology, Lead], rules: Rules, changes: dict[str, Any], field: str
+) -> None:
+    topology, _ = known
+    person = only_person(topology)
+    event = {
+        "event_id": "crm-forged",
+        "lead_id": person.lead_id,
+        "action": "convert",
+        "occurred_at": T0.isoformat(),
+        "amount": 100.0,
+        "currency": "EUR",
+        **changes,
+    }
+    update = {"type": "crm", "lead_id": person.lead_id, "event": event}
+    with pytest.raises(ValidationError) as caught:
+        handle_update(update, person, topology.topics, rules, NOW)
+    assert [e["loc"][0] for e in caught.value.errors()] == [field]
+
+
+@pytest.mark.parametrize("year", [1000, 1900, 2500, 9999])
+def test_a_call_out_of_the_window_cannot_move_the_first_touch(year: int) -> None:
+    body = (
+        '{"event_id": "c", "call_id": "c", "direction": "inbound", "caller": "+8613800138000",'
+        f' "status": "completed", "started_at": "{year:04d}-01-01T00:00:00Z"}}'
+    )
+    with pytest.raises(ValidationError, match="started_at"):
+        CallEvent.model_validate_json(body)  # what the events stage does with events.calls
