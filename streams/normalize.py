@@ -315,6 +315,13 @@ def _canonical_fields(fields: Mapping[str, str]) -> tuple[dict[str, str], dict[s
     return canonical, extra
 
 
+def fields_country(fields: Mapping[str, str]) -> str | None:
+    """The country submitted fields name (ISO alpha-2), as `normalize_lead` reads it; None
+    when they name none. The suppression check reads phone numbers with it."""
+    canonical, _ = _canonical_fields(fields)
+    return normalize_country(canonical["country"]) if "country" in canonical else None
+
+
 def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = None) -> Lead:
     """The pure core of the stage. Raises BadRecordError naming every bad field."""
     problems: dict[str, str] = {}

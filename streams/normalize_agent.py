@@ -5,23 +5,31 @@ record (Faust would acknowledge it and lose it): `normalize_message` returns
 a dead letter instead, which is acknowledged by Kafka before the offset can be
 committed (batches: see `streams.wiring`).
 A good lead leaves as an identity probe keyed by its first match key.
+
+A record naming an erased person (any field value, the lead's email, or its
+phone read with the lead's own country) becomes a dead letter of reason
+`suppressed` holding only the matching hashes and the event id: the sender
+got its usual answer, and an operator can still see that something came in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 import faust
-import orjson
 
-from leadflow.privacy import SuppressionList
+from leadflow.privacy import (
+    SuppressionList,
+    event_id_of,
+    identifiers_in_body,
+    suppressed_dead_letter,
+)
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import Lead
+from schemas import DeadLetter, Lead
 from streams.identity import start_probe, table_key
-from streams.normalize import STAGE, normalize_message, normalize_phone
+from streams.normalize import STAGE, normalize_message
 from streams.rules import Rules
 from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
 
@@ -29,19 +37,21 @@ log = logging.getLogger(__name__)
 
 
 def raw_identifiers(value: bytes | None, region: str) -> list[str]:
-    """Every field value of a raw envelope, and its E.164 reading where it is a phone."""
-    try:
-        fields = orjson.loads(value or b"").get("fields") or {}
-    except (orjson.JSONDecodeError, AttributeError):
+    """Every field value of a raw envelope, and its email and E.164 readings; a phone is
+    read with the post's own country, `region` only when it gives none."""
+    return identifiers_in_body(value, region)
+
+
+def suppressed_hashes(
+    value: bytes | None, result: Lead | DeadLetter, region: str, suppressed: SuppressionList
+) -> list[str]:
+    """The suppressed identifier hashes a raw record carries; empty for everyone else."""
+    if not len(suppressed):  # reading every field as a phone costs: only once someone was erased
         return []
-    found: list[str] = []
-    for text in fields.values() if isinstance(fields, dict) else []:
-        if not isinstance(text, str) or not text.strip():
-            continue
-        found.append(text)
-        with contextlib.suppress(ValueError):
-            found.append(normalize_phone(text, region))
-    return found
+    found: list[str | None] = [*raw_identifiers(value, region)]
+    if isinstance(result, Lead):
+        found += [result.email, result.phone, result.lead_id]
+    return suppressed.matching(found)
 
 
 def register(
@@ -66,11 +76,6 @@ def register(
 
     def normalize_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
         message = event.message
-        # Reading every field as a phone costs; only do it once someone was erased.
-        if len(suppressed) and suppressed.hits(raw_identifiers(event.value, region)):
-            # An erased person: not a lead, not a dead letter (that would keep their data).
-            log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
-            return
         result = normalize_message(
             event.value,
             default_region=region,
@@ -79,6 +84,20 @@ def register(
             partition=message.partition,
             offset=message.offset,
         )
+        hashes = suppressed_hashes(event.value, result, region, suppressed)
+        if hashes:
+            # An erased person: not a lead, and a dead letter that keeps none of their data.
+            letter = suppressed_dead_letter(
+                hashes,
+                stage=STAGE,
+                event_id=event_id_of(event.value),
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            )
+            log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
+            out.add(dead_letters, *letter.record())
+            return
         if isinstance(result, Lead):
             probe = start_probe(result, rules.identity)
             kind, value, _ = probe.keys[0]
