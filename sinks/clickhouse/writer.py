@@ -19,6 +19,19 @@ committed only after the rows of every message up to them are in ClickHouse.
   `dlq.clickhouse_writer` with its coordinates (or, when it came from a
   dead-letter topic, stored as an unreadable dead letter) and the batch goes on.
 - A terminal ClickHouse error (`FatalError`) stops the writer uncommitted.
+
+Erased people (leadflow/privacy.py) stay out:
+- a row carrying a suppressed identifier (lead id, email, phone) is not
+  written; the lead rows of a poll are checked first, and a lead refused for
+  its email or phone has its lead id suppressed too (published on
+  `privacy.suppressions`), so its transitions and pipeline row are refused as
+  well, and those that landed in an earlier poll are deleted: no funnel row
+  for a lead that has no row in `leads`;
+- a dead letter naming an erased person is stored as a `suppressed` one: the
+  matching identifier hashes and event id instead of the body.
+
+Dead letters expire after `KAFKA_DLQ_RETENTION_DAYS`, as on their topics: see
+`apply_retention`, which the server runs at start.
 """
 
 from __future__ import annotations
@@ -27,18 +40,28 @@ import asyncio
 import hashlib
 import logging
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
-from leadflow.privacy import SuppressionList
+from leadflow.privacy import (
+    SUPPRESSED,
+    SuppressionList,
+    event_id_of,
+    identifier_hash,
+    identifiers_in_body,
+    suppressed_dead_letter,
+)
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import (
@@ -106,6 +129,69 @@ def routes(topics: Topics) -> dict[str, Route]:
 _IDENTIFYING = frozenset(
     {"lead_id", "survivor_id", "merged_id", "email", "phone", "emails", "phones"}
 )
+# The tables keyed by lead id besides `leads` (pipeline_current is lead_transitions' view
+# target): what a lead id's rows are deleted from. `leadflow.erase` uses them too.
+LEAD_ID_PREDICATES: dict[str, str] = {
+    "lead_transitions": "lead_id IN {ids:Array(String)}",
+    "pipeline_current": "lead_id IN {ids:Array(String)}",
+    "lead_merges": "survivor_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)}",
+}
+# Tables that hold dead-letter bodies (personal data), with the column their age is read
+# from: rows expire after the retention `apply_retention` sets.
+RETAINED: dict[str, str] = {"dead_letters": "failed_at"}
+_TTL = re.compile(r"TTL toDateTime\((?P<column>\w+)\) \+ toIntervalDay\((?P<days>\d+)\)")
+
+
+async def apply_retention(clickhouse: ClickHouse, days: int) -> list[str]:
+    """Make dead letters expire `days` after they failed (a ClickHouse TTL); idempotent.
+
+    The tables whose TTL changed now; none when it already was `days`. Expired
+    rows go at the next merge of their part (ClickHouse merges for TTL at least
+    every 4 hours, `merge_with_ttl_timeout`).
+    """
+    if days < 1:
+        raise ValueError("retention must be at least one day")
+    layout = clickhouse.layout
+    changed: list[str] = []
+    for table, column in RETAINED.items():
+        database, _, name = layout.local(table).partition(".")
+        found = await clickhouse.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+            "AND name = {name:String}",
+            {"db": database, "name": name},
+        )
+        current = _TTL.search(found[0]["engine_full"]) if found else None
+        if current and current["column"] == column and int(current["days"]) == days:
+            continue
+        await clickhouse.command(
+            f"ALTER TABLE {layout.local(table)} {layout.on_cluster} "
+            f"MODIFY TTL toDateTime({column}) + INTERVAL {int(days)} DAY"
+        )
+        log.info("%s: rows now expire %d days after %s", table, days, column)
+        changed.append(table)
+    return changed
+
+
+async def purge_lead_ids(clickhouse: ClickHouse, lead_ids: Iterable[str]) -> dict[str, int]:
+    """Delete every row of these lead ids from the tables keyed by lead id (not `leads`);
+    the rows each held. Mutations that rewrite the parts, waited for on every replica."""
+    ids = sorted(set(lead_ids))
+    deleted: dict[str, int] = {}
+    if not ids:
+        return deleted
+    db, layout = clickhouse.database, clickhouse.layout
+    for table, where in LEAD_ID_PREDICATES.items():
+        found = await clickhouse.query(
+            f"SELECT count() AS n FROM {db}.{table} WHERE {where}", {"ids": ids}
+        )
+        deleted[table] = int(found[0]["n"])
+        if deleted[table]:
+            await clickhouse.command(
+                f"ALTER TABLE {layout.local(table)} {layout.on_cluster} DELETE WHERE {where}",
+                settings={"mutations_sync": 2},
+                parameters={"ids": ids},
+            )
+    return deleted
 
 
 @dataclass
@@ -191,12 +277,26 @@ class ClickHouseWriter:
         (every insert into `lead_transitions` also runs three views).
         """
         tables: dict[str, _Batch] = {}
-        for tp in sorted(fetched, key=lambda tp: (tp.topic, tp.partition)):
-            await self._rows_of(tp, fetched[tp], tables)
+        refused_leads: set[str] = set()
+        # Lead rows first: a lead refused for its email or phone refuses its lead id, so its
+        # transitions and merges in this same poll are refused too.
+        for tp in sorted(
+            fetched,
+            key=lambda tp: (self._routes[tp.topic].table != LeadRow.table, tp.topic, tp.partition),
+        ):
+            await self._rows_of(tp, fetched[tp], tables, refused_leads)
         for table, batch in tables.items():
             if batch.rows:
                 await self._insert_with_retry(table, batch.rows, batch.columns, batch.token())
                 self._metrics.rows_written.labels(table=table).inc(len(batch.rows))
+        if refused_leads:
+            # Their transitions (and so pipeline rows) or merges may have landed in an
+            # earlier poll, before their lead row said who they are.
+            purged = await purge_lead_ids(self._clickhouse, refused_leads)
+            if any(purged.values()):
+                log.info(
+                    "deleted the rows of %d suppressed lead(s): %s", len(refused_leads), purged
+                )
         await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in fetched.items()})
 
     async def _rows_of(
@@ -204,6 +304,7 @@ class ClickHouseWriter:
         tp: TopicPartition,
         messages: list[ConsumerRecord[bytes, bytes]],
         tables: dict[str, _Batch],
+        refused_leads: set[str],
     ) -> None:
         """Add the rows of one topic-partition's messages to the poll's batches."""
         route = self._routes[tp.topic]
@@ -212,9 +313,15 @@ class ClickHouseWriter:
         identifying = [i for i, c in enumerate(route.columns) if c in _IDENTIFYING]
         for message in messages:
             try:
+                if route.is_dead_letter_topic and len(self._suppressions):
+                    letter = self._redacted(DeadLetter.model_validate_json(message.value or b""))
+                    batch.rows.append(DeadLetterRow.from_dead_letter(letter).as_row())
+                    continue
                 row = route.to_row(message)
                 if self._suppressed(row, identifying):
                     self._metrics.suppressed.labels(table=route.table).inc()
+                    if route.table == LeadRow.table:
+                        await self._suppress_lead(row, route.columns, refused_leads)
                     continue
                 batch.rows.append(row)
             except ValueError as exc:
@@ -226,6 +333,51 @@ class ClickHouseWriter:
                 else:
                     key, value = letter.record()
                     await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
+
+    async def _suppress_lead(
+        self, row: list[Any], columns: list[str], refused_leads: set[str]
+    ) -> None:
+        """A lead refused for who it is: its lead ids are suppressed from now on."""
+        ids = [row[columns.index("lead_id")], *row[columns.index("merged_from")]]
+        for lead_id in ids:
+            if not lead_id:
+                continue
+            refused_leads.add(lead_id)
+            digest = identifier_hash(lead_id)
+            if not self._suppressions.hits([lead_id]):
+                self._suppressions.add(digest)
+                value = orjson.dumps(
+                    {"erased_at": datetime.now(UTC).isoformat(), "by": STAGE, "why": "lead"}
+                )
+                await self._producer.send_and_wait(
+                    self._topics.privacy_suppressions, value, key=digest.encode()
+                )
+
+    def _redacted(self, letter: DeadLetter) -> DeadLetter:
+        """The letter, or when its body names an erased person, its `suppressed` form: the
+        matching hashes and event id instead of the body, the message and the problems."""
+        if letter.reason == SUPPRESSED:
+            return letter
+        original = letter.original
+        region = self._settings.normalize.default_phone_region
+        values = [*identifiers_in_body(original, region), letter.original_key]
+        hashes = self._suppressions.matching(values)
+        if not hashes:
+            return letter
+        self._metrics.suppressed.labels(table=DeadLetterRow.table).inc()
+        redacted = suppressed_dead_letter(
+            hashes, stage=letter.stage, event_id=event_id_of(original), detail=None
+        )
+        return letter.model_copy(
+            update={
+                "reason": redacted.reason,
+                "error_class": redacted.error_class,
+                "message": redacted.message,
+                "problems": [],
+                "original_b64": redacted.original_b64,
+                "original_key": redacted.original_key,
+            }
+        )
 
     def _suppressed(self, row: list[Any], identifying: list[int]) -> bool:
         """True for a row about an erased person (their ids, emails or phones)."""

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+import base64
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from leadflow.dead_letters import dead_letter_for
+from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
+from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
-from schemas import DeadLetter, LeadRow, RawLead
+from schemas import DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.migrations import load_migrations, migrate
-from sinks.clickhouse.writer import ClickHouseWriter, routes
+from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
 from streams.identity import start_probe
 from streams.leads import apply_lead
 from streams.normalize import normalize_lead
@@ -50,12 +55,19 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float 
 
 
 class RunningWriter:
-    def __init__(self, settings: Settings, bootstrap: str, clickhouse: ClickHouse) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        clickhouse: ClickHouse,
+        suppressions: SuppressionList | None = None,
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.clickhouse = clickhouse
         self.metrics = Metrics()
         self.topics = Topics(settings.kafka.topic_prefix)
+        self.suppressions = suppressions
 
     async def __aenter__(self) -> ClickHouseWriter:
         self.producer = make_producer(self.settings.kafka, self.bootstrap)
@@ -68,7 +80,12 @@ class RunningWriter:
         await self.producer.start()
         await self.consumer.start()
         self.writer = ClickHouseWriter(
-            self.settings, self.clickhouse, self.consumer, self.producer, self.metrics
+            self.settings,
+            self.clickhouse,
+            self.consumer,
+            self.producer,
+            self.metrics,
+            self.suppressions,
         )
         self.task = asyncio.create_task(self.writer.run())
         return self.writer
@@ -88,7 +105,7 @@ async def settings(kafka_bootstrap: str, topic_prefix: str, clickhouse: ClickHou
 
 
 async def publish_leads(
-    bootstrap: str, settings: Settings, emails: list[str], extra: list[bytes] = ()
+    bootstrap: str, settings: Settings, emails: list[str], extra: Sequence[bytes] = ()
 ) -> None:
     topics = Topics(settings.kafka.topic_prefix)
     producer = make_producer(settings.kafka, bootstrap)
@@ -191,3 +208,134 @@ async def test_writer_retries_failed_inserts_and_commits_only_after(
 
 async def _has(clickhouse: ClickHouse, table: str, n: int) -> bool:
     return await count(clickhouse, table) >= n
+
+
+async def _count_where(clickhouse: ClickHouse, table: str, lead_id: str) -> int:
+    rows = await clickhouse.query(
+        f"SELECT count() AS n FROM {clickhouse.database}.{table} WHERE lead_id = {{id:String}}",
+        {"id": lead_id},
+    )
+    return int(rows[0]["n"])
+
+
+def _transition(lead_id: str, n: int, stage: str = "assigned") -> bytes:
+    now = datetime.now(UTC)
+    return (
+        StageTransition(
+            transition_id=f"{lead_id}-t{n}",
+            lead_id=lead_id,
+            from_stage="new",
+            to_stage=stage,
+            event_time=now,
+            ingest_time=now,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+async def test_a_lead_refused_for_its_phone_takes_its_transitions_and_pipeline_along(
+    kafka_bootstrap: str, settings: Settings, clickhouse: ClickHouse
+) -> None:
+    """The erased phone comes back in national format with its country: the lead row is
+    refused, and so is every row keyed by its new lead id, before or after it."""
+    erased = "+12125550142"
+    suppressions = SuppressionList([identifier_hash(erased)])
+    suppressions.mark_loaded()
+    raw = RawLead(
+        event_id="evt-comes-back",
+        channel="web",
+        source_system="test",
+        received_at=datetime(2026, 3, 1, tzinfo=UTC),
+        fields={"name": "Back Again", "phone": "(212) 555-0142", "country": "US"},
+    )
+    lead = normalize_lead(raw, default_region="CN")
+    assert lead.phone == erased
+    state = apply_lead(None, start_probe(lead, RULES.identity), RULES, datetime.now(UTC))
+    topics = Topics(settings.kafka.topic_prefix)
+    producer = make_producer(settings.kafka, kafka_bootstrap)
+    await producer.start()
+    running = RunningWriter(settings, kafka_bootstrap, clickhouse, suppressions)
+    try:
+        # Its first transition lands before its lead row says who it is.
+        await producer.send_and_wait(
+            topics.lead_transitions, _transition(state.lead_id, 1), key=state.lead_id.encode()
+        )
+        await producer.send_and_wait(
+            topics.lead_transitions, _transition("someone-else", 1), key=b"someone-else"
+        )
+        async with running:
+            await wait_until(lambda: _has(clickhouse, "pipeline_current", 2))
+            assert await _count_where(clickhouse, "lead_transitions", state.lead_id) == 1
+            # Then the lead row, a later transition, and a refused post naming the phone.
+            await producer.send_and_wait(
+                topics.leads_identified,
+                state.model_dump_json().encode(),
+                key=state.lead_id.encode(),
+            )
+            await producer.send_and_wait(
+                topics.lead_transitions, _transition(state.lead_id, 2), key=b"x"
+            )
+            body = json.dumps({"event_id": "evt-refused", "fields": raw.fields}).encode()
+            refused = dead_letter_for(
+                BadRecordError("invalid_fields", "consent: expected yes/no"),
+                body,
+                stage="web_form",
+                key=b"idem-1",
+            )
+            await producer.send_and_wait(topics.dlq("web_form"), refused.record()[1], key=b"k")
+
+            async def settled() -> bool:
+                suppressed = running.metrics.suppressed
+                return (
+                    await _has(clickhouse, "dead_letters", 1)
+                    and suppressed.labels(table="leads")._value.get() >= 1
+                    and suppressed.labels(table="lead_transitions")._value.get() >= 1
+                    and await _count_where(clickhouse, "lead_transitions", state.lead_id) == 0
+                )
+
+            await wait_until(settled)
+    finally:
+        await producer.stop()
+    for table in ("leads", "lead_transitions", "pipeline_current"):
+        assert await _count_where(clickhouse, table, state.lead_id) == 0, table
+    assert await _count_where(clickhouse, "pipeline_current", "someone-else") == 1
+    # The lead id is suppressed for good: on the topic every writer and stage follows.
+    keys = {m.key for m in await read_topic(kafka_bootstrap, topics.privacy_suppressions, 1)}
+    assert identifier_hash(state.lead_id).encode() in keys
+    # The refused post is kept as a `suppressed` letter: hashes and event id, no phone.
+    [letter] = await clickhouse.query(f"SELECT * FROM {clickhouse.database}.dead_letters FINAL")
+    assert letter["dead_letter_id"] == refused.dead_letter_id
+    assert (letter["reason"], letter["problems"]) == ("suppressed", {})
+    kept = base64.b64decode(letter["original_b64"])
+    assert json.loads(kept) == {"event_id": "evt-refused", "suppressed": [identifier_hash(erased)]}
+    assert "555" not in letter["message"] + kept.decode()
+
+
+async def test_dead_letters_expire_after_the_retention(clickhouse: ClickHouse) -> None:
+    now = datetime.now(UTC)
+
+    def letter(dead_letter_id: str, age: timedelta) -> list[object]:
+        made = dead_letter_for(
+            BadRecordError("invalid_fields", "email: not valid"),
+            b'{"email": "someone@example.com"}',
+            stage="web_form",
+            now=lambda: now - age,
+        )
+        return DeadLetterRow.from_dead_letter(
+            made.model_copy(update={"dead_letter_id": dead_letter_id})
+        ).as_row()
+
+    rows = [letter("old", timedelta(days=31)), letter("fresh", timedelta(days=29))]
+    await clickhouse.insert("dead_letters", rows, DeadLetterRow.column_names())
+    assert await apply_retention(clickhouse, 30) == ["dead_letters"]
+    assert await apply_retention(clickhouse, 30) == []  # already so: nothing to do
+    await clickhouse.command(f"OPTIMIZE TABLE {clickhouse.database}.dead_letters FINAL")
+    left = await clickhouse.query(f"SELECT dead_letter_id FROM {clickhouse.database}.dead_letters")
+    assert [r["dead_letter_id"] for r in left] == ["fresh"]
+    # A shorter retention is a change, applied the same way.
+    assert await apply_retention(clickhouse, 7) == ["dead_letters"]
+    await clickhouse.command(f"OPTIMIZE TABLE {clickhouse.database}.dead_letters FINAL")
+    assert await count(clickhouse, "dead_letters") == 0
+    with pytest.raises(ValueError, match="at least one day"):
+        await apply_retention(clickhouse, 0)
