@@ -1,16 +1,50 @@
 """HTTP routes answering from ClickHouse. In embedded mode (chdb) only the process
-that owns the data directory can read it, so these routes live in that process."""
+that owns the data directory can read it, so these routes live in that process.
+
+Every answer is valid JSON: a float that is not finite (a sum that overflowed
+to Infinity, a NaN) is answered as null, and the encoder refuses any that
+slipped through rather than writing `Infinity`. Numeric parameters are ASCII
+digits only (`²` and `１０` are digits to Python, not to a client) within
+bounds, else a JSON 400.
+
+Reads of personal data (`/v1/leads`, `/v1/leads/{id}/explain`,
+`/v1/dead-letters`) are recorded in the audit log before they are answered
+(sinks/clickhouse/audit.py); `/v1/audit` reads that log (admin only).
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import re
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
-from sinks.clickhouse import funnel, queries
+from sinks.clickhouse import audit, funnel, queries
 from sinks.clickhouse.client import ClickHouse
+
+_WHOLE = re.compile(r"[0-9]{1,12}")
+_strict_dumps = functools.partial(json.dumps, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every float that is NaN or infinite replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_answer(data: Any, status: int = 200) -> web.Response:
+    """A JSON response that is always valid JSON: non-finite floats become null."""
+    return web.json_response(finite(data), status=status, dumps=_strict_dumps)
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -55,17 +89,27 @@ def _by(request: web.Request) -> funnel.Dimension | None:
 
 
 def _whole(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number parameter in ASCII digits within [low, high]; a 400 otherwise."""
     raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _WHOLE.fullmatch(raw) or not low <= int(raw) <= high:
         raise web.HTTPBadRequest(reason=f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-        raise web.HTTPBadRequest(reason="limit must be a whole number from 1 to 10000")
-    return int(raw)
+    return _whole(request, "limit", 100, 1, 10_000)
+
+
+def _text(request: web.Request, name: str, longest: int = 320) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and len(raw) > longest:
+        raise web.HTTPBadRequest(reason=f"{name} must be at most {longest} characters")
+    return raw
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
 
 
 class QueryRoutes:
@@ -80,23 +124,47 @@ class QueryRoutes:
         app.router.add_get("/v1/pipeline", self.get_pipeline)
         app.router.add_get("/v1/pipeline/stagnant", self.get_stagnant)
         app.router.add_get("/dashboard", self.get_dashboard)
+        app.router.add_get("/v1/audit", self.get_audit)
 
     async def get_leads(self, request: web.Request) -> web.Response:
+        email, phone = _text(request, "email"), _text(request, "phone")
+        lead_id, limit = _text(request, "lead_id"), _limit(request)
         rows = await queries.find_leads(
-            self._clickhouse,
-            email=request.query.get("email"),
-            phone=request.query.get("phone"),
-            lead_id=request.query.get("lead_id"),
-            limit=_limit(request),
+            self._clickhouse, email=email, phone=phone, lead_id=lead_id, limit=limit
         )
         total = await queries.count_leads(self._clickhouse)
-        return web.json_response({"total": total, "leads": [_jsonable(r) for r in rows]})
+        await audit.record(
+            self._clickhouse,
+            audit.Actor.of(request),
+            "read_leads",
+            route=_route(request),
+            target=audit.describe(
+                email=audit.hashed(email) if email is not None else None,
+                phone=audit.hashed(phone) if phone is not None else None,
+                lead_id=audit.hashed(lead_id) if lead_id is not None else None,
+                limit=limit,
+            ),
+            lead_ids=[r["lead_id"] for r in rows],
+            rows=len(rows),
+        )
+        return json_answer({"total": total, "leads": [_jsonable(r) for r in rows]})
 
     async def get_explain(self, request: web.Request) -> web.Response:
-        explained = await queries.explain_lead(self._clickhouse, request.match_info["lead_id"])
+        requested = request.match_info["lead_id"]
+        explained = await queries.explain_lead(self._clickhouse, requested)
+        found = [requested] + ([explained["lead"]["lead_id"]] if explained else [])
+        await audit.record(
+            self._clickhouse,
+            audit.Actor.of(request),
+            "read_explain",
+            route=_route(request),
+            target=audit.describe(lead_id=audit.hashed(requested)),
+            lead_ids=found,
+            rows=1 if explained else 0,
+        )
         if explained is None:
             raise web.HTTPNotFound(reason="no lead with this id")
-        return web.json_response(_deep_jsonable(explained))
+        return json_answer(_deep_jsonable(explained))
 
     async def get_funnel(self, request: web.Request) -> web.Response:
         """?from=&to= (ISO times, to exclusive) [&by=source] [&mode=any|strict]
@@ -120,14 +188,14 @@ class QueryRoutes:
                 window_days=window,
                 by=by,
             )
-        return web.json_response(_deep_jsonable(answer))
+        return json_answer(_deep_jsonable(answer))
 
     async def get_pipeline(self, request: web.Request) -> web.Response:
         """[?as_of=ISO time] [&by=owner]"""
         answer = await funnel.pipeline(
             self._clickhouse, as_of=_time(request, "as_of"), by=_by(request)
         )
-        return web.json_response(_deep_jsonable(answer))
+        return json_answer(_deep_jsonable(answer))
 
     async def get_stagnant(self, request: web.Request) -> web.Response:
         """?days=N: open leads whose latest move is older than N days."""
@@ -135,7 +203,7 @@ class QueryRoutes:
         rows = await funnel.stagnant(
             self._clickhouse, days=days, now=datetime.now(UTC), limit=_limit(request)
         )
-        return web.json_response({"days": days, "leads": [_deep_jsonable(r) for r in rows]})
+        return json_answer({"days": days, "leads": [_deep_jsonable(r) for r in rows]})
 
     async def get_dashboard(self, _: web.Request) -> web.Response:
         """The funnel and pipeline page for people; it reads the two JSON routes above."""
@@ -143,7 +211,32 @@ class QueryRoutes:
         return web.Response(text=page, content_type="text/html")
 
     async def get_dead_letters(self, request: web.Request) -> web.Response:
-        rows = await queries.recent_dead_letters(
-            self._clickhouse, stage=request.query.get("stage"), limit=_limit(request)
+        stage, limit = _text(request, "stage", 100), _limit(request)
+        rows = await queries.recent_dead_letters(self._clickhouse, stage=stage, limit=limit)
+        await audit.record(
+            self._clickhouse,
+            audit.Actor.of(request),
+            "read_dead_letters",
+            route=_route(request),
+            target=audit.describe(stage=stage, limit=limit),
+            rows=len(rows),
+            detail={"dead_letter_ids": [r["dead_letter_id"] for r in rows]},
         )
-        return web.json_response({"dead_letters": [_jsonable(r) for r in rows]})
+        return json_answer({"dead_letters": [_jsonable(r) for r in rows]})
+
+    async def get_audit(self, request: web.Request) -> web.Response:
+        """[?action=] [&key_id=] [&identifier=email, E.164 phone or lead id] [&from=&to=]
+        [&limit=]: the audit log, newest first (admins only)."""
+        action = request.query.get("action")
+        if action is not None and action not in audit.ACTIONS:
+            raise web.HTTPBadRequest(reason=f"action must be one of {', '.join(audit.ACTIONS)}")
+        rows = await audit.entries(
+            self._clickhouse,
+            action=action,
+            key_id=_text(request, "key_id", 100),
+            identifier=_text(request, "identifier"),
+            start=_time(request, "from"),
+            end=_time(request, "to"),
+            limit=_limit(request),
+        )
+        return json_answer({"entries": [_jsonable(r) for r in rows]})
