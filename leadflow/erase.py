@@ -1,6 +1,7 @@
 """Erasing a person (GDPR Art. 17, PIPL Art. 47): `POST /v1/privacy/erase`, `leadflow erase`.
 
-Given an email, a phone or a lead id, the server:
+Given an email, a phone (with the person's `country` when it is written
+without a country code) or a lead id, the server:
 
 1. finds every lead of that person in ClickHouse (merged records included)
    and every email and phone they used;
@@ -16,7 +17,18 @@ Given an email, a phone or a lead id, the server:
    pipeline, merges, and dead letters that mention an identifier;
 5. tombstones the dead letters on the `dlq.*` topics (compacted, so the
    records are physically gone once their segment rolls);
-6. answers with what it erased.
+6. records the erasure in the audit log (who, and the identifiers' hashes);
+7. answers with what it erased.
+
+With `dry_run: true` it does steps 1 and 7 only: it answers what it would
+erase (lead ids, identifiers, rows per table, dead letters per topic) and
+suppresses, sends and deletes nothing; the dry run is audited too.
+
+The route takes JSON only (`Content-Type: application/json`, else 415): a web
+page can post a form or `text/plain` to another site without asking, but not
+JSON, so no page a person with access visits can erase anyone. Who may call
+it is the access middleware's decision (scope `admin`, leadflow/access.py);
+the client's address never is.
 
 Left in place on purpose: the funnel aggregates (counts per day and
 dimension, no personal data) and the routing counters (lead id → owner, a
@@ -28,7 +40,6 @@ suppression list keeps a replay of them from bringing the person back.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -39,15 +50,18 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from ingest_adapters.strict_json import load_object
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import replay_topic
 from leadflow.privacy import identifier_hash
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter
+from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
+from sinks.clickhouse.writer import LEAD_ID_PREDICATES
 from streams.identity import table_key
-from streams.normalize import normalize_email, normalize_phone
+from streams.normalize import normalize_country, normalize_email, normalize_phone
 
 log = logging.getLogger(__name__)
 SETTLE_S = 2.0  # in-flight records the suppression did not stop land within this
@@ -73,6 +87,8 @@ class Person:
 
 @dataclass
 class ErasureReport:
+    """What was erased; in a dry run, what would be (nothing was suppressed or deleted)."""
+
     requested: dict[str, str]
     lead_ids: list[str]
     identifiers_suppressed: int
@@ -80,6 +96,83 @@ class ErasureReport:
     rows_deleted: dict[str, int]
     dead_letters_tombstoned: dict[str, int]
     finished_at: str
+    dry_run: bool = False
+
+
+IDENTIFIER_FIELDS = ("email", "phone", "lead_id")
+_ERASE_FIELDS = frozenset({*IDENTIFIER_FIELDS, "country", "dry_run"})
+_LONGEST = 320
+
+
+@dataclass(frozen=True)
+class EraseRequest:
+    """A validated erasure request: exactly one identifier."""
+
+    email: str | None = None
+    phone: str | None = None
+    lead_id: str | None = None
+    country: str | None = None  # ISO alpha-2: how a phone without a country code is read
+    dry_run: bool = False
+
+    def identifier(self, default_region: str) -> tuple[str, str]:
+        """Which identifier, and its value as the suppression list holds it (a lower-case
+        email, an E.164 phone); BadRecordError when it is not valid."""
+        kind, value = next((k, v) for k, v in self.requested().items() if k in IDENTIFIER_FIELDS)
+        region = self.country or default_region
+        try:
+            if kind == "email":
+                return kind, normalize_email(value)
+            if kind == "phone":
+                return kind, normalize_phone(value, region)
+        except ValueError as exc:
+            raise BadRecordError("invalid_fields", f"{kind}: {exc}", {kind: str(exc)}) from exc
+        return kind, value.strip()
+
+    def requested(self) -> dict[str, str]:
+        pairs = (("email", self.email), ("phone", self.phone), ("lead_id", self.lead_id))
+        found = {k: v for k, v in pairs if v}
+        if self.country:
+            found["country"] = self.country
+        return found
+
+
+def parse_erase_request(body: bytes) -> EraseRequest:
+    """The request in a JSON body; BadRecordError (`invalid_json` or `invalid_fields`,
+    naming each problem) when it is not exactly one identifier and known options."""
+    data = load_object(body)
+    problems: dict[str, str] = {k: "unknown field" for k in sorted(set(data) - _ERASE_FIELDS)}
+    given = [k for k in IDENTIFIER_FIELDS if data.get(k) is not None]
+    for name in given:
+        value = data[name]
+        if not isinstance(value, str) or not value.strip():
+            problems[name] = "must be a non-empty string"
+        elif len(value) > _LONGEST:
+            problems[name] = f"must be at most {_LONGEST} characters"
+    if len(given) != 1:
+        for name in IDENTIFIER_FIELDS:
+            problems.setdefault(name, "give exactly one of email, phone or lead_id")
+    country = data.get("country")
+    if country is not None:
+        if not isinstance(country, str) or normalize_country(country[:100]) is None:
+            problems["country"] = "must be a country code or name, e.g. US"
+        elif given != ["phone"]:
+            problems["country"] = "only applies to a phone number"
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        problems["dry_run"] = "must be true or false"
+    if problems:
+        raise BadRecordError(
+            "invalid_fields",
+            "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())),
+            problems,
+        )
+    return EraseRequest(
+        email=data.get("email"),
+        phone=data.get("phone"),
+        lead_id=data.get("lead_id"),
+        country=normalize_country(country) if country is not None else None,
+        dry_run=dry_run,
+    )
 
 
 def _requested(email: str | None, phone: str | None, lead_id: str | None, region: str) -> Person:
@@ -125,13 +218,13 @@ async def resolve(clickhouse: ClickHouse, person: Person) -> Person:
     return person
 
 
-def _predicates(person: Person) -> dict[str, str]:
+def _predicates() -> dict[str, str]:
+    """Every table holding a person's rows, and how to find them. `pipeline_current` is
+    the view target of `lead_transitions`; the funnel aggregates keep counts only."""
     return {
         "leads": "lead_id IN {ids:Array(String)} OR hasAny(emails, {emails:Array(String)}) "
         "OR hasAny(phones, {phones:Array(String)})",
-        "lead_transitions": "lead_id IN {ids:Array(String)}",
-        "pipeline_current": "lead_id IN {ids:Array(String)}",
-        "lead_merges": "survivor_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)}",
+        **LEAD_ID_PREDICATES,
         "dead_letters": "arrayExists(n -> positionCaseInsensitive(concat("
         "tryBase64Decode(original_b64), ' ', message, ' ', original_key, ' ', "
         "replaceRegexpAll(tryBase64Decode(original_b64), '[^0-9]', '')), n) > 0, "
@@ -139,8 +232,11 @@ def _predicates(person: Person) -> dict[str, str]:
     }
 
 
-async def delete_rows(clickhouse: ClickHouse, person: Person) -> dict[str, int]:
-    """Physically delete the person's rows; the count of rows each table held."""
+async def delete_rows(
+    clickhouse: ClickHouse, person: Person, *, dry_run: bool = False
+) -> dict[str, int]:
+    """Physically delete the person's rows; the count of rows each table held.
+    A dry run counts them only."""
     db, layout = clickhouse.database, clickhouse.layout
     params: dict[str, Any] = {
         "ids": sorted(person.lead_ids),
@@ -149,12 +245,12 @@ async def delete_rows(clickhouse: ClickHouse, person: Person) -> dict[str, int]:
         "needles": person.needles(),
     }
     deleted: dict[str, int] = {}
-    for table, where in _predicates(person).items():
+    for table, where in _predicates().items():
         found = await clickhouse.query(
             f"SELECT count() AS n FROM {db}.{table} WHERE {where}", params
         )
         deleted[table] = int(found[0]["n"])
-        if deleted[table]:
+        if deleted[table] and not dry_run:
             # A mutation rewrites the parts without the rows (a lightweight DELETE would
             # only mask them); mutations_sync=2 waits until every replica has done it.
             await clickhouse.command(
@@ -174,8 +270,15 @@ def _mentions(letter: DeadLetter, needles: list[str]) -> bool:
 
 
 async def tombstone_dead_letters(
-    settings: Settings, bootstrap: str, producer: AIOKafkaProducer, person: Person
+    settings: Settings,
+    bootstrap: str,
+    producer: AIOKafkaProducer,
+    person: Person,
+    *,
+    dry_run: bool = False,
 ) -> dict[str, int]:
+    """Tombstone the dead letters about the person on every `dlq.*` topic; the count per
+    topic. A dry run counts them only."""
     topics = Topics(settings.kafka.topic_prefix)
     needles = person.needles()
     counts: dict[str, int] = {}
@@ -194,7 +297,8 @@ async def tombstone_dead_letters(
 
         await replay_topic(settings.kafka, bootstrap, topic, check)
         for key in dict.fromkeys(matches):
-            await producer.send_and_wait(topic, None, key=key)
+            if not dry_run:
+                await producer.send_and_wait(topic, None, key=key)
         if matches:
             counts[topic] = len(set(matches))
     return counts
@@ -209,27 +313,50 @@ async def erase_person(
     email: str | None = None,
     phone: str | None = None,
     lead_id: str | None = None,
+    country: str | None = None,
+    dry_run: bool = False,
 ) -> ErasureReport:
+    """Erase the person (see the module's steps); with `dry_run`, only say what would go.
+
+    `country` (ISO alpha-2) reads a phone written without a country code; the
+    default region (NORMALIZE_DEFAULT_PHONE_REGION) only when it is not given.
+    """
     topics = Topics(settings.kafka.topic_prefix)
-    region = settings.normalize.default_phone_region
+    region = country or settings.normalize.default_phone_region
     person = await resolve(clickhouse, _requested(email, phone, lead_id, region))
+    requested = {
+        k: v
+        for k, v in (("email", email), ("phone", phone), ("lead_id", lead_id), ("country", country))
+        if v
+    }
+    commands = len(person.emails) + len(person.phones) + len(person.lead_ids)
+    if dry_run:
+        return ErasureReport(
+            requested=requested,
+            lead_ids=sorted(person.lead_ids),
+            identifiers_suppressed=len(person.identifiers()),
+            state_erase_commands=commands,
+            rows_deleted=await delete_rows(clickhouse, person, dry_run=True),
+            dead_letters_tombstoned=await tombstone_dead_letters(
+                settings, bootstrap, producer, person, dry_run=True
+            ),
+            finished_at=datetime.now(UTC).isoformat(),
+            dry_run=True,
+        )
     stamp = datetime.now(UTC).isoformat()
     for identifier in person.identifiers():
         record = orjson.dumps({"erased_at": stamp})
         await producer.send_and_wait(
             topics.privacy_suppressions, record, key=identifier_hash(identifier).encode()
         )
-    commands = 0
     for kind, values in (("email", person.emails), ("phone", person.phones)):
         for value in sorted(values):
             key = table_key(kind, value)
             erase = orjson.dumps({"type": "erase", "key": key})
             await producer.send_and_wait(topics.identity_keys, erase, key=key.encode())
-            commands += 1
     for lead in sorted(person.lead_ids):
         erase = orjson.dumps({"type": "erase", "lead_id": lead})
         await producer.send_and_wait(topics.lead_updates, erase, key=lead.encode())
-        commands += 1
     deleted = await delete_rows(clickhouse, person)
     # Records already past the suppression check when it was published may still land.
     await asyncio.sleep(SETTLE_S)
@@ -237,9 +364,7 @@ async def erase_person(
         deleted[table] += count
     letters = await tombstone_dead_letters(settings, bootstrap, producer, person)
     report = ErasureReport(
-        requested={
-            k: v for k, v in (("email", email), ("phone", phone), ("lead_id", lead_id)) if v
-        },
+        requested=requested,
         lead_ids=sorted(person.lead_ids),
         identifiers_suppressed=len(person.identifiers()),
         state_erase_commands=commands,
@@ -260,8 +385,43 @@ def report_dict(report: ErasureReport) -> dict[str, Any]:
     return asdict(report)
 
 
+async def audit_erasure(
+    clickhouse: ClickHouse,
+    actor: audit.Actor,
+    request: EraseRequest,
+    identifier: tuple[str, str],
+    report: ErasureReport | None,
+    *,
+    route: str = "",
+    failure: str | None = None,
+) -> None:
+    """The audit row of an erasure or dry run: who, the identifier's hash, what went."""
+    kind, value = identifier
+    detail: dict[str, Any] = {"country": request.country} if request.country else {}
+    if report is not None:
+        detail |= {
+            "identifiers": report.identifiers_suppressed,
+            "rows": report.rows_deleted,
+            "dead_letters": report.dead_letters_tombstoned,
+            "state_erase_commands": report.state_erase_commands,
+        }
+    if failure is not None:
+        detail["failed"] = failure
+    await audit.record(
+        clickhouse,
+        actor,
+        "erase_dry_run" if request.dry_run else "erase",
+        route=route,
+        target=audit.describe(**{kind: audit.hashed(value)}),
+        lead_ids=report.lead_ids if report is not None else (),
+        rows=sum(report.rows_deleted.values()) if report is not None else 0,
+        detail=detail,
+    )
+
+
 class PrivacyRoutes:
-    """`POST /v1/privacy/erase`: for operators only (X-Admin-Key, or loopback when unset)."""
+    """`POST /v1/privacy/erase`: operators only (scope `admin`, checked by the access
+    middleware before the handler runs); JSON bodies only."""
 
     def __init__(
         self,
@@ -279,33 +439,56 @@ class PrivacyRoutes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/privacy/erase", self.post_erase)
 
-    def _allowed(self, request: web.Request) -> bool:
-        key = self._settings.http.admin_key
-        if key is None:
-            return request.remote in ("127.0.0.1", "::1")
-        return hmac.compare_digest(
-            request.headers.get("X-Admin-Key", "").encode(), key.get_secret_value().encode()
-        )
-
     async def post_erase(self, request: web.Request) -> web.Response:
-        if not self._allowed(request):
+        if request.content_type != "application/json":
             return web.json_response(
-                {"error": "unauthorized", "message": "erasure needs the admin key (X-Admin-Key)"},
-                status=401,
+                {
+                    "error": "unsupported_media_type",
+                    "message": "send the request as JSON (Content-Type: application/json)",
+                },
+                status=415,
             )
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise BadRecordError("invalid_json", "send a JSON object")
-            args = {k: body.get(k) for k in ("email", "phone", "lead_id")}
-            if not all(v is None or isinstance(v, str) for v in args.values()):
-                raise BadRecordError("invalid_fields", "email, phone and lead_id are strings")
+            wanted = parse_erase_request(await request.read())
+            identifier = wanted.identifier(self._settings.normalize.default_phone_region)
+        except BadRecordError as exc:
+            status = 400 if exc.reason == "invalid_json" else 422
+            return web.json_response(
+                {"error": exc.reason, "message": exc.message, "fields": exc.fields}, status=status
+            )
+        actor = audit.Actor.of(request)
+        route = "/v1/privacy/erase"
+        try:
             async with self._lock:  # one erasure at a time: each waits for its mutations
                 report = await erase_person(
-                    self._settings, self._bootstrap, self._clickhouse, self._producer, **args
+                    self._settings,
+                    self._bootstrap,
+                    self._clickhouse,
+                    self._producer,
+                    email=wanted.email,
+                    phone=wanted.phone,
+                    lead_id=wanted.lead_id,
+                    country=wanted.country,
+                    dry_run=wanted.dry_run,
                 )
-        except ValueError as exc:
-            return web.json_response({"error": "invalid_json", "message": str(exc)}, status=400)
         except BadRecordError as exc:
-            return web.json_response({"error": exc.reason, "message": exc.message}, status=422)
+            return web.json_response(
+                {"error": exc.reason, "message": exc.message, "fields": exc.fields}, status=422
+            )
+        except Exception as exc:
+            # Part of a real erasure may have happened: the log says who started it.
+            try:
+                await audit_erasure(
+                    self._clickhouse,
+                    actor,
+                    wanted,
+                    identifier,
+                    None,
+                    route=route,
+                    failure=type(exc).__name__,
+                )
+            except Exception:
+                log.exception("could not record the failed erasure in the audit log")
+            raise
+        await audit_erasure(self._clickhouse, actor, wanted, identifier, report, route=route)
         return web.json_response(report_dict(report))

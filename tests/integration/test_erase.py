@@ -1,44 +1,64 @@
 """`leadflow erase`: a person is gone from ClickHouse, state and dead letters, and stays gone.
 
-The test erases a person on the running stack, then replays every raw
+The first test erases a person on the running stack, then replays every raw
 topic from the start, and finds nothing of them anywhere: not in the
 leads, transitions, merges or dead-letter tables, not in the lead state
 (its changelog ends in a tombstone), not on the dead-letter topics.
+
+The second: the route takes JSON from an admin key only; a dry run erases
+nothing; an erased phone posted again in national format with its country,
+and a person erased before they were ever seen, leave a `suppressed` dead
+letter with hashes only, and no lead, transition or pipeline row; every
+erasure is in the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 from leadflow.kafka_clients import make_producer
+from leadflow.privacy import identifier_hash
 from leadflow.settings import KafkaSettings
 from leadflow.stack import http_json
+from schemas import DeadLetter
 from tests.integration.processes import Stack, read_topic
+from tests.keys import ADMIN_KEY, KEYS, bearer
 
 EMAIL = "erase.me@example.com"
 PHONE = "+8613800138000"
+ADMIN_KEY_ID = ADMIN_KEY[3:].partition("_")[0]
 
 
-def erase(stack: Stack, **who: str) -> dict[str, Any]:
-    status, report = http_json(
-        "POST",
-        f"{stack.base_url}/v1/privacy/erase",
-        json.dumps(who).encode(),
-        {"Content-Type": "application/json"},
-        timeout_s=120,
-    )
+def post_erase(
+    stack: Stack,
+    body: bytes,
+    content_type: str = "application/json",
+    key: str | None = ADMIN_KEY,
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": content_type, **(bearer(key) if key else {})}
+    return http_json("POST", f"{stack.base_url}/v1/privacy/erase", body, headers, timeout_s=120)
+
+
+def erase(stack: Stack, **who: Any) -> dict[str, Any]:
+    status, report = post_erase(stack, json.dumps(who).encode())
     assert status == 200, report
     return report
+
+
+def get(stack: Stack, path: str, key: str = ADMIN_KEY) -> tuple[int, dict[str, Any]]:
+    return http_json("GET", stack.base_url + path, None, bearer(key))
 
 
 def run_cli_json(stack: Stack, *args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "leadflow", *args, "--url", stack.base_url, "--format", "json"],
-        env=stack.env,
+        env={**stack.env, "LEADFLOW_API_KEY": ADMIN_KEY},
         capture_output=True,
         text=True,
         check=False,
@@ -91,9 +111,9 @@ async def test_erase_then_replay_finds_nothing(stack: Stack) -> None:
     assert stack.leads(phone=PHONE)["leads"] == []
     assert stack.leads(lead_id=person["lead_id"])["leads"] == []
     assert len(stack.leads(email="keep.me@example.com")["leads"]) == 1
-    status, _ = http_json("GET", f"{stack.base_url}/v1/leads/{person['lead_id']}/explain")
+    status, _ = get(stack, f"/v1/leads/{person['lead_id']}/explain")
     assert status == 404
-    letters = http_json("GET", f"{stack.base_url}/v1/dead-letters?limit=1000")[1]
+    letters = get(stack, "/v1/dead-letters?limit=1000")[1]
     assert refused["dead_letter_id"] not in json.dumps(letters)
     # Nothing left for a second erasure (through the CLI this time) to find in any table.
     again = run_cli_json(stack, "erase", "--phone", "138 0013 8000")
@@ -120,3 +140,120 @@ def test_erase_cli_needs_an_identifier() -> None:
     )
     assert done.returncode == 2
     assert "give --email, --phone or --lead-id" in done.stdout
+
+
+NATIONAL = {"phone": "(212) 555-0142", "country": "US"}
+E164 = "+12125550142"
+UNSEEN = "never.seen@example.com"
+
+
+def wait_for(check: Any, what: str, stack: Stack, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        stack.assert_running()
+        time.sleep(0.3)
+    raise AssertionError(f"{what} not reached in {timeout_s}s\n{stack.logs()}")
+
+
+def pipeline_leads(stack: Stack) -> int:
+    status, answer = get(stack, "/v1/pipeline", KEYS["read:analytics"])
+    assert status == 200, answer
+    return sum(row["leads"] for row in answer["rows"])
+
+
+async def test_erase_is_for_admins_json_only_and_keeps_a_national_phone_out(
+    stack: Stack,
+) -> None:
+    status, _ = stack.post_json({"name": "Nat Format", **NATIONAL})
+    assert status == 202
+    status, _ = stack.post_json({"name": "Control One", "email": "control.one@example.com"})
+    assert status == 202
+    [person] = stack.wait_for_leads(1, phone=E164)
+    stack.wait_for_leads(1, email="control.one@example.com")
+    wait_for(lambda: pipeline_leads(stack) == 2, "both leads in the pipeline", stack)
+
+    # Not JSON, not an admin, not one identifier: refused, and nothing happens.
+    who = json.dumps({"phone": E164}).encode()
+    assert post_erase(stack, who, "text/plain")[0] == 415  # a cross-site "simple" POST
+    assert post_erase(stack, b"phone=%2B12125550142", "application/x-www-form-urlencoded")[0] == 415
+    assert post_erase(stack, who, key=None)[0] == 401
+    assert post_erase(stack, who, key=KEYS["read:pii"])[0] == 403
+    assert post_erase(stack, b"{not json")[0] == 400
+    for bad in ({"phone": E164, "email": "x@example.com"}, {"phone": E164, "admin": True}, {}):
+        status, answer = post_erase(stack, json.dumps(bad).encode())
+        assert status == 422, answer
+
+    # A dry run names what would go, by either writing of the number, and erases nothing.
+    for request in ({"phone": E164}, NATIONAL):
+        plan = erase(stack, **request, dry_run=True)
+        assert plan["dry_run"] is True
+        assert plan["lead_ids"] == [person["lead_id"]]
+        assert plan["identifiers_suppressed"] >= 2  # the phone and the lead id
+        for table in ("leads", "lead_transitions", "pipeline_current"):
+            assert plan["rows_deleted"][table] >= 1, plan
+    assert len(stack.leads(phone=E164)["leads"]) == 1
+    assert pipeline_leads(stack) == 2
+
+    # The real erasure, by E.164; and a person nobody has seen yet, erased in advance.
+    report = erase(stack, phone=E164)
+    assert report["dry_run"] is False
+    assert report["lead_ids"] == [person["lead_id"]]
+    for table in ("leads", "lead_transitions", "pipeline_current"):
+        assert report["rows_deleted"][table] >= 1, report
+    assert pipeline_leads(stack) == 1
+    assert erase(stack, email=UNSEEN)["lead_ids"] == []
+
+    # Both come back: their posts get the usual answer, then a dead letter of hashes.
+    status, _ = stack.post_json({"name": "Nat Again", **NATIONAL})
+    assert status == 202
+    status, _ = stack.post_json({"name": "Never Seen", "email": "Never.Seen@Example.com"})
+    assert status == 202
+    status, _ = stack.post_json({"name": "Control Two", "email": "control.two@example.com"})
+    assert status == 202
+    stack.wait_for_leads(1, email="control.two@example.com")
+
+    def suppressed_letters() -> list[dict[str, Any]]:
+        answer = get(stack, "/v1/dead-letters?stage=normalize", KEYS["read:pii"])[1]
+        found = [d for d in answer["dead_letters"] if d["reason"] == "suppressed"]
+        return found if len(found) == 2 else []
+
+    wait_for(suppressed_letters, "two suppressed dead letters", stack)
+    records = await read_topic(stack.bootstrap, stack.topics.dlq("normalize"), 2)
+    bodies = [DeadLetter.model_validate_json(r.value or b"") for r in records]
+    assert {b.reason for b in bodies} == {"suppressed"}
+    kept = [json.loads(b.original) for b in bodies]
+    assert sorted(h for k in kept for h in k["suppressed"]) == sorted(
+        [identifier_hash(E164), identifier_hash(UNSEEN)]
+    )
+    everything = json.dumps([b.model_dump(mode="json") for b in bodies])
+    everything += " ".join(base64.b64decode(b.original_b64).decode() for b in bodies)
+    for personal in ("555-0142", "2125550142", "nat again", "never.seen", "never seen"):
+        assert personal not in everything.lower()
+
+    # No lead, no transition, no pipeline row for either.
+    assert stack.leads(phone=E164)["leads"] == []
+    assert stack.leads(email=UNSEEN)["leads"] == []
+    await asyncio.sleep(2)  # anything that slipped through would have landed by now
+    assert stack.leads()["total"] == 2  # the two controls
+    assert pipeline_leads(stack) == 2
+
+    # Every erasure and dry run is in the audit log, by key, with the phone only hashed.
+    status, log = get(stack, "/v1/audit?identifier=%2B12125550142")
+    assert status == 200, log
+    actions = sorted(e["action"] for e in log["entries"])
+    assert actions[:3] == ["erase", "erase_dry_run", "erase_dry_run"]
+    erased = next(e for e in log["entries"] if e["action"] == "erase")
+    assert erased["key_id"] == ADMIN_KEY_ID
+    assert erased["target"] == f"phone=h:{identifier_hash(E164)}"
+    assert erased["lead_hashes"] == [f"h:{identifier_hash(person['lead_id'])}"]
+    assert erased["detail"]["rows"]["pipeline_current"] >= 1
+    status, log = get(stack, "/v1/audit?action=erase")
+    assert len(log["entries"]) == 2
+    status, everything_logged = get(stack, "/v1/audit?limit=1000")
+    text = json.dumps(everything_logged)
+    for raw in ("2125550142", "555-0142", UNSEEN, person["lead_id"]):
+        assert raw not in text
+    assert get(stack, "/v1/audit", KEYS["read:pii"])[0] == 403
