@@ -26,7 +26,7 @@ from ingest_adapters.upload_http import UploadRoutes
 from leadflow import stages
 from leadflow.access import ACCESS_KEY, CLIENT_KEY, principal_of, too_many
 from leadflow.dead_letters import dead_letter_for
-from leadflow.errors import BadRecordError, RetriableError
+from leadflow.errors import BadRecordError, RetriableError, TooLargeError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
@@ -377,9 +377,23 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     )
     metrics = request.app[METRICS_KEY]
     timeout = None if route in UNTIMED_ROUTES else request.app.get(TIMEOUT_KEY)
+    response: web.StreamResponse
     try:
-        async with asyncio.timeout(timeout):
-            response: web.StreamResponse = await handler(request)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.app[MAX_BODY_KEY]
+            error = BadRecordError(
+                "body_too_large",
+                f"bodies larger than {limit} bytes are not accepted "
+                f"(Content-Length {request.content_length})",
+            )
+            response = await request.app[ACCESS_KEY].refuse_too_large(request, error, b"")
+        except TooLargeError as exc:
+            # Fine for HTTP, but its envelope can never fit in Kafka: no retry would help.
+            body = await request.read()  # read whole before the publish that refused it
+            response = await request.app[ACCESS_KEY].refuse_too_large(request, exc, body)
     except TimeoutError:
         log.warning("504 on %s after %.1fs", request.path, timeout or 0)
         response = error_body(
@@ -388,16 +402,11 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             f"not answered within {timeout:g}s; retry with the same Idempotency-Key",
         )
         response.headers["Retry-After"] = "5"
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[MAX_BODY_KEY]
-        response = error_body(
-            413, "body_too_large", f"bodies larger than {limit} bytes are not accepted"
-        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = error_body(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except RetriableError as exc:
+    except RetriableError as exc:  # also a refusal whose dead letter Kafka did not take
         log.warning("503 on %s: %s", request.path, exc)
         response = error_body(
             503,

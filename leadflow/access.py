@@ -169,17 +169,41 @@ class AccessControl:
         if wait > 0:
             return too_many(wait, "too many refused requests from this client; retry later")
         self._warn("%s %s from %s refused: %s", request.method, request.path, client, reason)
-        extra: dict[str, Any] = {}
-        if rule.stage is not None and self._dead_letter is not None and request.method == "POST":
-            body = await request.read()
-            extra["dead_letter_id"] = await self._dead_letter(
-                BadRecordError(reason, message),
-                body,
-                rule.stage,
-                f"{request.method} {request.path}",
-                request.headers.get("Idempotency-Key"),
-            )
+        letter_id = await self.letter(
+            request, BadRecordError(reason, message), await request.read()
+        )
+        extra = {"dead_letter_id": letter_id} if letter_id else {}
         return error_body(status, reason, message, **extra)
+
+    async def letter(self, request: web.Request, error: BadRecordError, body: bytes) -> str | None:
+        """Dead-letter a refused write on its route's stage; None for routes that take no
+        input (reads) or in a server without a publisher."""
+        rule = (
+            rule_for(request.method, request.match_info.route.resource.canonical)
+            if (request.match_info.route.resource)
+            else None
+        )
+        if rule is None or rule.stage is None or self._dead_letter is None:
+            return None
+        return await self._dead_letter(
+            error,
+            body,
+            rule.stage,
+            f"{request.method} {request.path_qs}"[:500],
+            request.headers.get("Idempotency-Key"),
+        )
+
+    async def refuse_too_large(
+        self, request: web.Request, error: BadRecordError, body: bytes
+    ) -> web.Response:
+        """413 for a body Kafka could never take (kept as a truncated dead letter with its size
+        and digest), or one over HTTP_MAX_BODY_BYTES (not read, so the letter keeps none)."""
+        client = request.get(CLIENT_KEY, request.remote or "unknown")
+        if self._refusals.wait_for(f"refused:{client}", time.monotonic()) > 0:
+            return error_body(413, "body_too_large", error.message)
+        letter_id = await self.letter(request, error, body)
+        extra = {"dead_letter_id": letter_id} if letter_id else {}
+        return error_body(413, "body_too_large", error.message, **extra)
 
     def write_wait(self, bucket: str) -> float:
         return self._writes.wait_for(bucket, time.monotonic())

@@ -225,10 +225,15 @@ def cmd_erase(settings: Settings, args: argparse.Namespace, console: Console) ->
     if not who:
         console.print("[red]give --email, --phone or --lead-id[/]")
         return 2
+    body: dict[str, Any] = dict(who)
+    if args.country:
+        body["country"] = args.country
+    if args.dry_run:
+        body["dry_run"] = True
     headers = {"Content-Type": "application/json", **_key_header(settings)}
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     status, report = http_json(
-        "POST", base + "/v1/privacy/erase", json.dumps(who).encode(), headers, timeout_s=600
+        "POST", base + "/v1/privacy/erase", json.dumps(body).encode(), headers, timeout_s=600
     )
     if status != 200:
         console.print(f"[red]{status}[/] {report.get('message', report)}")
@@ -236,8 +241,9 @@ def cmd_erase(settings: Settings, args: argparse.Namespace, console: Console) ->
     if args.format == "json":
         print(json.dumps(report, ensure_ascii=False, indent=2))
         return 0
+    verb = "would erase (dry run, nothing changed)" if report.get("dry_run") else "erased"
     table = Table(
-        title=f"erased {', '.join(f'{k} {v}' for k, v in who.items())}", show_header=False
+        title=f"{verb} {', '.join(f'{k} {v}' for k, v in who.items())}", show_header=False
     )
     table.add_column("what")
     table.add_column("how many", justify="right")
@@ -422,9 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     leads.set_defaults(fn=cmd_leads)
 
     erase = verbs.add_parser("erase", help="erase a person everywhere (GDPR / PIPL)")
-    erase.add_argument("--email")
-    erase.add_argument("--phone")
-    erase.add_argument("--lead-id")
+    whom = erase.add_mutually_exclusive_group()
+    whom.add_argument("--email")
+    whom.add_argument("--phone")
+    whom.add_argument("--lead-id")
+    erase.add_argument("--country", help="region of a phone given in national format, e.g. US")
+    erase.add_argument(
+        "--dry-run", action="store_true", help="show what would be erased; change nothing"
+    )
     erase.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     erase.add_argument("--format", choices=["table", "json"], default="table")
     erase.set_defaults(fn=cmd_erase)

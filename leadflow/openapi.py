@@ -252,25 +252,33 @@ def document(version: str) -> dict[str, Any]:
         },
         "/v1/privacy/erase": {
             "post": {
-                "summary": "Erase a person everywhere (X-Admin-Key; loopback only when unset).",
+                "summary": "Erase a person everywhere (admin key; JSON only). "
+                "With dry_run, answer what would go and change nothing.",
                 "requestBody": {
                     "required": True,
                     "content": {
                         "application/json": {
                             "schema": {
                                 "type": "object",
+                                "description": "Exactly one of email, phone, lead_id.",
                                 "properties": {
                                     "email": {"type": "string"},
                                     "phone": {"type": "string"},
                                     "lead_id": {"type": "string"},
+                                    "country": {
+                                        "type": "string",
+                                        "description": "Region of a phone in national format.",
+                                    },
+                                    "dry_run": {"type": "boolean", "default": False},
                                 },
+                                "additionalProperties": False,
                             }
                         }
                     },
                 },
                 "responses": {
-                    "200": _answer("What was erased.", _JSON_OBJECT),
-                    **_refusals(400, 401, 422),
+                    "200": _answer("What was erased, or with dry_run what would be.", _JSON_OBJECT),
+                    **_refusals(400, 401, 415, 422),
                 },
             }
         },
@@ -308,6 +316,20 @@ def document(version: str) -> dict[str, Any]:
                 "summary": "Recent dead letters, newest first.",
                 "parameters": [_query("stage", "A stage name."), _query("limit", "At most.")],
                 "responses": {"200": _answer("Dead letters.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/v1/audit": {
+            "get": {
+                "summary": "The audit log: every erase and every read of personal data.",
+                "parameters": [
+                    _query("action", "erase, erase_dry_run, read_leads, read_explain …"),
+                    _query("key_id", "The id of the key that acted."),
+                    _query("identifier", "An email, E.164 phone or lead id (hashed to look up)."),
+                    _query("from", "Start (inclusive).", _DATE),
+                    _query("to", "End (exclusive).", _DATE),
+                    _query("limit", "At most.", {"type": "integer", "minimum": 1}),
+                ],
+                "responses": {"200": _answer("Audit rows.", _JSON_OBJECT), **_refusals(400)},
             }
         },
         "/v1/funnel": {

@@ -43,7 +43,7 @@ from sinks.clickhouse.funnel import sync_stage_definitions
 from sinks.clickhouse.layout import Layout
 from sinks.clickhouse.migrations import migrate
 from sinks.clickhouse.query_api import QueryRoutes
-from sinks.clickhouse.writer import ClickHouseWriter, routes
+from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
 from sinks.notifier import Notifier
 from streams.rules import load_rules
 
@@ -217,6 +217,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             await sync_stage_definitions(clickhouse, load_rules(settings.worker.rules_dir).stages)
+            await apply_retention(clickhouse, settings.kafka.dlq_retention_days)
         if roles.sink:
             assert clickhouse is not None
             services.append(

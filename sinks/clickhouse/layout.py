@@ -40,6 +40,7 @@ SHARDING_KEYS: dict[str, str] = {
     "lead_merges": "cityHash64(survivor_id)",
     "dead_letters": "cityHash64(dead_letter_id)",
     "stage_definitions": "cityHash64(stage)",
+    "audit_log": "cityHash64(audit_id)",
 }
 # Bookkeeping that stays per node: each node records what it has applied.
 NODE_LOCAL = frozenset({"schema_migrations"})

@@ -45,7 +45,7 @@ async def client_for(
 async def client(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[TestClient]:
     settings = Settings(
         kafka=KafkaSettings(topic_prefix=topic_prefix),
-        http=HttpSettings(max_body_bytes=2048, publish_timeout_s=2),
+        http=HttpSettings(max_body_bytes=2048, publish_timeout_s=10),
     )
     await ensure_topics(settings.kafka, kafka_bootstrap)
     async for made in client_for(settings, kafka_bootstrap):
@@ -237,3 +237,49 @@ async def test_call_center_endpoints(kafka_bootstrap: str, topic_prefix: str) ->
     letters = await read_topic(kafka_bootstrap, topics.dlq("call_center"), 2)
     reasons = {DeadLetter.model_validate_json(m.value or b"").reason for m in letters}
     assert reasons == {"bad_signature", "unauthorized"}
+
+
+async def test_a_form_whose_envelope_can_never_fit_is_413_with_a_digest_letter(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    # 600 KB of control characters: under the body limit, but each one becomes six bytes
+    # (\u0001) in the JSON envelope, past what Kafka takes. Retrying can never help.
+    settings = Settings(kafka=KafkaSettings(topic_prefix=topic_prefix))
+    await ensure_topics(settings.kafka, kafka_bootstrap)
+    boundary = "leadflow-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="email"\r\n\r\n'
+        f"ada@example.com\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\n'
+        + "\x01" * 600_000
+        + f"\r\n--{boundary}--\r\n"
+    ).encode()
+    async for client in client_for(settings, kafka_bootstrap):
+        answer = await client.post(
+            "/v1/leads/web",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert answer.status in (413, 422), await answer.text()
+        refused = await answer.json()
+        assert refused["dead_letter_id"]
+    letters = await read_topic(kafka_bootstrap, Topics(topic_prefix).dlq("web_form"), 1)
+    [letter] = [DeadLetter.model_validate_json(m.value or b"") for m in letters]
+    assert letter.dead_letter_id == refused["dead_letter_id"]
+    assert len(letters[0].value or b"") < 1_000_000  # the letter itself fits
+
+
+async def test_a_body_over_the_limit_leaves_a_dead_letter(
+    client: TestClient, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    answer = await client.post(
+        "/v1/events/crm",
+        data=b'{"pad": "' + b"x" * 8192 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status == 413
+    refused = await answer.json()
+    letters = await read_topic(kafka_bootstrap, Topics(topic_prefix).dlq("events"), 1)
+    assert refused["dead_letter_id"] in {
+        DeadLetter.model_validate_json(m.value or b"").dead_letter_id for m in letters
+    }
