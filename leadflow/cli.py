@@ -30,6 +30,7 @@ from rich.console import Console
 
 from leadflow.errors import BadRecordError, FatalError, LeadflowError
 from leadflow.settings import SCOPES, Settings, load_settings
+from schemas.limits import configure as configure_limits
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -520,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False)
     try:
         settings = load_settings()
+        configure_limits(settings.limits)  # every verb validates input with the same domains
         code: int = args.fn(settings, args, console)
     except FatalError as exc:
         console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)

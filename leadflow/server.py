@@ -38,6 +38,7 @@ from leadflow.metrics import Metrics
 from leadflow.privacy import SuppressionList
 from leadflow.settings import Settings
 from leadflow.topics import Topics
+from schemas.limits import configure as configure_limits
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import sync_stage_definitions
 from sinks.clickhouse.layout import Layout
@@ -80,6 +81,7 @@ def build_app(
     clickhouse: ClickHouse | None,
     bootstrap: str | None = None,
 ) -> web.Application:
+    configure_limits(settings.limits)  # the input domains every schema checks
     app = web.Application(
         client_max_size=settings.http.max_body_bytes,
         middlewares=[json_errors, access.access_control],

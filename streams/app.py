@@ -21,6 +21,7 @@ from leadflow.kafka_clients import ensure_topics, wait_for_topics
 from leadflow.privacy import SuppressionList
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
+from schemas.limits import configure as configure_limits
 from streams import (
     diagnostics,
     events_agent,
@@ -59,6 +60,7 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
 
 
 def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -> faust.App:
+    configure_limits(settings.limits)  # the input domains the stages check events against
     topics = Topics(settings.kafka.topic_prefix)
     options: dict[str, Any] = {
         "broker": broker_url(bootstrap),
@@ -100,7 +102,8 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
 
     stall_guard.install(app)
     normalize_agent.register(app, topics, settings, rules, suppressions)
-    for stage in (events_agent, identity_agent, lead_agent, routing_agent):
+    events_agent.register(app, topics, settings, rules, suppressions)
+    for stage in (identity_agent, lead_agent, routing_agent):
         stage.register(app, topics, settings, rules)
     return app
 

@@ -5,8 +5,11 @@ Inputs: `events.engagement` (key: email, phone or lead id), `events.calls`
 rep's `accept`). Output: an identity probe on
 `identity.keys`, keyed by its first match key, or, for an event that names
 a lead id, an update on `lead.updates`. Events that cannot be read or name
-nobody go to `dlq.events`. Replays are harmless: the lead stage keeps event
-ids, touch ids and engagement ids.
+nobody go to `dlq.events`. An event that names an erased person (any of its
+numbers, addresses or lead ids is on the suppression list) goes nowhere but
+to `dlq.events` as a `suppressed` letter holding only hashes: it must not
+bring the person back as a lead, a route or a notice. Replays are harmless:
+the lead stage keeps event ids, touch ids and engagement ids.
 """
 
 from __future__ import annotations
@@ -19,18 +22,31 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.privacy import SuppressionList, event_id_of, suppressed_dead_letter
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
 from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import table_key
+from streams.normalize_agent import raw_identifiers
 from streams.rules import Rules
 from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
 
 STAGE = stages.EVENTS
 
 
-def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
+def event_key(event: Any) -> str | None:
+    key = event.key
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+
+
+def register(
+    app: faust.App,
+    topics: Topics,
+    settings: Settings,
+    rules: Rules,
+    suppressions: SuppressionList | None = None,
+) -> Any:
     source = app.topic(
         topics.events_engagement,
         topics.events_calls,
@@ -44,8 +60,13 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     updates = raw_topic(app, topics.lead_updates)
     dlq = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
+    if suppressions is None:  # (an empty list is falsy: test for None)
+        suppressions = SuppressionList()
+        suppressions.mark_loaded()
+    suppressed = suppressions
 
     async def take_events(stream: Any) -> None:
+        await suppressed.wait_loaded()
         await run_batches(stream, settings.worker, take_one)
 
     def take_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
@@ -64,6 +85,25 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
         except (BadRecordError, ValidationError, ValueError) as exc:
             out.dead_letter(dlq, STAGE, event, exc)
             return
+        if len(suppressed):  # reading every field costs: only once someone was erased
+            named: list[str | None] = [*raw_identifiers(event.value, region), event_key(event)]
+            if isinstance(result, IdentityProbe):
+                named += [value for _, value, _ in result.keys]
+            else:
+                named.append(result.get("lead_id"))
+            hashes = suppressed.matching(named)
+            if hashes:
+                message = event.message
+                letter = suppressed_dead_letter(
+                    hashes,
+                    stage=STAGE,
+                    event_id=event_id_of(event.value),
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
+                out.add(dlq, *letter.record())
+                return
         if isinstance(result, IdentityProbe):
             kind, value, _ = result.keys[0]
             out.add(keys_out, table_key(kind, value), result.model_dump_json().encode())

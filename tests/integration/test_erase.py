@@ -233,6 +233,47 @@ async def test_erase_is_for_admins_json_only_and_keeps_a_national_phone_out(
     for personal in ("555-0142", "2125550142", "nat again", "never.seen", "never seen"):
         assert personal not in everything.lower()
 
+    # A call from the erased number and engagement of the erased address do not bring
+    # them back either: the events stage leaves a dead letter of hashes instead.
+    call = {
+        "call_id": "after-erase-1",
+        "from": E164,
+        "to": "+862161234567",
+        "direction": "inbound",
+        "status": "completed",
+        "started_at": "2026-03-02T09:00:00Z",
+        "duration_s": 60,
+    }
+    status, _ = stack.http(
+        "POST",
+        "/v1/calls/events",
+        json.dumps(call).encode(),
+        {"Content-Type": "application/json"},
+        key=KEYS["calls"],
+    )
+    assert status == 202
+    engagement = {
+        "event_id": "after-erase-2",
+        "kind": "pricing_page_view",
+        "occurred_at": "2026-03-02T09:00:00Z",
+        "email": UNSEEN,
+    }
+    status, _ = stack.http(
+        "POST",
+        "/v1/events/engagement",
+        json.dumps(engagement).encode(),
+        {"Content-Type": "application/json"},
+        key=KEYS["ingest"],
+    )
+    assert status == 202
+    events = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 2, timeout_s=60)
+    event_letters = [DeadLetter.model_validate_json(r.value or b"") for r in events]
+    assert sorted(b.reason for b in event_letters) == ["suppressed", "suppressed"]
+    for letter in event_letters:
+        text = base64.b64decode(letter.original_b64).decode()
+        assert "2125550142" not in text
+        assert UNSEEN not in text.lower()
+
     # No lead, no transition, no pipeline row for either.
     assert stack.leads(phone=E164)["leads"] == []
     assert stack.leads(email=UNSEEN)["leads"] == []

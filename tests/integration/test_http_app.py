@@ -283,3 +283,44 @@ async def test_a_body_over_the_limit_leaves_a_dead_letter(
     assert refused["dead_letter_id"] in {
         DeadLetter.model_validate_json(m.value or b"").dead_letter_id for m in letters
     }
+
+
+async def test_the_server_checks_events_against_its_configured_window(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from leadflow.settings import LimitsSettings
+    from schemas.limits import active, configure
+
+    before = active()
+    settings = Settings(
+        kafka=KafkaSettings(topic_prefix=topic_prefix),
+        limits=LimitsSettings(earliest_time=datetime(2026, 1, 1, tzinfo=UTC), max_amount=5000),
+    )
+    await ensure_topics(settings.kafka, kafka_bootstrap)
+    event = {
+        "event_id": "w1",
+        "lead_id": "lead-1",
+        "action": "convert",
+        "amount": 1200,
+        "currency": "CNY",
+        "occurred_at": "2025-12-31T23:00:00Z",
+    }
+    try:
+        async for client in client_for(settings, kafka_bootstrap):
+            old = await client.post("/v1/events/crm", json=event)
+            assert old.status == 422
+            assert "LIMITS_EARLIEST_TIME" in (await old.json())["message"]
+            big = await client.post(
+                "/v1/events/crm",
+                json={**event, "occurred_at": "2026-03-02T09:00:00Z", "amount": 6000},
+            )
+            assert big.status == 422
+            assert "amount" in (await big.json())["fields"]
+            ok = await client.post(
+                "/v1/events/crm", json={**event, "occurred_at": "2026-03-02T09:00:00Z"}
+            )
+            assert ok.status == 202
+    finally:
+        configure(before)
