@@ -6,6 +6,19 @@ dead letter on `dlq.tradeshow_upload` with its row number and reason, and
 the upload goes on. A completed upload is recorded (file digest and event)
 on the compacted topic `uploads.done`; uploading the same file for the same
 event again publishes nothing and says when it was done.
+
+The CPU work (reading the file, normalizing each row, building envelopes and
+dead letters) runs in a thread of its own, a chunk of rows at a time, one
+chunk ahead of the sends; the event loop only sends to Kafka. So an upload
+served by `leadflow serve` never holds up the other requests or the
+consumers' heartbeats, however large or hostile the file.
+
+Limits (`LimitsSettings`): past LIMITS_UPLOAD_MAX_ROWS rows the file is
+refused (`too_many_rows`); after LIMITS_UPLOAD_MAX_EMPTY_ROWS empty rows in a
+row reading stops and the summary says so (`stopped: empty_rows_limit`), so
+a sheet of a million formatted empty rows costs a moment, not minutes. A file
+that cannot be read at all raises `UploadRefusedError`, after its dead letter
+(the file's first 64 KiB and the reason) is on `dlq.tradeshow_upload`.
 """
 
 from __future__ import annotations
@@ -13,7 +26,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +37,7 @@ from typing import Any
 
 import yaml
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,11 +46,17 @@ from ingest_adapters import tradeshow
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_producer, replay_topic
-from leadflow.settings import Settings
+from leadflow.settings import LimitsSettings, Settings
 from leadflow.topics import Topics
 from streams.normalize import normalize_lead
 
+log = logging.getLogger(__name__)
+
 IN_FLIGHT = 1000
+CHUNK_ROWS = 1000  # rows the reading thread handles before the event loop sends them
+HEAD_BYTES = 65536  # what a refused file's dead letter keeps of it
+LETTER_BODY_MAX = 65536  # a rejected row's dead letter keeps at most this of its cells
+ROW_MAX_BYTES = 512 * 1024  # one envelope on leads.raw; Kafka refuses messages past ~1 MB
 
 
 @dataclass
@@ -48,6 +71,20 @@ class Summary:
     rejected: dict[str, int] = field(default_factory=dict)
     already_uploaded_at: str | None = None
     seconds: float = 0.0
+    stopped: str | None = None  # why reading stopped before the end (empty_rows_limit)
+    stopped_at_row: int | None = None
+
+
+class UploadRefusedError(BadRecordError):
+    """The file as a whole was refused; its dead letter is on `dlq.tradeshow_upload`.
+
+    `summary` tells what happened before (rows read, leads already published).
+    """
+
+    def __init__(self, error: BadRecordError, dead_letter_id: str, summary: Summary) -> None:
+        super().__init__(error.reason, error.message, error.fields)
+        self.dead_letter_id = dead_letter_id
+        self.summary = summary
 
 
 def file_digest(path: Path) -> str:
@@ -58,17 +95,28 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def parse_mapping(text: str, source: str = "the mapping") -> dict[str, str]:
+    """`{column in the file: field name leadflow knows}` from YAML text."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise BadRecordError(
+            "invalid_mapping", f"{source} is not valid YAML: {str(exc)[:500]}"
+        ) from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise BadRecordError("invalid_mapping", f"{source}: expected `column: field` pairs")
+    return {str(k): v for k, v in data.items()}
+
+
 def load_mapping(path: Path | None) -> dict[str, str]:
     """A mapping file: `{column in the file: field name leadflow knows}`."""
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
         raise BadRecordError("invalid_mapping", f"the mapping is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise BadRecordError("invalid_mapping", f"{path}: expected `column: field` pairs")
-    return {str(k): v for k, v in data.items()}
+    return parse_mapping(text, str(path))
 
 
 async def _previous_upload(
@@ -88,6 +136,155 @@ async def _previous_upload(
     return found[-1] if found else None
 
 
+@dataclass
+class _Chunk:
+    """What the reading thread hands the event loop: records to send, rows it read."""
+
+    rows: int = 0
+    leads: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
+    letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+    error: BadRecordError | None = None  # the file cannot be read on (after these records)
+    done: bool = False
+
+
+class _Reading:
+    """The CPU side of an upload: rows to envelopes and dead letters, a chunk per call.
+
+    Every method runs in the upload's own single thread, one call after another.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        mapping: Mapping[str, str],
+        event: str,
+        name: str,
+        limits: LimitsSettings,
+        region: str,
+    ) -> None:
+        self._rows = tradeshow.read_rows(path, mapping, limits)
+        self._event = event
+        self._name = name
+        self._limits = limits
+        self._region = region
+        self._seen: set[int] = set()
+        self._empty_run = 0
+        self.rows_read = 0
+        self.empty_rows = 0
+        self.duplicates = 0
+        self.rejected: Counter[str] = Counter()
+        self.stopped: str | None = None
+        self.stopped_at_row: int | None = None
+
+    def next_chunk(self) -> _Chunk:
+        chunk = _Chunk()
+        try:
+            for row in self._rows:
+                self._take(row, chunk)
+                if chunk.done or chunk.rows >= CHUNK_ROWS:
+                    break
+            else:
+                chunk.done = True
+        except BadRecordError as exc:
+            chunk.error = exc
+        except Exception as exc:  # a file no reader foresaw must not take the server down
+            log.exception("upload of %s failed while reading", self._name)
+            chunk.error = BadRecordError(
+                "unreadable_file",
+                f"the file could not be read: {type(exc).__name__}: {str(exc)[:300]}",
+            )
+        if chunk.error is not None:
+            chunk.done = True
+        return chunk
+
+    def close(self) -> None:
+        self._rows.close()  # closes the file (or workbook) the rows came from
+
+    def _take(self, row: tradeshow.Row, chunk: _Chunk) -> None:
+        chunk.rows += 1
+        self.rows_read += 1
+        if self.rows_read > self._limits.upload_max_rows:
+            raise BadRecordError(
+                "too_many_rows",
+                f"the file has more than {self._limits.upload_max_rows:,} rows "
+                "(LIMITS_UPLOAD_MAX_ROWS); split it and upload the parts "
+                "(rows already published are the same events again, not duplicates)",
+            )
+        if not row.cells and row.problem is None:
+            self.empty_rows += 1
+            self._empty_run += 1
+            if self._empty_run >= self._limits.upload_max_empty_rows:
+                self.stopped, self.stopped_at_row = "empty_rows_limit", row.number
+                chunk.done = True
+            return
+        self._empty_run = 0
+        detail = f"{self._name}: row {row.number}"
+        if row.problem is not None:
+            self._reject(row.problem, row, detail, chunk)
+            return
+        formula = tradeshow.formula_column(row)
+        if formula is not None:
+            error = BadRecordError(
+                "formula_cell",
+                f"row {row.number}: column {formula!r} holds a spreadsheet formula, not a value",
+                {formula: "a formula (=, @, +NAME(…)) is not accepted"},
+            )
+            self._reject(error, row, detail, chunk)
+            return
+        try:
+            raw = tradeshow.envelope(row, self._event, self._name)
+        except ValidationError as exc:
+            problems = {".".join(str(p) for p in e["loc"]): e["msg"] for e in exc.errors()}
+            message = f"row {row.number}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
+            self._reject(BadRecordError("invalid_fields", message, problems), row, detail, chunk)
+            return
+        fingerprint = hash(raw.event_id)
+        if fingerprint in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(fingerprint)
+        try:
+            normalize_lead(raw, default_region=self._region)
+        except BadRecordError as exc:
+            self._reject(exc, row, detail, chunk)
+            return
+        value = raw.model_dump_json().encode()
+        if len(value) > ROW_MAX_BYTES:
+            error = BadRecordError(
+                "row_too_large",
+                f"row {row.number} makes a lead of {len(value):,} bytes (limit {ROW_MAX_BYTES:,})",
+            )
+            self._reject(error, row, detail, chunk)
+            return
+        chunk.leads.append((raw.event_id.encode(), value))
+
+    def _reject(
+        self, error: BadRecordError, row: tradeshow.Row, detail: str, chunk: _Chunk
+    ) -> None:
+        letter = dead_letter_for(
+            error, _letter_body(row.cells), stage=tradeshow.STAGE, detail=detail
+        )
+        chunk.letters.append(letter.record())
+        self.rejected[error.reason] += 1
+
+
+def _letter_body(cells: Mapping[str, str]) -> bytes:
+    """A rejected row's cells as JSON, cut to LETTER_BODY_MAX (a cell may be huge)."""
+    body = json.dumps(cells, ensure_ascii=False).encode()
+    if len(body) <= LETTER_BODY_MAX:
+        return body
+    clipped = {
+        name[:200]: value if len(value) <= 1000 else f"{value[:1000]}… ({len(value):,} characters)"
+        for name, value in cells.items()
+    }
+    return json.dumps(clipped, ensure_ascii=False).encode()[:LETTER_BODY_MAX]
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as stream:
+        return stream.read(HEAD_BYTES)
+
+
 async def upload(
     settings: Settings,
     bootstrap: str,
@@ -96,25 +293,35 @@ async def upload(
     mapping_file: Path | None,
     console: Console,
     original_name: str | None = None,
+    *,
+    mapping: Mapping[str, str] | None = None,
 ) -> Summary:
-    """Publish every good row of `path`; `original_name` names it in summaries and dead letters."""
-    started = asyncio.get_running_loop().time()
+    """Publish every good row of `path`; `original_name` names it in summaries and dead letters.
+
+    `mapping` (already parsed) takes the place of `mapping_file`. Raises
+    `UploadRefusedError` when the file as a whole is refused.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     topics = Topics(settings.kafka.topic_prefix)
     name = original_name or path.name
-    summary = Summary(file=name, event=event, digest=file_digest(path))
+    summary = Summary(file=name, event=event, digest=await asyncio.to_thread(file_digest, path))
     done_key = f"{event}|{summary.digest}"
-    mapping = load_mapping(mapping_file)
+    if mapping is None:
+        mapping = await asyncio.to_thread(load_mapping, mapping_file)
     await ensure_topics(settings.kafka, bootstrap)
     previous = await _previous_upload(settings, bootstrap, topics.uploads_done, done_key)
     if previous is not None:
         summary.already_uploaded_at = previous
         return summary
+    reading = _Reading(
+        path, mapping, event, name, settings.limits, settings.normalize.default_phone_region
+    )
+    # One thread per upload: its chunks, then its close, run in order on it.
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadflow-upload")
     producer = make_producer(settings.kafka, bootstrap, linger_ms=20)
     await producer.start()
-    rejected: Counter[str] = Counter()
-    seen: set[int] = set()
     in_flight: list[asyncio.Future[Any]] = []
-    region = settings.normalize.default_phone_region
     try:
         with Progress(
             SpinnerColumn(),
@@ -125,88 +332,54 @@ async def upload(
             transient=True,
         ) as progress:
             task = progress.add_task(f"uploading {name} for {event}", total=None)
-            try:
-                for row in tradeshow.read_rows(path, mapping):
-                    summary.rows_read += 1
-                    progress.advance(task)
-                    if not row.cells:
-                        summary.empty_rows += 1
-                        continue
-                    detail = f"{name}: row {row.number}"
-                    if "__ragged__" in row.cells:
-                        error = BadRecordError(
-                            "ragged_row",
-                            f"row {row.number} has "
-                            f"{row.cells['__ragged__']} cells, more than "
-                            "the header",
-                        )
-                        in_flight.append(await _dead_letter(producer, topics, error, row, detail))
-                        rejected[error.reason] += 1
-                        continue
-                    formula = tradeshow.formula_column(row)
-                    if formula is not None:
-                        error = BadRecordError(
-                            "formula_cell",
-                            f"row {row.number}: column {formula!r} holds a spreadsheet formula, "
-                            "not a value",
-                            {formula: "a formula (=, @, +NAME(…)) is not accepted"},
-                        )
-                        in_flight.append(await _dead_letter(producer, topics, error, row, detail))
-                        rejected[error.reason] += 1
-                        continue
-                    raw = tradeshow.envelope(row, event, name)
-                    fingerprint = hash(raw.event_id)
-                    if fingerprint in seen:
-                        summary.duplicates_in_file += 1
-                        continue
-                    seen.add(fingerprint)
-                    try:
-                        normalize_lead(raw, default_region=region)
-                    except BadRecordError as exc:
-                        in_flight.append(await _dead_letter(producer, topics, exc, row, detail))
-                        rejected[exc.reason] += 1
-                        continue
-                    in_flight.append(
-                        await producer.send(
-                            topics.leads_raw,
-                            raw.model_dump_json().encode(),
-                            key=raw.event_id.encode(),
-                        )
-                    )
+            pending = asyncio.wrap_future(thread.submit(reading.next_chunk))
+            while True:
+                chunk = await pending
+                if not chunk.done:  # the thread reads the next chunk while this one is sent
+                    pending = asyncio.wrap_future(thread.submit(reading.next_chunk))
+                dlq = topics.dlq(tradeshow.STAGE)
+                for key, value in chunk.letters:
+                    in_flight.append(await producer.send(dlq, value, key=key))
+                for key, value in chunk.leads:
+                    in_flight.append(await producer.send(topics.leads_raw, value, key=key))
                     summary.published += 1
                     if len(in_flight) >= IN_FLIGHT:
                         await asyncio.gather(*in_flight)
                         in_flight.clear()
-            except BadRecordError as exc:
-                # The file itself cannot be read: keep its head as the dead letter's body.
-                with path.open("rb") as stream:
-                    head = stream.read(65536)
-                letter = dead_letter_for(
-                    exc, head, stage=tradeshow.STAGE, detail=f"{name} ({summary.digest})"
-                )
-                key, value = letter.record()
-                await producer.send_and_wait(topics.dlq(tradeshow.STAGE), value, key=key)
-                raise
+                progress.advance(task, chunk.rows)
+                if chunk.done:
+                    break
         await asyncio.gather(*in_flight)
-        summary.rejected = dict(rejected)
-        summary.seconds = round(asyncio.get_running_loop().time() - started, 2)
+        in_flight.clear()
+        _count(summary, reading)
+        if chunk.error is not None:
+            # The file itself cannot be read on: keep its head as the dead letter's body.
+            head = await asyncio.to_thread(_head, path)
+            letter = dead_letter_for(
+                chunk.error, head, stage=tradeshow.STAGE, detail=f"{name} ({summary.digest})"
+            )
+            key, value = letter.record()
+            await producer.send_and_wait(topics.dlq(tradeshow.STAGE), value, key=key)
+            raise UploadRefusedError(chunk.error, letter.dead_letter_id, summary)
+        summary.seconds = round(loop.time() - started, 2)
         record = {**asdict(summary), "finished_at": datetime.now(UTC).isoformat()}
         await producer.send_and_wait(
             topics.uploads_done, json.dumps(record).encode(), key=done_key.encode()
         )
     finally:
+        thread.submit(reading.close)
+        thread.shutdown(wait=False)
         await producer.stop()
     return summary
 
 
-async def _dead_letter(
-    producer: Any, topics: Topics, error: BadRecordError, row: tradeshow.Row, detail: str
-) -> asyncio.Future[Any]:
-    original = json.dumps(row.cells, ensure_ascii=False).encode()
-    letter = dead_letter_for(error, original, stage=tradeshow.STAGE, detail=detail)
-    key, value = letter.record()
-    future: asyncio.Future[Any] = await producer.send(topics.dlq(tradeshow.STAGE), value, key=key)
-    return future
+def _count(summary: Summary, reading: _Reading) -> None:
+    summary.rows_read = reading.rows_read
+    summary.empty_rows = reading.empty_rows
+    summary.duplicates_in_file = reading.duplicates
+    summary.rejected = dict(reading.rejected)
+    summary.stopped = reading.stopped
+    summary.stopped_at_row = reading.stopped_at_row
 
 
 def summary_table(summary: Summary) -> Table:
@@ -223,5 +396,7 @@ def summary_table(summary: Summary) -> Table:
     table.add_row("empty rows", f"{summary.empty_rows:,}")
     for reason, count in sorted(summary.rejected.items()):
         table.add_row(f"rejected: {reason}", f"{count:,}")
+    if summary.stopped:
+        table.add_row(f"stopped reading: {summary.stopped}", f"at row {summary.stopped_at_row:,}")
     table.add_row("seconds", f"{summary.seconds:,.1f}")
     return table

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import re
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from openpyxl import Workbook
+from openpyxl.styles import Font
 
 from ingest_adapters import tradeshow
 from ingest_adapters.tradeshow import Row, detect_encoding, envelope, read_rows
 from leadflow.errors import BadRecordError
+from leadflow.settings import LimitsSettings
 
 CHINESE = "姓名,手机,邮箱,公司\n王小明,13800138000,wang@example.cn,示例科技有限公司\n"
 
@@ -71,8 +77,12 @@ def test_title_rows_quoted_newlines_semicolons_and_blank_rows(tmp_path: Path) ->
 def test_ragged_rows_are_marked(tmp_path: Path) -> None:
     data = b"name,email\nAda,ada@example.com,extra\nGrace,grace@example.com\n"
     rows = list(read_rows(write(tmp_path, "scan.csv", data)))
-    assert rows[0].cells == {"__ragged__": "3"}
+    assert rows[0].problem is not None
+    assert rows[0].problem.reason == "ragged_row"
+    assert "3 cells" in rows[0].problem.message
+    assert rows[0].cells == {"name": "Ada", "email": "ada@example.com", "column 3": "extra"}
     assert rows[1].cells == {"name": "Grace", "email": "grace@example.com"}
+    assert rows[1].problem is None
 
 
 def test_a_mapping_renames_columns(tmp_path: Path) -> None:
@@ -124,3 +134,130 @@ def test_the_same_row_is_the_same_event() -> None:
     assert envelope(row, "CIIE", "a.csv").event_id != envelope(row, "SaaStr", "a.csv").event_id
     raw = envelope(row, "CIIE", "a.csv")
     assert (raw.channel, raw.fields["event"], raw.context["row"]) == ("tradeshow", "CIIE", "7")
+
+
+def styled_rows_xlsx(rows: int, *, column: str = "A", dimension: str | None = None) -> bytes:
+    """A workbook: a header, one lead, then `rows` rows that hold only a cell style in
+    `column` (what a sheet keeps after someone formats whole rows); its declared
+    dimension covers them unless `dimension` says otherwise."""
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["name", "email", "company"])
+    sheet.append(["Ada", "ada@example.com", "Fabrikam"])
+    sheet["A3"].font = Font(bold=True)
+    template = io.BytesIO()
+    book.save(template)
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(template) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                text = data.decode()
+                found = re.search(r'<c r="A3" s="(\d+)"', text)
+                assert found is not None, text
+                filler = "".join(
+                    f'<row r="{n}"><c r="{column}{n}" s="{found.group(1)}"/></row>'
+                    for n in range(3, rows + 3)
+                )
+                text = re.sub(r'<row r="3">.*?</row>', filler, text, flags=re.S)
+                ref = dimension or f"A1:C{rows + 2}"
+                text = re.sub(r'<dimension ref="[^"]*"', f'<dimension ref="{ref}"', text)
+                data = text.encode()
+            target.writestr(info, data)
+    return out.getvalue()
+
+
+def test_formatted_empty_rows_stream_lazily(tmp_path: Path) -> None:
+    path = write(tmp_path, "scan.xlsx", styled_rows_xlsx(200_000))
+    rows = read_rows(path)
+    first = next(rows)
+    assert first.cells == {"name": "Ada", "email": "ada@example.com", "company": "Fabrikam"}
+    started = time.monotonic()
+    assert all(next(rows).cells == {} for _ in range(10_000))
+    rows.close()
+    assert time.monotonic() - started < 5  # the other 190,000 are never read
+
+
+def test_a_lying_dimension_and_a_cell_in_column_xfd_cost_nothing(tmp_path: Path) -> None:
+    # Before: every row came 16,384 cells wide (the dimension's), a minute for these.
+    data = styled_rows_xlsx(20_000, column="XFD", dimension="A1:XFD1048576")
+    started = time.monotonic()
+    rows = list(read_rows(write(tmp_path, "wide.xlsx", data)))
+    assert time.monotonic() - started < 5
+    assert len(rows) == 20_001
+    assert rows[0].cells["name"] == "Ada"
+    assert all(row.cells == {} and row.problem is None for row in rows[1:])
+
+
+def test_a_cell_past_the_limit_rejects_its_row_not_the_file(tmp_path: Path) -> None:
+    # 200 KiB: past the csv module's default bound (128 KiB), which used to end in a 500.
+    data = f"name,email,notes\nAda,ada@example.com,{'x' * 200_000}\nGrace,g@example.com,hi\n"
+    rows = list(read_rows(write(tmp_path, "scan.csv", data.encode())))
+    assert rows[0].problem is not None
+    assert rows[0].problem.reason == "cell_too_large"
+    assert rows[0].problem.fields == {"notes": "longer than 32,767 characters"}
+    assert "200,000 characters" in rows[0].problem.message
+    assert rows[1].cells == {"name": "Grace", "email": "g@example.com", "notes": "hi"}
+    small = LimitsSettings(upload_max_cell_chars=5)
+    rows = list(
+        read_rows(write(tmp_path, "small.csv", b"name,email\nAda,a@example.com\n"), None, small)
+    )
+    assert rows[0].problem is not None
+    assert rows[0].problem.reason == "cell_too_large"
+
+
+def test_a_field_past_the_csv_bound_refuses_the_file_with_its_row(tmp_path: Path) -> None:
+    data = f"name,email,notes\nAda,a@example.com,x\nBo,b@example.com,{'y' * (2 << 20)}\n"
+    with pytest.raises(BadRecordError) as caught:
+        list(read_rows(write(tmp_path, "scan.csv", data.encode())))
+    assert caught.value.reason == "cell_too_large"
+    assert "row 3" in caught.value.message
+
+
+def test_an_unbalanced_quote_is_invalid_csv_with_its_row(tmp_path: Path) -> None:
+    data = b'name,email,notes\nAda,a@example.com,fine\nBo,b@example.com,"never closed\nCy,c@x.cn,\n'
+    rows = read_rows(write(tmp_path, "scan.csv", data))
+    assert next(rows).cells["name"] == "Ada"
+    with pytest.raises(BadRecordError) as caught:
+        next(rows)
+    assert caught.value.reason == "invalid_csv"
+    assert "row 3" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"hello.txt": b"not a workbook"},
+        {"[Content_Types].xml": b"<Types/>"},
+        {"[Content_Types].xml": b"<<<", "xl/workbook.xml": b"<<<"},
+    ],
+)
+def test_a_zip_that_is_not_a_workbook_is_invalid_xlsx(
+    tmp_path: Path, members: dict[str, bytes]
+) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(BadRecordError) as caught:
+        list(read_rows(write(tmp_path, "scan.xlsx", buffer.getvalue())))
+    assert caught.value.reason == "invalid_xlsx"
+
+
+def test_a_header_past_the_column_limit_is_refused(tmp_path: Path) -> None:
+    header = ["name", "email", *(f"c{i}" for i in range(300))]
+    csv_path = write(tmp_path, "wide.csv", (",".join(header) + "\nAda,a@example.com\n").encode())
+    book = Workbook()
+    book.active.append(header)
+    xlsx_path = tmp_path / "wide.xlsx"
+    book.save(xlsx_path)
+    for path in (csv_path, xlsx_path):
+        with pytest.raises(BadRecordError) as caught:
+            list(read_rows(path))
+        assert caught.value.reason == "too_many_columns", path
+    # Trailing empty header cells are not columns.
+    padded = write(tmp_path, "padded.csv", ("name,email" + "," * 400 + "\nAda,a@x.cn\n").encode())
+    assert [row.cells for row in read_rows(padded)] == [{"name": "Ada", "email": "a@x.cn"}]
