@@ -1,11 +1,35 @@
-"""Trade-show uploads over HTTP: the file streams to disk, then goes through `upload`."""
+"""Trade-show uploads over HTTP: the file streams to disk, then goes through `upload`.
+
+Every refusal is a JSON 4xx with `error`, `message` and the `dead_letter_id`
+of the letter on `dlq.tradeshow_upload` that keeps its reason (and the file's
+first 64 KiB when the file was received):
+
+- 415 `unsupported_media_type`: not multipart/form-data.
+- 429 `too_many_uploads` with Retry-After: HTTP_UPLOAD_CONCURRENCY uploads are
+  already being processed; the body is not read.
+- 413 `body_too_large`: the file is past HTTP_MAX_UPLOAD_BYTES (or another part
+  past its own small bound).
+- 408 `body_too_slow`: after a grace of `BODY_GRACE_S`, the body arrived slower
+  on average than HTTP_BODY_MIN_RATE_BYTES_S.
+- 400 `invalid_form`: the body is not valid multipart.
+- 422 `invalid_fields` (no file, no event, an event longer than
+  `EVENT_MAX_CHARS`), `invalid_mapping` (past `MAPPING_MAX_BYTES`, or not
+  `column: field` YAML), and the file's own refusals from `leadflow.upload`
+  (`invalid_csv`, `invalid_xlsx`, `too_many_columns`, `cell_too_large`,
+  `no_header` …; `too_many_rows` and a zip bomb's `too_large` are 413).
+
+The client's file name is kept only as text (cut to `NAME_MAX_CHARS`); on disk
+the file is `<random hex><suffix>` under the data dir, deleted when done.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
@@ -16,14 +40,80 @@ from ingest_adapters import tradeshow
 from ingest_adapters.answers import STATUS_BY_REASON, error_body
 from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
-from leadflow.upload import upload
+from leadflow.upload import HEAD_BYTES, UploadRefusedError, parse_mapping, upload
 
 # (error, body, stage, detail, key) -> the dead letter's id, once Kafka has it.
 DeadLetterSink = Callable[[BadRecordError, bytes, str, str, str | None], Awaitable[str]]
 
+ROUTE = "/v1/uploads/tradeshow"
+EVENT_MAX_CHARS = 200
+EVENT_MAX_BYTES = 4 * EVENT_MAX_CHARS + 256  # UTF-8 of the longest event, and some space
+MAPPING_MAX_BYTES = 64 * 1024
+OTHER_PART_MAX_BYTES = 64 * 1024  # a part of another name is read (and dropped) up to this
+FORM_OVERHEAD_BYTES = 256 * 1024  # what a body may hold besides the file: parts, headers
+NAME_MAX_CHARS = 255
+BODY_GRACE_S = 10.0  # no rate is asked of a body before this
+RATE_CHECK_S = 1.0  # how often the body's average rate is checked
+RETRY_AFTER_S = 30
 
-class _TooLarge(Exception):
-    """An upload went past HTTP_MAX_UPLOAD_BYTES while streaming."""
+# The reasons of this route beside those every route shares.
+UPLOAD_STATUS_BY_REASON = {
+    **STATUS_BY_REASON,
+    "body_too_large": 413,
+    "too_many_rows": 413,
+    "body_too_slow": 408,
+    "too_many_uploads": 429,
+    "invalid_fields": 422,
+    "invalid_mapping": 422,
+    "invalid_csv": 422,
+    "invalid_xlsx": 422,
+    "cell_too_large": 422,
+    "too_many_columns": 422,
+    "no_header": 422,
+    "unreadable_file": 422,
+}
+
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
+
+
+class _Refused(Exception):
+    """The upload is refused with this status and reason (raised while receiving)."""
+
+    def __init__(self, status: int, error: BadRecordError) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+
+
+@dataclass
+class _Received:
+    path: Path | None = None  # the file part on disk
+    name: str = "upload.csv"  # the client's name for it, as text only
+    texts: dict[str, str] = field(default_factory=dict)  # event, mapping
+
+
+def client_file_name(filename: str | None) -> tuple[str, str]:
+    """The client's file name as text (no folders, printable, at most NAME_MAX_CHARS) and
+    the suffix the file gets on disk (`.csv`, `.xlsx` …; empty unless short and plain)."""
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    suffix = Path(base).suffix.lower() if base else ""
+    if not _SUFFIX.fullmatch(suffix):
+        suffix = ""
+    return (base[:NAME_MAX_CHARS] or "upload.csv"), suffix
+
+
+async def _read_text(part: BodyPartReader, cap: int) -> str | None:
+    """The part's text, or None as soon as it is past `cap` bytes (the rest is not held)."""
+    data = bytearray()
+    while chunk := await part.read_chunk(8192):
+        data += chunk
+        if len(data) > cap:
+            return None
+    try:
+        return bytes(data).decode(part.get_charset("utf-8"), "replace")
+    except LookupError:
+        return bytes(data).decode("utf-8", "replace")
 
 
 class UploadRoutes:
@@ -38,9 +128,10 @@ class UploadRoutes:
         self._settings = settings
         self._bootstrap = bootstrap
         self._dead_letter = dead_letter
+        self._active = 0  # uploads being received or processed
 
     def add_to(self, app: web.Application) -> None:
-        app.router.add_post("/v1/uploads/tradeshow", self.post_tradeshow_upload)
+        app.router.add_post(ROUTE, self.post_tradeshow_upload)
 
     async def post_tradeshow_upload(self, request: web.Request) -> web.Response:
         """A badge-scanner export as multipart (`file`, `event`, optional `mapping` YAML).
@@ -53,100 +144,233 @@ class UploadRoutes:
                 503, "unavailable", "uploads need the adapters role of leadflow serve"
             )
         if request.content_type != "multipart/form-data":
-            return error_body(
-                415, "unsupported_media_type", "send multipart/form-data with file and event"
+            return await self._refuse(
+                415,
+                BadRecordError(
+                    "unsupported_media_type", "send multipart/form-data with file and event"
+                ),
             )
+        http = self._settings.http
+        if self._active >= http.upload_concurrency:
+            response = await self._refuse(
+                429,
+                BadRecordError(
+                    "too_many_uploads",
+                    f"{self._active} uploads are being processed (HTTP_UPLOAD_CONCURRENCY); "
+                    f"retry in {RETRY_AFTER_S} s",
+                ),
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+        length = request.content_length
+        if length is not None and length > http.max_upload_bytes + FORM_OVERHEAD_BYTES:
+            return await self._refuse(413, self._too_large())
+        self._active += 1
+        try:
+            return await self._process(request, self._bootstrap)
+        finally:
+            self._active -= 1
+
+    async def _process(self, request: web.Request, bootstrap: str) -> web.Response:
         folder = self._settings.data_dir / "uploads"
         folder.mkdir(parents=True, exist_ok=True)
-        limit = self._settings.http.max_upload_bytes
-        path: Path | None = None
+        received = _Received()
         try:
             try:
-                received = await self._receive_upload(request, folder, limit)
-            except (ValueError, HttpProcessingError) as exc:  # malformed multipart
-                return await self._refuse_upload(
-                    400, BadRecordError("invalid_form", f"body is not valid multipart: {exc}")
-                )
-            if received is None:
-                return await self._refuse_upload(
-                    413,
-                    BadRecordError(
-                        "body_too_large", f"files larger than {limit} bytes are not accepted"
-                    ),
-                )
-            path, name, texts = received
-            if path is None or not texts.get("event", "").strip():
-                return await self._refuse_upload(
+                received = await self._receive_in_time(request, folder)
+            except _Refused as refused:
+                return await self._refuse(refused.status, refused.error)
+            path = received.path
+            event = received.texts.get("event", "").strip()
+            if path is None or not event:
+                missing = {
+                    part: "required"
+                    for part, absent in (("file", path is None), ("event", not event))
+                    if absent
+                }
+                return await self._refuse(
                     422,
                     BadRecordError(
                         "invalid_fields",
                         "send a file part named file and a text part named event",
-                        {"file": "required", "event": "required"},
+                        missing,
                     ),
+                    path,
                 )
-            mapping_file = None
-            if texts.get("mapping"):
-                mapping_file = path.with_suffix(".mapping.yaml")
-                mapping_file.write_text(texts["mapping"], "utf-8")
+            mapping = None
+            if received.texts.get("mapping", "").strip():
+                text = received.texts["mapping"]
+                try:
+                    mapping = await asyncio.to_thread(parse_mapping, text)
+                except BadRecordError as exc:
+                    letter_id = await self._letter(exc, text.encode())
+                    return self._answer(exc, letter_id)
             try:
                 summary = await upload(
                     self._settings,
-                    self._bootstrap,
+                    bootstrap,
                     path,
-                    texts["event"].strip(),
-                    mapping_file,
+                    event,
+                    None,
                     Console(file=io.StringIO()),
-                    original_name=name,
+                    original_name=received.name,
+                    mapping=mapping,
+                )
+            except UploadRefusedError as exc:
+                return self._answer(
+                    exc,
+                    exc.dead_letter_id,
+                    rows_read=exc.summary.rows_read,
+                    published=exc.summary.published,
                 )
             except BadRecordError as exc:
-                status = STATUS_BY_REASON.get(exc.reason, 422)
-                return error_body(status, exc.reason, exc.message, fields=exc.fields)
+                return await self._refuse(UPLOAD_STATUS_BY_REASON.get(exc.reason, 422), exc, path)
             return web.json_response(asdict(summary))
         finally:
-            for leftover in (path, path.with_suffix(".mapping.yaml") if path else None):
-                if leftover is not None:
-                    leftover.unlink(missing_ok=True)
+            if received.path is not None:
+                received.path.unlink(missing_ok=True)
 
-    async def _receive_upload(
-        self, request: web.Request, folder: Path, limit: int
-    ) -> tuple[Path | None, str, dict[str, str]] | None:
-        """The file part streamed to disk, its name, and the text parts; None if too large."""
-        texts: dict[str, str] = {}
-        path: Path | None = None
-        name = "upload.csv"
+    async def _receive_in_time(self, request: web.Request, folder: Path) -> _Received:
+        """The body received, or 408 once it is slower than HTTP_BODY_MIN_RATE_BYTES_S on
+        average after BODY_GRACE_S (a body that stops arriving included)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        min_rate = self._settings.http.body_min_rate_bytes_s
+        receiving = asyncio.ensure_future(self._receive_upload(request, folder))
+        try:
+            while True:
+                done, _ = await asyncio.wait({receiving}, timeout=RATE_CHECK_S)
+                if done:
+                    return receiving.result()
+                elapsed = loop.time() - started
+                got = request.content.total_bytes
+                if min_rate and elapsed > BODY_GRACE_S and got < min_rate * elapsed:
+                    raise _Refused(
+                        408,
+                        BadRecordError(
+                            "body_too_slow",
+                            f"the body arrived at {got / elapsed:,.0f} bytes/s on average "
+                            f"over {elapsed:.0f} s; at least {min_rate:,} bytes/s is required "
+                            "(HTTP_BODY_MIN_RATE_BYTES_S)",
+                        ),
+                    )
+        finally:
+            if not receiving.done():
+                receiving.cancel()  # it deletes what it wrote of the file
+                await asyncio.wait({receiving})
+
+    async def _receive_upload(self, request: web.Request, folder: Path) -> _Received:
+        """The file part streamed to disk, its name, and the text parts (each bounded)."""
+        limit = self._settings.http.max_upload_bytes
+        received = _Received()
         try:
             reader = await request.multipart()
             async for part in reader:
-                if not isinstance(part, BodyPartReader) or not part.name:
-                    continue
+                if request.content.total_bytes > limit + FORM_OVERHEAD_BYTES:
+                    raise _Refused(413, self._too_large())
+                if not isinstance(part, BodyPartReader):
+                    raise _Refused(
+                        400, BadRecordError("invalid_form", "nested multipart is not accepted")
+                    )
                 if part.name == "file":
-                    name = Path(part.filename or name).name
-                    path = folder / f"{uuid.uuid4().hex}-{name}"
+                    if received.path is not None:
+                        raise _Refused(
+                            422,
+                            BadRecordError(
+                                "invalid_fields",
+                                "send one file per upload",
+                                {"file": "more than one file part"},
+                            ),
+                        )
+                    received.name, suffix = client_file_name(part.filename)
+                    received.path = folder / f"{uuid.uuid4().hex}{suffix}"
                     size = 0
-                    with path.open("wb") as out:
+                    with received.path.open("wb") as out:
                         while chunk := await part.read_chunk(1 << 20):
                             size += len(chunk)
                             if size > limit:
-                                raise _TooLarge
+                                raise _Refused(413, self._too_large())
                             out.write(chunk)
-                elif part.name in ("event", "mapping"):
-                    texts[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
-        except _TooLarge:
-            if path is not None:
-                path.unlink(missing_ok=True)
-            return None
+                elif part.name == "event":
+                    text = await _read_text(part, EVENT_MAX_BYTES)
+                    if text is None or len(text.strip()) > EVENT_MAX_CHARS:
+                        raise _Refused(
+                            422,
+                            BadRecordError(
+                                "invalid_fields",
+                                f"the event name is longer than {EVENT_MAX_CHARS} characters",
+                                {"event": f"at most {EVENT_MAX_CHARS} characters"},
+                            ),
+                        )
+                    received.texts["event"] = text
+                elif part.name == "mapping":
+                    text = await _read_text(part, MAPPING_MAX_BYTES)
+                    if text is None:
+                        raise _Refused(
+                            422,
+                            BadRecordError(
+                                "invalid_mapping",
+                                f"the mapping is larger than {MAPPING_MAX_BYTES:,} bytes",
+                                {"mapping": f"at most {MAPPING_MAX_BYTES:,} bytes"},
+                            ),
+                        )
+                    received.texts["mapping"] = text
+                elif await _read_text(part, OTHER_PART_MAX_BYTES) is None:
+                    raise _Refused(
+                        413,
+                        BadRecordError(
+                            "body_too_large",
+                            f"part {str(part.name)[:100]!r} is larger than "
+                            f"{OTHER_PART_MAX_BYTES:,} bytes (only file, event and mapping "
+                            "are read)",
+                        ),
+                    )
+        except (ValueError, HttpProcessingError) as exc:  # malformed multipart
+            if received.path is not None:
+                received.path.unlink(missing_ok=True)
+            raise _Refused(
+                400, BadRecordError("invalid_form", f"body is not valid multipart: {exc}")
+            ) from exc
         except BaseException:
-            if path is not None:
-                path.unlink(missing_ok=True)
+            if received.path is not None:
+                received.path.unlink(missing_ok=True)
             raise
-        return path, name, texts
+        return received
 
-    async def _refuse_upload(self, status: int, error: BadRecordError) -> web.Response:
-        """A refused upload: its answer, and a dead letter with the reason (the file itself
-        was streamed to disk and deleted, so the letter carries no body)."""
-        letter_id = await self._dead_letter(
-            error, b"", tradeshow.STAGE, "POST /v1/uploads/tradeshow", None
+    def _too_large(self) -> BadRecordError:
+        limit = self._settings.http.max_upload_bytes
+        return BadRecordError("body_too_large", f"files larger than {limit} bytes are not accepted")
+
+    async def _letter(self, error: BadRecordError, body: bytes) -> str:
+        return await self._dead_letter(
+            error, body, tradeshow.STAGE, f"POST {ROUTE} ({error.reason})", None
         )
+
+    def _answer(self, error: BadRecordError, letter_id: str, **extra: object) -> web.Response:
+        status = UPLOAD_STATUS_BY_REASON.get(error.reason, 422)
+        return error_body(
+            status,
+            error.reason,
+            error.message,
+            fields=error.fields,
+            dead_letter_id=letter_id,
+            **extra,
+        )
+
+    async def _refuse(
+        self, status: int, error: BadRecordError, path: Path | None = None
+    ) -> web.Response:
+        """A refused upload: its answer, and a dead letter with the reason (and the file's
+        first 64 KiB when it was received)."""
+        body = b""
+        if path is not None:
+            body = await asyncio.to_thread(_head, path)
+        letter_id = await self._letter(error, body)
         return error_body(
             status, error.reason, error.message, fields=error.fields, dead_letter_id=letter_id
         )
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as stream:
+        return stream.read(HEAD_BYTES)

@@ -10,11 +10,14 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
 from leadflow.kafka_clients import ensure_topics
-from leadflow.settings import HttpSettings, KafkaSettings, Settings
+from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter, RawLead
 from tests.integration.processes import read_topic
 from tests.integration.test_http_app import client_for
+from tests.keys import ENTRIES, KEYS, bearer
+
+UPLOADER = bearer(KEYS["upload"])
 
 SCANS = (
     "CIIE 2026 展商名片扫描导出\n"
@@ -34,6 +37,7 @@ async def uploads(
         LEADFLOW_DATA_DIR=tmp_path,  # type: ignore[call-arg]
         kafka=KafkaSettings(topic_prefix=topic_prefix),
         http=HttpSettings(max_upload_bytes=4096),
+        auth=AuthSettings(keys=ENTRIES),
     )
     await ensure_topics(settings.kafka, kafka_bootstrap)
     async for made in client_for(settings, kafka_bootstrap):
@@ -51,7 +55,7 @@ async def test_upload_over_http_publishes_once_with_a_summary(
     uploads: TestClient, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     topics = Topics(topic_prefix)
-    first = await uploads.post("/v1/uploads/tradeshow", data=form(SCANS))
+    first = await uploads.post("/v1/uploads/tradeshow", data=form(SCANS), headers=UPLOADER)
     assert first.status == 200, await first.text()
     summary = await first.json()
     assert summary["file"] == "ciie-scans.csv"
@@ -62,7 +66,7 @@ async def test_upload_over_http_publishes_once_with_a_summary(
     [letter] = await read_topic(kafka_bootstrap, topics.dlq("tradeshow_upload"), 1)
     assert "row 6" in (DeadLetter.model_validate_json(letter.value or b"").source_detail or "")
 
-    again = await uploads.post("/v1/uploads/tradeshow", data=form(SCANS))
+    again = await uploads.post("/v1/uploads/tradeshow", data=form(SCANS), headers=UPLOADER)
     assert (await again.json())["already_uploaded_at"]
     # Nothing of the file is left on the server's disk.
     assert list((tmp_path / "uploads").iterdir()) == []
@@ -71,11 +75,13 @@ async def test_upload_over_http_publishes_once_with_a_summary(
 async def test_upload_refusals(
     uploads: TestClient, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    too_big = await uploads.post("/v1/uploads/tradeshow", data=form(b"a,b\n" * 2000))
+    too_big = await uploads.post(
+        "/v1/uploads/tradeshow", data=form(b"a,b\n" * 2000), headers=UPLOADER
+    )
     assert too_big.status == 413
     no_event = FormData()
     no_event.add_field("file", SCANS, filename="x.csv")
-    missing = await uploads.post("/v1/uploads/tradeshow", data=no_event)
+    missing = await uploads.post("/v1/uploads/tradeshow", data=no_event, headers=UPLOADER)
     assert missing.status == 422
     # Each refusal is kept as a dead letter with its reason.
     sent = {(await too_big.json())["dead_letter_id"], (await missing.json())["dead_letter_id"]}
@@ -83,5 +89,6 @@ async def test_upload_refusals(
     kept = [DeadLetter.model_validate_json(m.value or b"") for m in letters]
     assert sent <= {letter.dead_letter_id for letter in kept}
     assert {"body_too_large", "invalid_fields"} <= {letter.reason for letter in kept}
-    as_json = await uploads.post("/v1/uploads/tradeshow", json={"event": "x"})
+    as_json = await uploads.post("/v1/uploads/tradeshow", json={"event": "x"}, headers=UPLOADER)
     assert as_json.status == 415
+    assert (await as_json.json())["dead_letter_id"]
