@@ -11,11 +11,12 @@ rename columns first.
 Hostile files are bounded (`LimitsSettings`): a header wider than
 LIMITS_UPLOAD_MAX_COLUMNS is refused, a sheet is read no wider than that (so
 a styled cell in column XFD costs nothing), a row with a cell longer than
-LIMITS_UPLOAD_MAX_CELL_CHARS is marked `cell_too_large`, a CSV field past
-`CSV_FIELD_LIMIT` characters or with an unbalanced quote refuses the file
-(`cell_too_large`, `invalid_csv`, with the row), and a zip that is not a
-workbook is `invalid_xlsx`. Counting rows (and stopping after too many empty
-ones) is the reader's caller's business: it stops iterating.
+LIMITS_UPLOAD_MAX_CELL_CHARS is marked `cell_too_large`; a CSV field past
+`CSV_FIELD_LIMIT` characters, a line past `CSV_LINE_LIMIT` or an unbalanced
+quote refuses the file (`cell_too_large`, `row_too_large`, `invalid_csv`,
+with the row), and so does a zip that is not a workbook (`invalid_xlsx`).
+Counting rows (and stopping after too many empty ones) is the caller's
+business: it stops iterating, and `close()`s the rows.
 
 Each row's event id is derived from the event name and the row's content,
 so a row repeated in the file, or the same file uploaded again, is the same
@@ -51,6 +52,9 @@ MAX_XLSX_BYTES = 200 * 1024 * 1024  # uncompressed; a larger sheet is refused as
 # only a row rejection (`cell_too_large`); past this the file is refused, since the reader
 # cannot find where the next row starts (an unbalanced quote swallows the rest of the file).
 CSV_FIELD_LIMIT = 1 << 20
+# One physical line of a CSV, in characters: past it the file is refused before the csv
+# module splits it (a line of millions of tiny fields would be millions of objects).
+CSV_LINE_LIMIT = 4 * CSV_FIELD_LIMIT
 _ROW_NAMESPACE = uuid.UUID("6f1d2c3b-4a5e-4f60-8b7c-9d0e1f2a3b4c")
 _KNOWN = {alias for aliases in FIELD_ALIASES.values() for alias in aliases}
 
@@ -232,6 +236,20 @@ def _csv_records(reader: Any) -> Iterator[list[str]]:
         yield record
 
 
+def _bounded_lines(text: IO[str]) -> Iterator[str]:
+    """The file's lines, each at most CSV_LINE_LIMIT characters; a longer one refuses it."""
+    number = 0
+    while line := text.readline(CSV_LINE_LIMIT + 1):
+        number += 1
+        if len(line) > CSV_LINE_LIMIT:
+            raise BadRecordError(
+                "row_too_large",
+                f"line {number} is longer than {CSV_LINE_LIMIT:,} characters; "
+                "no row of a badge export is",
+            )
+        yield line
+
+
 def _raise_field_limit(limits: LimitsSettings) -> None:
     """The csv module's bound is process-wide: raised (never lowered) to fit the limit."""
     wanted = max(CSV_FIELD_LIMIT, 4 * limits.upload_max_cell_chars)
@@ -251,7 +269,7 @@ def read_csv(
     sample = head.decode(encoding, errors="ignore")[:8192]
     try:
         # strict: a quote still open at the end of the file is an error, not one giant cell.
-        reader = csv.reader(text, _sniff(sample), strict=True)
+        reader = csv.reader(_bounded_lines(text), _sniff(sample), strict=True)
         yield from _rows_from(_csv_records(reader), mapping, limits)
     except UnicodeDecodeError as exc:
         raise BadRecordError(

@@ -68,6 +68,7 @@ UPLOAD_STATUS_BY_REASON = {
     "invalid_csv": 422,
     "invalid_xlsx": 422,
     "cell_too_large": 422,
+    "row_too_large": 422,
     "too_many_columns": 422,
     "no_header": 422,
     "unreadable_file": 422,

@@ -261,3 +261,16 @@ def test_a_header_past_the_column_limit_is_refused(tmp_path: Path) -> None:
     # Trailing empty header cells are not columns.
     padded = write(tmp_path, "padded.csv", ("name,email" + "," * 400 + "\nAda,a@x.cn\n").encode())
     assert [row.cells for row in read_rows(padded)] == [{"name": "Ada", "email": "a@x.cn"}]
+
+
+def test_a_line_of_millions_of_tiny_fields_is_refused_before_it_is_split(
+    tmp_path: Path,
+) -> None:
+    line = "ab," * (tradeshow.CSV_LINE_LIMIT // 3 + 1)
+    path = write(tmp_path, "scan.csv", f"name,email\nAda,a@x.cn\n{line}\n".encode())
+    rows = read_rows(path)
+    assert next(rows).cells == {"name": "Ada", "email": "a@x.cn"}
+    with pytest.raises(BadRecordError) as caught:
+        next(rows)
+    assert caught.value.reason == "row_too_large"
+    assert "line 3" in caught.value.message
