@@ -20,6 +20,9 @@ class Lead(BaseModel):
     source_system: str
     email: str | None = Field(default=None, description="Validated, lower-case.")
     phone: str | None = Field(default=None, description="E.164, e.g. +8613800138000.")
+    phone_extension: str | None = Field(
+        default=None, description="Digits after `ext`/`x`/`#`/`,`: part of the phone match key."
+    )
     full_name: str | None = None
     first_name: str | None = None
     last_name: str | None = None

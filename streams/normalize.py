@@ -224,7 +224,15 @@ _SCIENTIFIC = re.compile(r"^\d(\.\d+)?[eE]\+?\d+$")
 
 
 def normalize_phone(value: str, region: str) -> str:
-    """E.164 (`+8613800138000`); full-width digits and `00` international prefixes accepted."""
+    """E.164 (`+8613800138000`); full-width digits and `00` international prefixes accepted.
+
+    An extension (`ext 12`, `x12`, `#12`, `,12`) is not part of E.164: see
+    `normalize_phone_parts` for the number and its extension."""
+    return normalize_phone_parts(value, region)[0]
+
+
+def normalize_phone_parts(value: str, region: str) -> tuple[str, str | None]:
+    """(E.164, extension or None): `+49 89 1234-0 ext 12` gives (`+498912340`, `12`)."""
     candidate = unicodedata.normalize("NFKC", value).strip()
     if _SCIENTIFIC.match(candidate):
         raise ValueError(
@@ -239,7 +247,19 @@ def normalize_phone(value: str, region: str) -> str:
         raise ValueError(f"not a phone number ({exc._msg})") from exc
     if not phonenumbers.is_valid_number(number):
         raise ValueError(f"not a valid phone number for region {region}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return e164, number.extension or None
+
+
+def phone_match_key(phone: str | None, extension: str | None) -> str | None:
+    """The exact key a phone matches by: E.164, plus `;ext=` (RFC 3966) when there is one.
+
+    Two people behind one switchboard (`ext 12`, `ext 34`) are two keys, and the
+    bare switchboard number a third: a number never matches the same number with
+    an extension on the phone alone."""
+    if not phone:
+        return None
+    return f"{phone};ext={extension}" if extension else phone
 
 
 def normalize_country(value: str) -> str | None:
@@ -336,7 +356,7 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         if country is None:
             extra["country_raw"] = canonical["country"]
 
-    email = phone = None
+    email = phone = phone_extension = None
     if "email" in canonical:
         try:
             email = normalize_email(canonical["email"])
@@ -344,7 +364,9 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
             problems["email"] = str(exc)
     if "phone" in canonical:
         try:
-            phone = normalize_phone(canonical["phone"], country or default_region)
+            phone, phone_extension = normalize_phone_parts(
+                canonical["phone"], country or default_region
+            )
         except ValueError as exc:
             problems["phone"] = str(exc)
     if "email" not in canonical and "phone" not in canonical:
@@ -391,6 +413,7 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         source_system=raw.source_system,
         email=email,
         phone=phone,
+        phone_extension=phone_extension,
         country=country,
         consent=consent,
         company_key=company_key(company) if (company := text.get("company")) else None,

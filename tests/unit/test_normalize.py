@@ -22,6 +22,8 @@ from streams.normalize import (
     normalize_lead,
     normalize_message,
     normalize_phone,
+    normalize_phone_parts,
+    phone_match_key,
 )
 
 
@@ -74,6 +76,38 @@ def test_bad_emails_are_refused_with_a_reason(bad: str) -> None:
 )
 def test_phones_become_e164(given_phone: str, region: str, expected: str) -> None:
     assert normalize_phone(given_phone, region) == expected
+
+
+@pytest.mark.parametrize(
+    ("given_phone", "region", "extension"),
+    [
+        ("+49 89 1234-0 ext 12", "DE", "12"),
+        ("+49 89 1234-0 ext. 12", "DE", "12"),
+        ("089 1234-0 x12", "DE", "12"),
+        ("+49 89 12340#12", "DE", "12"),
+        ("+49 89 12340,12", "DE", "12"),
+        ("+49 89 1234-0", "DE", None),
+    ],
+)
+def test_phone_extensions_are_kept_beside_the_e164_number(
+    given_phone: str, region: str, extension: str | None
+) -> None:
+    assert normalize_phone_parts(given_phone, region) == ("+498912340", extension)
+    assert normalize_phone(given_phone, region) == "+498912340"  # E.164 stays E.164
+
+
+def test_the_phone_match_key_carries_the_extension() -> None:
+    assert phone_match_key("+498912340", "12") == "+498912340;ext=12"
+    assert phone_match_key("+498912340", None) == "+498912340"
+    assert phone_match_key(None, "12") is None
+
+
+def test_a_lead_keeps_its_extension(make_raw_lead: Callable[..., RawLead]) -> None:
+    lead = normalize_lead(
+        make_raw_lead({"name": "Klaus Berger", "phone": "+49 89 1234-0 ext 12"}),
+        default_region="CN",
+    )
+    assert (lead.phone, lead.phone_extension, lead.country) == ("+498912340", "12", "DE")
 
 
 @pytest.mark.parametrize("bad", ["12", "hello", "+86 123", "", "555-CALL-NOW-PLEASE"])
