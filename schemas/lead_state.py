@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.lead import Lead
 
 MatchKey = Literal["email", "phone", "company", "domain"]
+MAX_SUGGESTIONS = 20
 
 
 class Touch(BaseModel):
@@ -61,7 +62,11 @@ class IdentityProbe(BaseModel):
 
     lead: Lead
     lead_id: str = Field(description="The lead id resolved so far (the survivor).")
-    first_seen: datetime = Field(description="First-seen time of that lead id.")
+    first_seen: datetime = Field(
+        description="When that lead id entered leadflow: the arrival of its first lead "
+        "(`received_at`), or, for a lead an event (call, engagement) started, when the events "
+        "stage took the event; never the event's own occurred_at. The earlier survives a merge."
+    )
     keys: list[tuple[MatchKey, str, str]] = Field(
         default_factory=list, description="(key kind, key value, rule name) still to visit."
     )
@@ -78,6 +83,16 @@ class IdentityProbe(BaseModel):
     absorbed: list[tuple[str, str]] = Field(
         default_factory=list,
         description="(lead id, rule) of existing leads found to be this person, to merge.",
+    )
+    suggested: list[MatchRecord] = Field(
+        default_factory=list,
+        description="Leads a fuzzy rule found similar whose email or phone disagree: not "
+        "merged, kept as suggested duplicates (at most MAX_SUGGESTIONS).",
+    )
+    event_only: bool = Field(
+        default=False,
+        description="True for a call or engagement: it attaches to the person and never "
+        "takes an owned lead away from its rep.",
     )
 
 
@@ -131,10 +146,14 @@ class LeadState(BaseModel):
 
     lead_id: str
     version: int = 0
-    first_seen: datetime
+    first_seen: datetime = Field(
+        description="When the lead entered leadflow (see IdentityProbe.first_seen): its rank in "
+        "a merge, so the lead that came first keeps its id, owner and assignment."
+    )
     updated_at: datetime
     email: str | None = None
     phone: str | None = None
+    phone_extension: str | None = Field(default=None, description="Extension of `phone`.")
     emails: list[str] = Field(default_factory=list)
     phones: list[str] = Field(default_factory=list)
     full_name: str | None = None
@@ -156,6 +175,11 @@ class LeadState(BaseModel):
     engagements: list[Engagement] = Field(default_factory=list)
     merged_from: list[str] = Field(default_factory=list)
     merged_into: str | None = None
+    suggested_duplicates: list[tuple[str, str, float]] = Field(
+        default_factory=list,
+        description="(lead id, rule, score): similar leads a fuzzy rule did not merge because "
+        "their email or phone disagree; best first, at most MAX_SUGGESTIONS.",
+    )
     score: float = 0.0
     grade: str = "D"
     score_rules: list[tuple[str, float]] = Field(default_factory=list)

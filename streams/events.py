@@ -6,6 +6,11 @@ starts a lead, and one about a known person lands on that person); a lead id
 goes straight to the lead stage. Engagement is not a contact: it adds points
 that decay, not a touch. A call is a contact (one touch per call, however
 many status callbacks it has) and, once connected, engagement too.
+
+A lead an event starts (`event_only`) ranks by when this stage took the event
+(`first_seen` = `normalized_at`), never by the event's occurred_at: a call from
+March replayed today is today's newcomer, so it never out-ranks the lead the
+person already is, and never takes that lead, its owner or its assignment away.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 from leadflow.errors import BadRecordError
 from schemas import CallEvent, CrmEvent, Engagement, EngagementEvent, IdentityProbe, Lead
 from streams.identity import start_probe
-from streams.normalize import lead_id_for, normalize_email, normalize_phone
+from streams.normalize import lead_id_for, normalize_email, normalize_phone_parts
 from streams.rules import IdentityRules
 
 
@@ -28,9 +33,10 @@ def _lead(
     email: str | None,
     phone: str | None,
     region: str,
+    now: datetime | None = None,
 ) -> Lead:
     problems: dict[str, str] = {}
-    clean_email = clean_phone = None
+    clean_email = clean_phone = extension = None
     if email:
         try:
             clean_email = normalize_email(email)
@@ -38,7 +44,7 @@ def _lead(
             problems["email"] = str(exc)
     if phone:
         try:
-            clean_phone = normalize_phone(phone, region)
+            clean_phone, extension = normalize_phone_parts(phone, region)
         except ValueError as exc:
             problems["phone"] = str(exc)
     if problems:
@@ -52,15 +58,23 @@ def _lead(
         source_system=source_system,
         email=clean_email,
         phone=clean_phone,
+        phone_extension=extension,
         received_at=at.astimezone(UTC),
-        normalized_at=datetime.now(UTC),
+        normalized_at=now or datetime.now(UTC),
     )
+
+
+def _event_probe(lead: Lead, rules: IdentityRules) -> IdentityProbe:
+    """An event's probe: it ranks by when leadflow took it, and only attaches."""
+    probe = start_probe(lead, rules, entered_at=lead.normalized_at)
+    return probe.model_copy(update={"event_only": True})
 
 
 def engagement_update(
     event: EngagementEvent,
     rules: IdentityRules,
     region: str,
+    now: datetime | None = None,
 ) -> IdentityProbe | dict[str, Any]:
     """A probe for the identity chain, or (for a lead id) an update for the lead stage."""
     engagement = Engagement(event_id=event.event_id, kind=event.kind, at=event.occurred_at)
@@ -71,9 +85,16 @@ def engagement_update(
             "engagements": [engagement.model_dump(mode="json")],
         }
     lead = _lead(
-        event.event_id, "web", "engagement", event.occurred_at, event.email, event.phone, region
+        event.event_id,
+        "web",
+        "engagement",
+        event.occurred_at,
+        event.email,
+        event.phone,
+        region,
+        now,
     )
-    probe = start_probe(lead, rules)
+    probe = _event_probe(lead, rules)
     return probe.model_copy(update={"engagements": [engagement], "creates_touch": False})
 
 
@@ -91,11 +112,22 @@ def crm_update(event: CrmEvent) -> dict[str, Any]:
 
 
 def call_probe(
-    event: CallEvent, rules: IdentityRules, region: str, connected_min_s: int = 1
+    event: CallEvent,
+    rules: IdentityRules,
+    region: str,
+    connected_min_s: int = 1,
+    now: datetime | None = None,
 ) -> IdentityProbe:
     """The caller as a lead of channel `call`: one touch per call, engagement once connected."""
     lead = _lead(
-        event.event_id, "call", event.source_system, event.started_at, None, event.caller, region
+        event.event_id,
+        "call",
+        event.source_system,
+        event.started_at,
+        None,
+        event.caller,
+        region,
+        now,
     )
     engagements = []
     if event.status == "completed" and event.duration_s >= connected_min_s:
@@ -108,7 +140,7 @@ def call_probe(
                 outcome=event.outcome,
             )
         )
-    probe = start_probe(lead, rules)
+    probe = _event_probe(lead, rules)
     return probe.model_copy(
         update={"engagements": engagements, "touch_id": f"call:{event.call_id}"}
     )

@@ -5,14 +5,23 @@ The identity index is partitioned by match key (`email:…`, `phone:…`,
 re-keyed through the `identity.keys` topic, each hop owned by exactly one
 partition. `visit_key` is one hop. It never reads state of another key:
 
-- an exact key (email, phone) maps to the lead that first claimed it;
-- a fuzzy key (company, email domain) holds the names seen under it, and a
-  name at least `name_threshold` similar (rapidfuzz token-sort ratio) matches.
+- an exact key (email, phone with its extension: `+498912340;ext=12`) maps to
+  the lead that first claimed it;
+- a fuzzy key (company, email domain) holds the names seen under it, each with
+  the email and phone key of the lead that brought it. A name at least
+  `name_threshold` similar (rapidfuzz token-sort ratio) matches, unless the
+  two leads' exact identifiers disagree (both have an email and they differ,
+  or both have a phone and the numbers, or both extensions, differ): then the
+  pair is only a *suggested* duplicate (`probe.suggested`), never a merge.
+  Every similar, agreeing name is a match, so the result is the union of all
+  such pairs whatever the order of arrival.
 
-When the hop finds another lead, the earliest of the two (first-seen time,
-then id) survives; the other is recorded in `absorbed`, and the lead stage
-(keyed by lead id) merges it. Keys keep pointing at whichever lead claimed
-them; the lead stage redirects a merged id to its survivor.
+When the hop finds another lead, the one that entered leadflow first survives
+(`first_seen`: the arrival of its first lead, or when the events stage took the
+call or engagement that started it; never an event's occurred_at), then the
+smaller id; the other is recorded in `absorbed`, and the lead stage (keyed by
+lead id) merges it. Keys keep pointing at whichever lead claimed them; the
+lead stage redirects a merged id to its survivor.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from typing import Any
 from rapidfuzz import fuzz
 
 from schemas import IdentityProbe, Lead, MatchRecord
-from schemas.lead_state import MatchKey
+from schemas.lead_state import MAX_SUGGESTIONS, MatchKey
+from streams.normalize import phone_match_key
 from streams.rules import IdentityRules
 from streams.scoring import email_domain
 
@@ -40,7 +50,7 @@ def match_keys(lead: Lead, rules: IdentityRules) -> list[tuple[MatchKey, str, st
     """The (kind, value, rule) hops this lead takes, in rule order."""
     values: dict[str, str | None] = {
         "email": lead.email,
-        "phone": lead.phone,
+        "phone": phone_match_key(lead.phone, lead.phone_extension),
         "company": lead.company_key if lead.full_name else None,
         "domain": None,
     }
@@ -50,9 +60,15 @@ def match_keys(lead: Lead, rules: IdentityRules) -> list[tuple[MatchKey, str, st
     return [(rule.key, value, rule.name) for rule in rules.rules if (value := values[rule.key])]
 
 
-def start_probe(lead: Lead, rules: IdentityRules) -> IdentityProbe:
+def start_probe(
+    lead: Lead, rules: IdentityRules, entered_at: datetime | None = None
+) -> IdentityProbe:
+    """The probe of a new lead; it ranks by `entered_at` (default: the lead's arrival)."""
     return IdentityProbe(
-        lead=lead, lead_id=lead.lead_id, first_seen=lead.received_at, keys=match_keys(lead, rules)
+        lead=lead,
+        lead_id=lead.lead_id,
+        first_seen=entered_at or lead.received_at,
+        keys=match_keys(lead, rules),
     )
 
 
@@ -60,8 +76,21 @@ def table_key(kind: str, value: str) -> str:
     return f"{kind}:{value}"
 
 
-def _earlier(a: tuple[datetime, str], b: tuple[datetime, str]) -> bool:
-    return a < b
+def identifiers_disagree(
+    email_a: str | None, phone_a: str | None, email_b: str | None, phone_b: str | None
+) -> bool:
+    """True when two leads' exact identifiers say they are different people.
+
+    Phones are match keys (`+498912340;ext=12`): different numbers disagree, and so
+    do one number's two different extensions; a number with and without extension
+    does not disagree (nor does it match exactly)."""
+    if email_a and email_b and email_a != email_b:
+        return True
+    if phone_a and phone_b and phone_a != phone_b:
+        number_a, _, ext_a = phone_a.partition(";ext=")
+        number_b, _, ext_b = phone_b.partition(";ext=")
+        return number_a != number_b or bool(ext_a and ext_b)
+    return False
 
 
 def _adopt(
@@ -74,7 +103,7 @@ def _adopt(
     mine = (probe.first_seen, probe.lead_id)
     theirs = (owner_seen, owner_id)
     matches = [*probe.matches, record]
-    if _earlier(theirs, mine):
+    if theirs < mine:
         absorbed = [*probe.absorbed, (probe.lead_id, record.rule)]
         return probe.model_copy(
             update={
@@ -86,6 +115,14 @@ def _adopt(
         ), False
     absorbed = [*probe.absorbed, (owner_id, record.rule)]
     return probe.model_copy(update={"matches": matches, "absorbed": absorbed}), True
+
+
+def _suggest(probe: IdentityProbe, records: list[MatchRecord]) -> IdentityProbe:
+    if not records:
+        return probe
+    merged = {r.matched_lead_id: r for r in (*probe.suggested, *records)}
+    best = sorted(merged.values(), key=lambda r: (-r.score, r.matched_lead_id))
+    return probe.model_copy(update={"suggested": best[:MAX_SUGGESTIONS]})
 
 
 def visit_key(
@@ -115,27 +152,45 @@ def visit_key(
             entry = {"lead_id": resolved.lead_id, "first_seen": seen}
         return resolved.model_copy(update={"keys": rest}), entry
 
-    names: list[list[str]] = [list(n) for n in (entry or {}).get("names", [])]
+    # Entries: [name, lead id, first seen, email, phone key] (older ones lack the last two).
+    names: list[list[Any]] = [list(n) for n in (entry or {}).get("names", [])]
     mine = name_key(probe.lead.full_name or "")
-    best_index, best_score = -1, 0.0
-    for index, (other_name, other_id, _) in enumerate(names):
-        if other_id == probe.lead_id:
-            return probe.model_copy(update={"keys": rest}), {"names": names}
-        similarity = fuzz.token_sort_ratio(mine, other_name)
-        if similarity > best_score:
-            best_index, best_score = index, similarity
+    my_email = probe.lead.email
+    my_phone = phone_match_key(probe.lead.phone, probe.lead.phone_extension)
     threshold = rule.name_threshold or 100.0
-    if best_index < 0 or best_score < threshold:
-        names.append([mine, probe.lead_id, seen])
-        return probe.model_copy(update={"keys": rest}), {"names": names[-rules.max_names_per_key :]}
-    _, owner_id, owner_seen = names[best_index]
-    record = MatchRecord(
-        rule=rule.name, key=kind, value=value, matched_lead_id=owner_id, score=round(best_score, 1)
-    )
-    resolved, mine_survives = _adopt(probe, owner_id, datetime.fromisoformat(owner_seen), record)
-    if mine_survives:
-        names[best_index] = [names[best_index][0], resolved.lead_id, seen]
-    if best_score < 100:
-        # Keep the variant too, so a later spelling close to it (not to the first) matches.
-        names.append([mine, resolved.lead_id, resolved.first_seen.isoformat()])
+    resolved = probe
+    adopted: list[int] = []
+    suggestions: list[MatchRecord] = []
+    duplicate = False
+    for index, item in enumerate(names):
+        other_name, other_id, other_seen = item[0], item[1], item[2]
+        other_email, other_phone = (item[3], item[4]) if len(item) >= 5 else (None, None)
+        similarity = fuzz.token_sort_ratio(mine, other_name)
+        if similarity < threshold:
+            continue
+        score = round(similarity, 1)
+        if identifiers_disagree(my_email, my_phone, other_email, other_phone):
+            suggestions.append(
+                MatchRecord(
+                    rule=rule.name, key=kind, value=value, matched_lead_id=other_id, score=score
+                )
+            )
+            continue
+        if len(item) >= 5 and (other_name, other_email, other_phone) == (mine, my_email, my_phone):
+            duplicate = True  # this very name and identifiers are here already
+        if other_id == resolved.lead_id:
+            continue
+        record = MatchRecord(
+            rule=rule.name, key=kind, value=value, matched_lead_id=other_id, score=score
+        )
+        resolved, _ = _adopt(resolved, other_id, datetime.fromisoformat(other_seen), record)
+        adopted.append(index)
+    # Every name this person went by points at the survivor: the earliest of them all.
+    resolved_seen = resolved.first_seen.isoformat()
+    for index in adopted:
+        names[index][1], names[index][2] = resolved.lead_id, resolved_seen
+    if not duplicate:
+        names.append([mine, resolved.lead_id, resolved_seen, my_email, my_phone])
+    suggested = {r.matched_lead_id for r in suggestions} - {resolved.lead_id}
+    resolved = _suggest(resolved, [r for r in suggestions if r.matched_lead_id in suggested])
     return resolved.model_copy(update={"keys": rest}), {"names": names[-rules.max_names_per_key :]}

@@ -197,7 +197,8 @@ def handle_update(
             and probe.creates_touch
             and new.version != state.version
         ):
-            # A lost or disqualified person is back: news for sales, and a fresh routing.
+            # A lost or disqualified person is back: news for sales, and a fresh routing,
+            # unless it is only a call: that attaches to the person and keeps the rep.
             moves.append(
                 Move(
                     to=RE_ENGAGED,
@@ -206,13 +207,22 @@ def handle_update(
                     reason=f"came back through {lead.channel} after {state.stage}",
                 )
             )
-            new = leads.release_owner(new)
+            if not probe.event_only:
+                new = leads.release_owner(new)
         if new.version != (state.version if state else 0):
             _after_change(effects, topics, state, new, rules, now, moves)
-        if probe.lead.lead_id != probe.lead_id and probe.matches:
+        fresh = state is None or lead.event_id not in state.event_ids
+        if fresh and lead.lead_id != probe.lead_id and probe.matches:
+            # Once per event: a replay, or the event reaching the survivor again by a
+            # redirect, finds its id in the state and writes no second row.
             match = probe.matches[0]
             record = leads.merge_record(
-                probe.lead_id, probe.lead.lead_id, match.rule, match.score, probe.lead.event_id, now
+                probe.lead_id,
+                lead.lead_id,
+                match.rule,
+                match.score,
+                lead.event_id,
+                lead.received_at,
             )
             effects.sends.append(
                 (topics.lead_merges, probe.lead_id, record.model_dump_json().encode())
@@ -228,7 +238,8 @@ def handle_update(
                 "survivor_seen": probe.first_seen.isoformat(),
                 "rule": rule,
                 "score": scores.get(absorbed_id, 100.0),
-                "event_id": probe.lead.event_id,
+                "event_id": lead.event_id,
+                "at": lead.received_at.isoformat(),
             }
             effects.sends.append((topics.lead_updates, absorbed_id, orjson.dumps(merge)))
         return effects
@@ -251,8 +262,9 @@ def handle_update(
             }
             effects.sends.append((topics.lead_updates, survivor, orjson.dumps(reverse)))
             return effects
+        merged_at = update.time("at") if "at" in update else survivor_seen
         record = leads.merge_record(
-            survivor, loser, update["rule"], update["score"], update["event_id"], now
+            survivor, loser, update["rule"], update["score"], update["event_id"], merged_at
         )
         effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
         marked = leads.mark_merged(state, loser, survivor, survivor_seen, now)

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from leadflow.ids import stable_id
 from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
+from schemas.lead_state import MAX_SUGGESTIONS
 from streams.rules import Rules
 from streams.scoring import score_lead
 from streams.tagging import tag_source
@@ -38,7 +39,14 @@ def merge_id(survivor: str, merged: str) -> str:
     return stable_id(_MERGE_NAMESPACE, f"{survivor}|{merged}")
 
 
-def _merge_field(state: LeadState, name: str, value: object, channel: str, rules: Rules) -> None:
+def _merge_field(
+    state: LeadState,
+    name: str,
+    value: object,
+    channel: str,
+    rules: Rules,
+    extension: str | None = None,
+) -> None:
     if value in (None, ""):
         return
     current = getattr(state, name)
@@ -46,6 +54,19 @@ def _merge_field(state: LeadState, name: str, value: object, channel: str, rules
     if current in (None, "") or (override and current != value):
         setattr(state, name, value)
         state.field_channels[name] = channel
+        if name == "phone":  # a number and its extension travel together
+            state.phone_extension = extension
+
+
+def _add_suggestions(state: LeadState, suggestions: list[tuple[str, str, float]]) -> None:
+    """Keep the best MAX_SUGGESTIONS suggested duplicates, never the lead or its own merges."""
+    own = {state.lead_id, *state.merged_from}
+    merged = {s[0]: s for s in state.suggested_duplicates if s[0] not in own}
+    for lead_id, rule, score in suggestions:
+        if lead_id not in own and (lead_id not in merged or merged[lead_id][2] < score):
+            merged[lead_id] = (lead_id, rule, score)
+    best = sorted(merged.values(), key=lambda s: (-s[2], s[0]))[:MAX_SUGGESTIONS]
+    state.suggested_duplicates = best
 
 
 def _add_touch(state: LeadState, touch: Touch) -> None:
@@ -75,7 +96,7 @@ def apply_lead(
         return state
     state.event_ids.append(lead.event_id)
     for name in PROFILE_FIELDS:
-        _merge_field(state, name, getattr(lead, name), lead.channel, rules)
+        _merge_field(state, name, getattr(lead, name), lead.channel, rules, lead.phone_extension)
     if lead.email and lead.email not in state.emails:
         state.emails.append(lead.email)
     if lead.phone and lead.phone not in state.phones:
@@ -91,6 +112,7 @@ def apply_lead(
     state.engagements.extend(e for e in probe.engagements if e.event_id not in known)
     if lead.lead_id != probe.lead_id and lead.lead_id not in state.merged_from:
         state.merged_from.append(lead.lead_id)
+    _add_suggestions(state, [(m.matched_lead_id, m.rule, m.score) for m in probe.suggested])
     state.first_seen = min(state.first_seen, probe.first_seen)
     state.updated_at = now
     state.version += 1
@@ -117,7 +139,12 @@ def absorb(
         return survivor
     for name in PROFILE_FIELDS:
         _merge_field(
-            survivor, name, getattr(loser, name), loser.field_channels.get(name, ""), rules
+            survivor,
+            name,
+            getattr(loser, name),
+            loser.field_channels.get(name, ""),
+            rules,
+            loser.phone_extension,
         )
     for email in loser.emails:
         if email not in survivor.emails:
@@ -137,6 +164,7 @@ def absorb(
     for merged in (loser.lead_id, *loser.merged_from):
         if merged not in survivor.merged_from:
             survivor.merged_from.append(merged)
+    _add_suggestions(survivor, loser.suggested_duplicates)
     if survivor.owner is None and loser.owner is not None:
         survivor.team, survivor.owner, survivor.owner_name = (
             loser.team,
@@ -186,8 +214,10 @@ def mark_merged(
 
 
 def merge_record(
-    survivor_id: str, merged_id: str, rule: str, score: float, event_id: str, now: datetime
+    survivor_id: str, merged_id: str, rule: str, score: float, event_id: str, at: datetime
 ) -> MergeRecord:
+    """The row of one merge. Its id and `merged_at` (the time the merging event entered
+    leadflow) come from the event, never the wall clock, so a replay writes the same row."""
     return MergeRecord(
         merge_id=merge_id(survivor_id, merged_id),
         survivor_id=survivor_id,
@@ -195,7 +225,7 @@ def merge_record(
         rule=rule,
         score=score,
         event_id=event_id,
-        merged_at=now,
+        merged_at=at,
     )
 
 

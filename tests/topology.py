@@ -22,7 +22,7 @@ from leadflow.topics import Topics
 from schemas import Assignment, IdentityProbe, Lead, LeadState, RawLead
 from streams.identity import name_key, start_probe, table_key, visit_key
 from streams.lead_agent import handle_assignment, handle_update
-from streams.normalize import normalize_lead
+from streams.normalize import normalize_lead, phone_match_key
 from streams.routing_agent import handle_routing
 from streams.rules import Rules
 from streams.scoring import email_domain
@@ -30,8 +30,33 @@ from streams.scoring import email_domain
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 
 
+def _disagree(a: Lead, b: Lead) -> bool:
+    """Exact identifiers that say two people: both emails and different, or both phones
+    and different numbers (or one number's two different extensions)."""
+    if a.email and b.email and a.email != b.email:
+        return True
+    if a.phone and b.phone:
+        if a.phone != b.phone:
+            return True
+        return bool(a.phone_extension and b.phone_extension) and (
+            a.phone_extension != b.phone_extension
+        )
+    return False
+
+
 def expected_people(envelopes: list[RawLead], rules: Rules) -> list[set[str]]:
     """Groups of event ids that the matching rules say are one person."""
+    return [set(group) for group in expected_survivors(envelopes, rules).values()]
+
+
+def expected_survivors(envelopes: list[RawLead], rules: Rules) -> dict[str, set[str]]:
+    """Each person's surviving lead id, with the person's event ids.
+
+    Two leads are one person when an exact key (email; phone with its extension)
+    is equal, or when a fuzzy rule finds their names similar and their exact
+    identifiers do not disagree; people are the connected components. The
+    survivor is the lead that entered leadflow first (`received_at`), then the
+    smaller lead id: never decided by an event's own time."""
     leads = [normalize_lead(e, default_region="CN") for e in envelopes]
     parent = list(range(len(leads)))
 
@@ -48,8 +73,12 @@ def expected_people(envelopes: list[RawLead], rules: Rules) -> list[set[str]]:
     for i, a in enumerate(leads):
         for j in range(i):
             b = leads[j]
-            same = (a.email and a.email == b.email) or (a.phone and a.phone == b.phone)
-            if not same and a.full_name and b.full_name:
+            same = bool(a.email and a.email == b.email) or bool(
+                a.phone
+                and phone_match_key(a.phone, a.phone_extension)
+                == phone_match_key(b.phone, b.phone_extension)
+            )
+            if not same and a.full_name and b.full_name and not _disagree(a, b):
                 similarity = fuzz.token_sort_ratio(name_key(a.full_name), name_key(b.full_name))
                 if a.company_key and a.company_key == b.company_key:
                     same = similarity >= (thresholds.get("company") or 101)
@@ -63,10 +92,13 @@ def expected_people(envelopes: list[RawLead], rules: Rules) -> list[set[str]]:
                     same = similarity >= (thresholds.get("domain") or 101)
             if same:
                 union(i, j)
-    groups: dict[int, set[str]] = defaultdict(set)
+    groups: dict[int, list[Lead]] = defaultdict(list)
     for i, lead in enumerate(leads):
-        groups[find(i)].add(lead.event_id)
-    return list(groups.values())
+        groups[find(i)].append(lead)
+    return {
+        min(group, key=lambda x: (x.received_at, x.lead_id)).lead_id: {x.event_id for x in group}
+        for group in groups.values()
+    }
 
 
 class Topology:

@@ -187,7 +187,7 @@ def test_same_name_merges_only_at_the_same_company(
     )
     topology.publish_lead(
         lead(
-            {"name": "Li  Wei", "company": company_b, "phone": "13900139000"},
+            {"name": "Li  Wei", "company": company_b, "email": "li.wei@example.com"},
             event_id="b",
             received_at=T0 + timedelta(days=1),
         )

@@ -1,0 +1,360 @@
+"""Who is the same person, and which lead survives: the semantics of "Stream core v2".
+
+- The lead that entered leadflow first survives a merge with its id, owner and
+  assignment; an event (a call, an engagement) ranks by when leadflow took it,
+  never by its own occurred_at, so it cannot take a lead away from its rep.
+- A fuzzy rule never merges two leads whose email or phone disagree: the pair
+  is a suggested duplicate on the lead instead.
+- A phone's extension is part of its match key: two people behind one
+  switchboard stay two people.
+- Merge rows come from the event, not the wall clock: a replay writes the same
+  row, never a second one.
+
+Real-shaped inputs throughout, run through the pure stage functions and the
+in-memory topology (tests/topology.py), whose oracle applies the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from leadflow.topics import Topics
+from schemas import CallEvent, Lead, LeadState, RawLead
+from streams.events import call_probe
+from streams.identity import start_probe, visit_key
+from streams.lead_agent import handle_update
+from streams.normalize import normalize_lead
+from streams.rules import Rules, load_rules
+from tests.topology import Topology, expected_survivors
+
+MARCH = datetime(2026, 3, 3, 10, 0, tzinfo=UTC)  # the Meta lead arrives
+TODAY = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)  # the trade-show scan, then the call
+
+
+@pytest.fixture(scope="module")
+def rules() -> Rules:
+    return load_rules()
+
+
+@pytest.fixture
+def lead(make_raw_lead: Callable[..., RawLead]) -> Callable[..., Lead]:
+    def make(fields: dict[str, str], **overrides: object) -> Lead:
+        return normalize_lead(make_raw_lead(fields, **overrides), default_region="DE")
+
+    return make
+
+
+def meta_lead(make_raw_lead: Callable[..., RawLead]) -> RawLead:
+    return make_raw_lead(
+        {
+            "full_name": "Anna Schmidt",
+            "email": "anna.schmidt@contoso-de.com",
+            "phone_number": "+49 89 2123 4567",
+            "company_name": "Contoso GmbH",
+            "country": "DE",
+        },
+        event_id="meta-1",
+        channel="social",
+        source_system="meta_lead_ads",
+        received_at=MARCH,
+    )
+
+
+def tradeshow_scan(make_raw_lead: Callable[..., RawLead]) -> RawLead:
+    return make_raw_lead(
+        {
+            "name": "Anna Schmidt",
+            "company": "Contoso",
+            "mobile": "089 2123 4567",
+            "event": "Hannover Messe",
+            "country": "DE",
+        },
+        event_id="scan-1",
+        channel="tradeshow",
+        source_system="badge_scan",
+        received_at=TODAY,
+    )
+
+
+def call_from(number: str, started_at: datetime, call_id: str = "CA1") -> CallEvent:
+    return CallEvent(
+        event_id=f"call-{call_id}",
+        call_id=call_id,
+        direction="inbound",
+        caller=number,
+        status="completed",
+        duration_s=240,
+        started_at=started_at,
+    )
+
+
+def current(topology: Topology) -> LeadState:
+    [person] = topology.people()
+    return person
+
+
+# 1. The lead that entered first keeps the person -----------------------------------
+
+
+def test_a_call_dated_before_the_lead_does_not_take_the_lead_from_its_rep(
+    make_raw_lead: Callable[..., RawLead], rules: Rules
+) -> None:
+    topology = Topology(rules, seed=3)
+    topology.now = MARCH
+    topology.publish_lead(normalize_lead(meta_lead(make_raw_lead), default_region="DE"))
+    topology.run()
+    owned = current(topology)
+    assert owned.owner
+    assert not owned.owner.startswith("queue:")
+
+    topology.now = TODAY
+    topology.publish_lead(normalize_lead(tradeshow_scan(make_raw_lead), default_region="DE"))
+    topology.run()
+    # A call-center export, replayed today: the call itself is from before the Meta lead.
+    call = call_probe(
+        call_from("+4989 21234567", MARCH - timedelta(days=2)),
+        rules.identity,
+        "DE",
+        now=TODAY + timedelta(minutes=5),
+    )
+    topology.publish_probe(call)
+    topology.run()
+
+    person = current(topology)
+    assert person.lead_id == owned.lead_id
+    assert (person.team, person.owner, person.assigned_at) == (
+        owned.team,
+        owned.owner,
+        owned.assigned_at,
+    )
+    assert {a.lead_id for a in topology.assignments} == {owned.lead_id}
+    assert len({a.owner for a in topology.assignments}) == 1  # routed once, never again
+    # The call is folded in by its own time: the earliest touch of the person.
+    assert [t.event_id for t in person.touches] == ["call:CA1", "meta-1", "scan-1"]
+    assert person.first_seen == MARCH
+    assert {m["survivor_id"] for m in topology.merges} == {owned.lead_id}
+
+
+def test_a_call_probe_ranks_by_when_leadflow_took_it(rules: Rules) -> None:
+    taken = TODAY + timedelta(minutes=5)
+    probe = call_probe(
+        call_from("+49 89 2123 4567", MARCH - timedelta(days=2)), rules.identity, "DE", now=taken
+    )
+    assert probe.first_seen == taken  # not the call's own start in March
+    assert probe.event_only
+    entry = {"lead_id": "meta-lead", "first_seen": MARCH.isoformat()}
+    resolved, after = visit_key(probe, entry, rules.identity)
+    assert resolved.lead_id == "meta-lead"
+    assert resolved.absorbed == [(probe.lead_id, "phone_exact")]
+    assert after == entry  # the key stays with the lead that came first
+
+
+def test_a_call_from_an_unknown_number_starts_a_lead_that_later_leads_join(
+    make_raw_lead: Callable[..., RawLead], rules: Rules
+) -> None:
+    topology = Topology(rules, seed=5)
+    topology.now = MARCH
+    call = call_probe(
+        call_from("+49 89 2123 4567", MARCH - timedelta(hours=1)), rules.identity, "DE", now=MARCH
+    )
+    topology.publish_probe(call)
+    topology.run()
+    first = current(topology)
+    assert first.lead_id == call.lead_id
+    assert first.owner
+
+    topology.now = TODAY
+    topology.publish_lead(normalize_lead(tradeshow_scan(make_raw_lead), default_region="DE"))
+    topology.run()
+    person = current(topology)
+    assert (person.lead_id, person.owner, person.assigned_at) == (
+        first.lead_id,
+        first.owner,
+        first.assigned_at,
+    )
+
+
+def test_a_call_to_a_lost_lead_re_engages_it_but_keeps_its_rep(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    topics = Topics()
+    first = lead({"name": "Anna Schmidt", "phone": "+49 89 2123 4567"}, received_at=MARCH)
+    effects = handle_update(
+        {"type": "lead", "probe": start_probe(first, rules.identity).model_dump(mode="json")},
+        None,
+        topics,
+        rules,
+        MARCH,
+    )
+    assert effects.state is not None
+    lost = effects.state.model_copy(
+        update={"owner": "alice.m", "team": "europe", "stage": "lost", "stage_at": MARCH}
+    )
+    call = call_probe(call_from("+49 89 2123 4567", TODAY), rules.identity, "DE", now=TODAY)
+    call = call.model_copy(update={"lead_id": lost.lead_id, "first_seen": lost.first_seen})
+    after = handle_update(
+        {"type": "lead", "probe": call.model_dump(mode="json")}, lost, topics, rules, TODAY
+    )
+    assert after.state is not None
+    assert after.state.stage == "re_engaged"
+    assert after.state.owner == "alice.m"
+    assert not [s for s in after.sends if s[0] == topics.routing_requests]
+
+
+# 2. Fuzzy rules suggest, exact identifiers decide ----------------------------------
+
+
+def test_colleagues_with_similar_names_and_different_emails_stay_two_people(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    anna = lead({"name": "Anna Schmidt", "email": "anna@contoso-de.com"}, event_id="anna")
+    anne = lead(
+        {"name": "Anne Schmidt", "email": "anne@contoso-de.com"},
+        event_id="anne",
+        received_at=MARCH + timedelta(days=1),
+    )
+    topology = Topology(rules, seed=1)
+    topology.publish_lead(anna)
+    topology.publish_lead(anne)
+    topology.run()
+    people = {p.lead_id: p for p in topology.people()}
+    assert set(people) == {anna.lead_id, anne.lead_id}
+    assert not topology.merges
+    # The later lead, as `leads.identified` carries it, names the earlier as a suggestion.
+    [(other, rule, score)] = topology.states[anne.lead_id].suggested_duplicates
+    assert (other, rule) == (anna.lead_id, "name_domain_fuzzy")
+    assert 90 <= score < 100
+
+
+def test_a_similar_name_without_a_conflicting_identifier_still_merges(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    web = lead({"name": "Anna Schmidt", "email": "anna@contoso-de.com", "company": "Contoso"})
+    scan = lead(
+        {"name": "Anna Schmitt", "company": "Contoso GmbH", "phone": "+49 89 2123 4567"},
+        event_id="scan",
+        received_at=MARCH + timedelta(days=1),
+    )
+    topology = Topology(rules, seed=2)
+    topology.publish_lead(web)
+    topology.publish_lead(scan)
+    topology.run()
+    person = current(topology)
+    assert person.lead_id == web.lead_id
+    assert [m["rule"] for m in topology.merges] == ["name_company_fuzzy"]
+
+
+def test_numbered_test_leads_with_their_own_emails_never_collapse(
+    make_raw_lead: Callable[..., RawLead], rules: Rules
+) -> None:
+    envelopes = [
+        make_raw_lead(
+            {
+                "name": f"Durable A {n}",
+                "email": f"durable.a.{n}@fabrikam.example",
+                "company": "Fabrikam",
+            },
+            event_id=f"durable-{n}",
+            received_at=MARCH + timedelta(seconds=n),
+        )
+        for n in range(1, 405)
+    ]
+    expected = expected_survivors(envelopes, rules)
+    assert len(expected) == 404
+    topology = Topology(rules, seed=4)
+    for envelope in envelopes:
+        topology.publish_lead(normalize_lead(envelope, default_region="DE"))
+    topology.run()
+    assert {p.lead_id: set(p.event_ids) for p in topology.people()} == expected
+    assert not topology.merges
+    assert all(len(p.suggested_duplicates) <= 20 for p in topology.people())
+    assert max(len(p.suggested_duplicates) for p in topology.people()) == 20
+
+
+# 3. Phone extensions ---------------------------------------------------------------
+
+
+def test_two_people_behind_one_switchboard_stay_two_people(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    klaus = lead(
+        {"name": "Klaus Berger", "phone": "+49 89 1234-0 ext 12", "company": "Fabrikam GmbH"},
+        event_id="klaus",
+    )
+    maria = lead(
+        {"name": "Maria Huber", "phone": "+49 89 1234-0 x34", "company": "Fabrikam"},
+        event_id="maria",
+        received_at=MARCH + timedelta(hours=1),
+    )
+    switchboard = lead(
+        {"name": "Empfang", "phone": "+49 89 12340", "company": "Fabrikam"},
+        event_id="desk",
+        received_at=MARCH + timedelta(hours=2),
+    )
+    klaus_again = lead(
+        {"name": "K. Berger", "phone": "089 1234-0 #12"},
+        event_id="klaus-2",
+        received_at=MARCH + timedelta(hours=3),
+    )
+    assert (klaus.phone, klaus.phone_extension) == ("+498912340", "12")
+    topology = Topology(rules, seed=6)
+    for each in (klaus, maria, switchboard, klaus_again):
+        topology.publish_lead(each)
+    topology.run()
+    people = {p.lead_id: p for p in topology.people()}
+    assert set(people) == {klaus.lead_id, maria.lead_id, switchboard.lead_id}
+    assert people[klaus.lead_id].full_name == "Klaus Berger"
+    assert set(people[klaus.lead_id].event_ids) == {"klaus", "klaus-2"}
+    assert (people[maria.lead_id].full_name, people[maria.lead_id].phone_extension) == (
+        "Maria Huber",
+        "34",
+    )
+    assert people[switchboard.lead_id].phone_extension is None
+
+
+# 4. Merge rows are the event's, not the clock's ------------------------------------
+
+
+def test_a_replayed_merge_writes_the_same_row_once(lead: Callable[..., Lead], rules: Rules) -> None:
+    topics = Topics()
+    first = lead({"email": "anna@contoso-de.com"}, event_id="e1", received_at=MARCH)
+    created = handle_update(
+        {"type": "lead", "probe": start_probe(first, rules.identity).model_dump(mode="json")},
+        None,
+        topics,
+        rules,
+        MARCH,
+    )
+    again = lead({"email": "Anna@Contoso-DE.com"}, event_id="e2", received_at=TODAY)
+    probe, _ = visit_key(
+        start_probe(again, rules.identity),
+        {"lead_id": first.lead_id, "first_seen": MARCH.isoformat()},
+        rules.identity,
+    )
+    update = orjson.loads(orjson.dumps({"type": "lead", "probe": probe.model_dump(mode="json")}))
+    effects = handle_update(update, created.state, topics, rules, TODAY + timedelta(seconds=1))
+    [row] = [orjson.loads(v) for t, _, v in effects.sends if t == topics.lead_merges]
+    assert row["merged_at"].startswith("2026-11-27T14:00:00")  # the event's, not the clock's
+    replay = handle_update(update, effects.state, topics, rules, TODAY + timedelta(hours=5))
+    assert not [s for s in replay.sends if s[0] == topics.lead_merges]
+
+    merge = {
+        "type": "merge",
+        "loser": "l2",
+        "survivor": first.lead_id,
+        "survivor_seen": MARCH.isoformat(),
+        "rule": "email_exact",
+        "score": 100.0,
+        "event_id": "e3",
+        "at": TODAY.isoformat(),
+    }
+    rows = [
+        [v for t, _, v in handle_update(merge, None, topics, rules, now).sends]
+        for now in (TODAY, TODAY + timedelta(days=1))
+    ]
+    assert rows[0] == rows[1]
+    assert orjson.loads(rows[0][0])["merged_at"].startswith("2026-11-27T14:00:00")
