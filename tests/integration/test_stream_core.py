@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from leadflow.settings import KafkaSettings
 from schemas import CallEvent, CrmEvent, DeadLetter, EngagementEvent
 from streams.rules import Rules, load_rules
 from tests.integration.processes import Stack, read_topic, start_stack
+from tests.keys import ADMIN_KEY
 from tests.topology import expected_people
 
 
@@ -142,7 +143,7 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", "LEADFLOW_API_KEY": ADMIN_KEY},
     )
     assert "merged because" in shown.stdout
     assert why["merges"][0]["rule"] in shown.stdout
@@ -221,6 +222,67 @@ async def test_engagement_and_calls_rescore_the_lead(stack: Stack) -> None:
 
     [letter] = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 1)
     assert DeadLetter.model_validate_json(letter.value or b"").original == b'{"call_id": 1}'
+
+
+async def test_a_call_from_a_known_number_keeps_the_lead_and_its_rep(stack: Stack) -> None:
+    """A call logged weeks before the lead arrived, delivered now: it lands on the lead,
+    which keeps its id, owner and assignment; no second lead, no second routing."""
+    status, _ = stack.post_json(
+        {
+            "name": "Anna Schmidt",
+            "email": "anna.schmidt@contoso-de.com",
+            "phone": "+49 89 2123 4567",
+            "company": "Contoso GmbH",
+            "country": "DE",
+        }
+    )
+    assert status == 202
+    stack.wait_for_leads(1, email="anna.schmidt@contoso-de.com")
+    for _ in range(100):
+        [owned] = stack.leads(email="anna.schmidt@contoso-de.com")["leads"]
+        if owned["owner"]:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError(f"never routed\n{stack.logs()}")
+
+    started = datetime.now(UTC) - timedelta(days=30)
+    call = CallEvent(
+        event_id="call-anna-1",
+        call_id="CA-anna-1",
+        direction="inbound",
+        caller="+498921234567",
+        status="completed",
+        duration_s=180,
+        started_at=started,
+    )
+    producer = make_producer(KafkaSettings(), stack.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stack.topics.events_calls, call.model_dump_json().encode(), key=b"+498921234567"
+        )
+    finally:
+        await producer.stop()
+
+    for _ in range(100):
+        [lead] = stack.leads(email="anna.schmidt@contoso-de.com")["leads"]
+        if lead["touch_count"] == 2:
+            break
+        await asyncio.sleep(0.3)
+    else:
+        raise AssertionError(f"the call did not land: {lead}\n{stack.logs()}")
+    await asyncio.sleep(2)  # anything a wrong merge would send would have landed by now
+    assert [x["lead_id"] for x in stack.leads(limit="100")["leads"]] == [owned["lead_id"]]
+    [lead] = stack.leads(email="anna.schmidt@contoso-de.com")["leads"]
+    assert (lead["lead_id"], lead["owner"], lead["team"], lead["assigned_at"]) == (
+        owned["lead_id"],
+        owned["owner"],
+        owned["team"],
+        owned["assigned_at"],
+    )
+    assert lead["first_seen"] == owned["first_seen"]
+    assert "call:CA-anna-1" in lead["touch_event_ids"]
 
 
 async def test_sla_reroutes_and_accept_stops_the_clock(
