@@ -71,9 +71,9 @@ def probe_health(host: str, port: int, stop: threading.Event) -> list[float]:
 async def test_the_server_answers_while_an_upload_is_read(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    # 150,000 formatted empty rows: seconds of parsing. On the event loop (as it was)
+    # 200,000 formatted empty rows: seconds of parsing. On the event loop (as it was)
     # /healthz waited for all of it; in the upload's own thread it answers at once.
-    body = await asyncio.to_thread(styled_rows_xlsx, 150_000)
+    body = await asyncio.to_thread(styled_rows_xlsx, 200_000)
     async for client in serve(settings_for(tmp_path, topic_prefix), kafka_bootstrap):
         stop = threading.Event()
         url = client.make_url("/")
@@ -88,10 +88,11 @@ async def test_the_server_answers_while_an_upload_is_read(
             stop.set()
             latencies = await probing
         assert answer.status == 200, summary
-        assert (summary["published"], summary["empty_rows"]) == (1, 150_000)
-        assert summary["seconds"] > 2  # long enough for the check below to mean something
+        assert (summary["published"], summary["empty_rows"]) == (1, 200_000)
         assert len(latencies) >= 10, latencies
-        assert max(latencies) < 2.0, f"/healthz took up to {max(latencies):.2f} s"
+        # Held up by the parse, /healthz would wait about as long as the upload took.
+        bound = min(2.0, summary["seconds"] / 3)
+        assert max(latencies) < bound, f"/healthz took up to {max(latencies):.2f} s"
 
 
 async def test_uploads_past_the_concurrency_get_429_without_their_body_read(
