@@ -13,11 +13,13 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
+from ingest_adapters.call_center import twilio_signature
 from ingest_adapters.social import meta_signature
 from leadflow import stages
 from leadflow.kafka_clients import ensure_topics
@@ -39,17 +41,19 @@ CASES: list[dict[str, Any]] = json.loads(
     (Path(__file__).parents[1] / "data" / "bad_inputs" / "http_cases.json").read_text()
 )
 SECRETS = {"meta": "meta-secret", "meta-wrong": "not-the-app-secret"}
+TWILIO_TOKEN = "twilio-token"
+TWILIO_URL = "https://leads.example.com/v1/calls/twilio"
 
 
 @pytest.fixture
 async def app_client(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[TestClient]:
     settings = Settings(
         kafka=KafkaSettings(topic_prefix=topic_prefix),
-        http=HttpSettings(max_body_bytes=65536, publish_timeout_s=5),
+        http=HttpSettings(max_body_bytes=65536, publish_timeout_s=15),
         web=WebSettings(rate_per_s=1000, rate_burst=1000),
         calls=CallsSettings(
-            twilio_auth_token=SecretStr("twilio-token"),
-            twilio_public_url="https://leads.example.com/v1/calls/twilio",
+            twilio_auth_token=SecretStr(TWILIO_TOKEN),
+            twilio_public_url=TWILIO_URL,
         ),
         social=SocialSettings(
             meta_app_secret=SecretStr(SECRETS["meta"]),
@@ -77,7 +81,10 @@ async def test_every_bad_input_gets_a_clear_4xx_and_a_dead_letter(
         scope = case.get("key", "admin")
         credential = bearer(KEYS[scope]) if scope else {}
         headers = {"Content-Type": case["content_type"], **credential, **case["headers"]}
-        if case["sign"]:
+        if case["sign"] == "twilio":  # signed as Twilio signs: over the URL and the fields
+            fields = dict(parse_qsl(body.decode(), keep_blank_values=True))
+            headers["X-Twilio-Signature"] = twilio_signature(TWILIO_TOKEN, TWILIO_URL, fields)
+        elif case["sign"]:
             headers["X-Hub-Signature-256"] = meta_signature(SECRETS[case["sign"]], body)
         answer = await app_client.post(case["path"], data=body, headers=headers)
         payload = await answer.json()
