@@ -113,7 +113,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace, console: Console) 
 def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.stack import run_up
 
-    return run_up(settings, console)
+    return run_up(settings, console, samples=not args.no_samples)
 
 
 def _key_header(settings: Settings) -> dict[str, str]:
@@ -386,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    verbs.add_parser("up", help="run the local stack with sample leads").set_defaults(fn=cmd_up)
+    up = verbs.add_parser("up", help="run the local stack with sample leads")
+    up.add_argument(
+        "--no-samples", action="store_true", help="start the stack empty: post no sample leads"
+    )
+    up.set_defaults(fn=cmd_up)
 
     kafka = verbs.add_parser("kafka", help="the project's own Kafka broker")
     kafka.add_argument("action", choices=["start", "stop", "status", "logs"])

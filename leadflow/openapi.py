@@ -27,10 +27,11 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         400: "Malformed body (bad JSON, bad encoding); dead-lettered.",
         401: "Missing or wrong credential; dead-lettered.",
         403: "Bad signature, unconfigured secret or forbidden origin.",
-        413: "Body larger than the configured limit.",
+        408: "Body sent slower than HTTP_BODY_MIN_RATE_BYTES_S; dead-lettered.",
+        413: "Body larger than the configured limit, or than Kafka takes; dead-lettered.",
         415: "Unsupported content type; dead-lettered.",
         422: "Fields refused, each named in `fields`; dead-lettered.",
-        429: "Rate limit of this credential; see Retry-After.",
+        429: "Rate limit of this credential, or too many uploads at once; see Retry-After.",
         503: "Kafka did not acknowledge; retry with the same idempotency key.",
         504: "Not answered within HTTP_REQUEST_TIMEOUT_S; retry with the same key.",
     }
@@ -163,7 +164,7 @@ def document(version: str) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _answer("The upload's summary.", _JSON_OBJECT),
-                    **_refusals(413, 415, 422, 503),
+                    **_refusals(400, 408, 413, 415, 422, 429, 503),
                 },
             }
         },

@@ -165,14 +165,6 @@ def test_output_to_a_pipe_whose_reader_went_away_goes_to_a_file(tmp_path: Path) 
 
 
 def up_args() -> list[str]:
-    """`up --no-samples` once the CLI has the flag; plain `up` (slower) until then."""
-    from leadflow.cli import build_parser
-
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            build_parser().parse_args(["up", "--no-samples"])
-        except SystemExit:
-            return ["up"]
     return ["up", "--no-samples"]
 
 
