@@ -229,7 +229,7 @@ def handle_update(
             )
         scores = {m.matched_lead_id: m.score for m in probe.matches}
         for absorbed_id, rule in probe.absorbed:
-            if absorbed_id in (probe.lead_id, probe.lead.lead_id):
+            if absorbed_id == probe.lead_id:
                 continue
             merge = {
                 "type": "merge",
@@ -241,6 +241,11 @@ def handle_update(
                 "event_id": lead.event_id,
                 "at": lead.received_at.isoformat(),
             }
+            if absorbed_id == lead.lead_id:
+                # The new lead lost, but keys it claimed on earlier hops point at its id
+                # and other leads may land there: its partition must redirect them too.
+                # Its merge row is the one written above.
+                merge["recorded"] = True
             effects.sends.append((topics.lead_updates, absorbed_id, orjson.dumps(merge)))
         return effects
     if kind == "merge":
@@ -249,7 +254,7 @@ def handle_update(
         if loser == survivor or (state is not None and state.merged_into == survivor):
             return effects
         if state is not None and state.merged_into:
-            onward = {**update, "loser": state.merged_into}
+            onward = {**update, "loser": state.merged_into, "recorded": False}
             effects.sends.append((topics.lead_updates, state.merged_into, orjson.dumps(onward)))
             return effects
         if state is not None and (state.first_seen, loser) < (survivor_seen, survivor):
@@ -259,14 +264,16 @@ def handle_update(
                 "loser": survivor,
                 "survivor": loser,
                 "survivor_seen": state.first_seen.isoformat(),
+                "recorded": False,  # another pair: its own row
             }
             effects.sends.append((topics.lead_updates, survivor, orjson.dumps(reverse)))
             return effects
         merged_at = update.time("at") if "at" in update else survivor_seen
-        record = leads.merge_record(
-            survivor, loser, update["rule"], update["score"], update["event_id"], merged_at
-        )
-        effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
+        if not update.get("recorded"):
+            record = leads.merge_record(
+                survivor, loser, update["rule"], update["score"], update["event_id"], merged_at
+            )
+            effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
         marked = leads.mark_merged(state, loser, survivor, survivor_seen, now)
         if state is not None:
             # The loser leaves the funnel: its own transitions stay as history.

@@ -7,9 +7,13 @@ with every one of its events, and every lead must get an owner.
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from leadflow.samples.generate import generate
+from schemas import RawLead
 from streams.normalize import normalize_lead
 from streams.rules import Rules, load_rules
 from tests.topology import Topology, expected_people, expected_survivors
@@ -54,3 +58,93 @@ def test_the_oracle_finds_real_duplicates(rules: Rules) -> None:
     assert len(groups) < len(sample.envelopes)  # the sample really has duplicates
     for group in groups:  # and the rules never join two different generated people
         assert len({sample.person_of_event[e] for e in group}) == 1
+
+
+_NAMES = ["Anna Schmidt", "Anne Schmidt", "Anna Schmitt", "Klaus Berger", "Klaus Bergér", None]
+_COMPANIES = ["Contoso GmbH", "Contoso", "Fabrikam", None]
+_EMAILS = [
+    "anna@contoso-de.com",
+    "anne@contoso-de.com",
+    "a.schmidt@contoso-de.com",
+    "klaus@contoso-de.com",
+    "anna@gmail.com",
+    None,
+    None,
+]
+_PHONES = ["+49 89 1234-0 ext 12", "+49 89 1234-0 ext 34", "+49 89 12340", "+49 30 1234567", None]
+
+
+def _colleagues(seed: int) -> list[RawLead]:
+    """One office's worth of look-alikes: similar names, shared mailboxes and switchboards."""
+    rng = random.Random(seed)
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    envelopes = []
+    for i in range(rng.randint(3, 14)):
+        fields = {
+            name: value
+            for name, pool in (
+                ("name", _NAMES),
+                ("company", _COMPANIES),
+                ("email", _EMAILS),
+                ("phone", _PHONES),
+            )
+            if (value := rng.choice(pool))
+        }
+        if "email" not in fields and "phone" not in fields:
+            fields["email"] = f"p{i}@contoso-de.com"
+        envelopes.append(
+            RawLead(
+                event_id=f"e{seed}-{i}",
+                channel="web",
+                source_system="web_form",
+                received_at=start + timedelta(minutes=rng.randint(0, 5)),  # ties happen
+                fields=fields,
+            )
+        )
+    return envelopes
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 5))
+def test_look_alike_colleagues_match_the_oracle_in_any_interleaving(
+    rules: Rules, seed: int
+) -> None:
+    envelopes = _colleagues(seed)
+    expected = expected_survivors(envelopes, rules)
+    for interleaving in range(2):
+        topology = Topology(rules, partitions=1 + seed % 4, seed=interleaving)
+        for envelope in envelopes:
+            topology.publish_lead(normalize_lead(envelope, default_region="DE"))
+        topology.run()
+        assert {lead.lead_id: set(lead.event_ids) for lead in topology.people()} == expected
+
+
+def test_a_lead_that_loses_after_claiming_a_key_still_redirects_that_key(rules: Rules) -> None:
+    """The second lead claims the shared mailbox, then loses to the first by phone; the
+    third lead reaches the person through that mailbox's key, which names the loser."""
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    envelopes = [
+        RawLead(
+            event_id=event_id,
+            channel="web",
+            source_system="web_form",
+            received_at=start + timedelta(minutes=minute),
+            fields=fields,
+        )
+        for event_id, minute, fields in (
+            ("desk", 2, {"company": "Contoso GmbH", "phone": "+49 89 12340"}),
+            (
+                "anne",
+                3,
+                {"name": "Anne Schmidt", "email": "anna@gmail.com", "phone": "+49 89 12340"},
+            ),
+            ("anna", 3, {"name": "Anna Schmidt", "email": "anna@gmail.com"}),
+        )
+    ]
+    expected = expected_survivors(envelopes, rules)
+    assert list(expected.values()) == [{"desk", "anne", "anna"}]
+    for interleaving in range(6):
+        topology = Topology(rules, partitions=2, seed=interleaving)
+        for envelope in envelopes:
+            topology.publish_lead(normalize_lead(envelope, default_region="DE"))
+        topology.run()
+        assert {lead.lead_id: set(lead.event_ids) for lead in topology.people()} == expected
