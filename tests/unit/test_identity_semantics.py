@@ -23,8 +23,8 @@ import orjson
 import pytest
 
 from leadflow.topics import Topics
-from schemas import CallEvent, Lead, LeadState, RawLead
-from streams.events import call_probe
+from schemas import CallEvent, EngagementEvent, IdentityProbe, Lead, LeadState, RawLead
+from streams.events import call_probe, engagement_update
 from streams.identity import start_probe, visit_key
 from streams.lead_agent import handle_update
 from streams.normalize import normalize_lead
@@ -151,6 +151,22 @@ def test_a_call_probe_ranks_by_when_leadflow_took_it(rules: Rules) -> None:
     assert resolved.lead_id == "meta-lead"
     assert resolved.absorbed == [(probe.lead_id, "phone_exact")]
     assert after == entry  # the key stays with the lead that came first
+
+
+def test_an_engagement_probe_ranks_by_when_leadflow_took_it(rules: Rules) -> None:
+    taken = TODAY + timedelta(minutes=1)
+    event = EngagementEvent(
+        event_id="webinar-1",
+        kind="webinar_attended",
+        occurred_at=MARCH - timedelta(days=30),
+        email="Anna.Schmidt@contoso-de.com",
+    )
+    probe = engagement_update(event, rules.identity, "DE", now=taken)
+    assert isinstance(probe, IdentityProbe)
+    assert (probe.first_seen, probe.event_only, probe.creates_touch) == (taken, True, False)
+    entry = {"lead_id": "meta-lead", "first_seen": MARCH.isoformat()}
+    resolved, _ = visit_key(probe, entry, rules.identity)
+    assert resolved.lead_id == "meta-lead"
 
 
 def test_a_call_from_an_unknown_number_starts_a_lead_that_later_leads_join(
