@@ -18,6 +18,12 @@ while none of its records is in flight, and every `interval` seconds the
 guard looks for one. Stuck for `after_s` seconds, the consumer seeks every
 partition back to its committed offset, so the records are fetched again
 (records already handled are handled twice, which every stage tolerates).
+
+A partition with nothing committed yet (the first records after a worker
+was killed, on a fresh topic) has no committed offset to go back to, and
+aiokafka's `seek_to_committed` leaves such a partition (and one committed at
+0) where it is: it stays stuck for good. The guard seeks those to offset 0
+itself (the group resets to earliest when that is gone).
 """
 
 from __future__ import annotations
@@ -107,6 +113,15 @@ async def _hold_commits_at_gaps(self: Any, tp: Any, offset_from: int, offset_to:
     )
 
 
+def never_committed(
+    stuck: Iterable[Any], partitions: Iterable[tuple[Any, int | None, int | None, int | None]]
+) -> list[Any]:
+    """Those of the stuck partitions that have no committed offset beyond 0: seeking back to
+    the committed offsets does not move them."""
+    committed = {tp: done for tp, _, done, _ in partitions}
+    return [tp for tp in stuck if not committed.get(tp)]
+
+
 def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuard:
     from faust.transport.consumer import Consumer
 
@@ -117,7 +132,8 @@ def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuar
         if app.rebalancing or not app.consumer.flow_active:
             guard.healed()  # a rebalance ends with its own seek
             return
-        stuck = guard.stalled(idle_stream_partitions(app))
+        idle = idle_stream_partitions(app)
+        stuck = guard.stalled(idle)
         if stuck:
             log.warning(
                 "nothing delivered or committed for %.0fs while behind: %s; seeking back "
@@ -126,6 +142,9 @@ def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuar
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in stuck),
             )
             await app.consumer.perform_seek()
+            for tp in never_committed(stuck, idle):
+                log.warning("%s[%d] has nothing committed: reading it from the start", *tp)
+                await app.consumer.seek(tp, 0)
             guard.healed()
 
     app.timer(interval=interval)(check_stalls)

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from leadflow.settings import WorkerSettings
 from streams.app import CLEAN_STOP_MARK, prepare_state_dir
-from streams.stall_guard import StallGuard
+from streams.stall_guard import StallGuard, never_committed
 from streams.wiring import EXIT_STAGE_FAILED, Outbox, StagedTable, run_batches
 
 
@@ -324,3 +324,16 @@ def test_a_partition_that_moves_is_not_a_stall() -> None:
     assert guard.stalled([(fresh, None, None, 50)]) == []
     clock.now += 25
     assert guard.stalled([(fresh, None, None, 50)]) == [fresh]
+
+
+def test_a_stuck_partition_with_nothing_committed_is_read_from_the_start() -> None:
+    # aiokafka's seek_to_committed skips a partition committed at None or 0, so seeking back
+    # cannot move it: those are the ones the guard seeks to 0 itself.
+    rows = [
+        (("raw", 2), None, None, 12),  # first records after a kill: never committed
+        (("raw", 3), 0, 0, 4),
+        (("raw", 1), 690, 690, 704),  # seeking back to 690 works
+    ]
+    stuck = [("raw", 2), ("raw", 3), ("raw", 1)]
+    assert never_committed(stuck, rows) == [("raw", 2), ("raw", 3)]
+    assert never_committed([], rows) == []
