@@ -57,6 +57,13 @@ class SuppressionList:
         self._hashes: set[str] = set(hashes)
         self._loaded = False
 
+    @classmethod
+    def none_loaded(cls) -> SuppressionList:
+        """An empty list that counts as loaded: for stages run without a follower (tests)."""
+        empty = cls()
+        empty.mark_loaded()
+        return empty
+
     @property
     def loaded(self) -> bool:
         return self._loaded

@@ -22,13 +22,13 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
-from leadflow.privacy import SuppressionList, event_id_of, suppressed_dead_letter
+from leadflow.privacy import SuppressionList
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
 from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import table_key
-from streams.normalize_agent import raw_identifiers
+from streams.normalize_agent import raw_identifiers, suppressed_letter
 from streams.rules import Rules
 from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
 
@@ -60,10 +60,8 @@ def register(
     updates = raw_topic(app, topics.lead_updates)
     dlq = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
-    if suppressions is None:  # (an empty list is falsy: test for None)
-        suppressions = SuppressionList()
-        suppressions.mark_loaded()
-    suppressed = suppressions
+    # (an empty list is falsy: test for None)
+    suppressed = SuppressionList.none_loaded() if suppressions is None else suppressions
 
     async def take_events(stream: Any) -> None:
         await suppressed.wait_loaded()
@@ -93,16 +91,7 @@ def register(
                 named.append(result.get("lead_id"))
             hashes = suppressed.matching(named)
             if hashes:
-                message = event.message
-                letter = suppressed_dead_letter(
-                    hashes,
-                    stage=STAGE,
-                    event_id=event_id_of(event.value),
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-                out.add(dlq, *letter.record())
+                out.add(dlq, *suppressed_letter(event, hashes, STAGE).record())
                 return
         if isinstance(result, IdentityProbe):
             kind, value, _ = result.keys[0]

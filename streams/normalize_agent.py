@@ -54,6 +54,20 @@ def suppressed_hashes(
     return suppressed.matching(found)
 
 
+def suppressed_letter(event: Any, hashes: list[str], stage: str) -> DeadLetter:
+    """The dead letter of a consumed record about an erased person: hashes, no data."""
+    message = event.message
+    log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
+    return suppressed_dead_letter(
+        hashes,
+        stage=stage,
+        event_id=event_id_of(event.value),
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+
+
 def register(
     app: faust.App,
     topics: Topics,
@@ -62,10 +76,8 @@ def register(
     suppressions: SuppressionList | None = None,
 ) -> Any:
     source = raw_topic(app, topics.leads_raw)
-    if suppressions is None:  # (an empty list is falsy: test for None)
-        suppressions = SuppressionList()
-        suppressions.mark_loaded()
-    suppressed = suppressions
+    # (an empty list is falsy: test for None)
+    suppressed = SuppressionList.none_loaded() if suppressions is None else suppressions
     keys_out = raw_topic(app, topics.identity_keys)
     dead_letters = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
@@ -87,16 +99,7 @@ def register(
         hashes = suppressed_hashes(event.value, result, region, suppressed)
         if hashes:
             # An erased person: not a lead, and a dead letter that keeps none of their data.
-            letter = suppressed_dead_letter(
-                hashes,
-                stage=STAGE,
-                event_id=event_id_of(event.value),
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-            )
-            log.info("suppressed %s@%s/%s", message.topic, message.partition, message.offset)
-            out.add(dead_letters, *letter.record())
+            out.add(dead_letters, *suppressed_letter(event, hashes, STAGE).record())
             return
         if isinstance(result, Lead):
             probe = start_probe(result, rules.identity)

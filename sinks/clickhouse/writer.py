@@ -222,10 +222,7 @@ class ClickHouseWriter:
         suppressions: SuppressionList | None = None,
     ) -> None:
         self._settings = settings
-        if suppressions is None:
-            suppressions = SuppressionList()
-            suppressions.mark_loaded()
-        self._suppressions = suppressions
+        self._suppressions = SuppressionList.none_loaded() if suppressions is None else suppressions
         self._clickhouse = clickhouse
         self._consumer = consumer
         self._producer = producer
