@@ -76,6 +76,11 @@ class Stack:
             {"Content-Type": content_type, **bearer(KEYS["ingest"]), **(headers or {})},
         )
 
+    def post(self, path: str, fields: dict[str, Any], key: str = ADMIN_KEY) -> int:
+        """POST `fields` as JSON to any write route with `key`; the status."""
+        body = json.dumps(fields, ensure_ascii=False).encode()
+        return self.http("POST", path, body, {"Content-Type": "application/json"}, key)[0]
+
     def http(
         self,
         method: str,

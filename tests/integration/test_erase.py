@@ -244,28 +244,14 @@ async def test_erase_is_for_admins_json_only_and_keeps_a_national_phone_out(
         "started_at": "2026-03-02T09:00:00Z",
         "duration_s": 60,
     }
-    status, _ = stack.http(
-        "POST",
-        "/v1/calls/events",
-        json.dumps(call).encode(),
-        {"Content-Type": "application/json"},
-        key=KEYS["calls"],
-    )
-    assert status == 202
+    assert stack.post("/v1/calls/events", call, KEYS["calls"]) == 202
     engagement = {
         "event_id": "after-erase-2",
         "kind": "pricing_page_view",
         "occurred_at": "2026-03-02T09:00:00Z",
         "email": UNSEEN,
     }
-    status, _ = stack.http(
-        "POST",
-        "/v1/events/engagement",
-        json.dumps(engagement).encode(),
-        {"Content-Type": "application/json"},
-        key=KEYS["ingest"],
-    )
-    assert status == 202
+    assert stack.post("/v1/events/engagement", engagement, KEYS["ingest"]) == 202
     events = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 2, timeout_s=60)
     event_letters = [DeadLetter.model_validate_json(r.value or b"") for r in events]
     assert sorted(b.reason for b in event_letters) == ["suppressed", "suppressed"]
