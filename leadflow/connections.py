@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Counter, Gauge
 
+from leadflow.errors import ConfigurationError
 from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 
@@ -452,11 +453,33 @@ async def _flush_now_and_then(limiter: RateLimitedLog) -> None:
         limiter.flush()
 
 
+def missing_aiohttp_internals() -> list[str]:
+    """The parts of aiohttp this module relies on that are not public API, and are missing
+    from the installed aiohttp (docs/architecture.md lists them): empty when all are there."""
+    missing = [
+        f"RequestHandler.{name}"
+        for name in ("_request_count", "_waiter", "_loop")
+        if name not in getattr(RequestHandler, "__slots__", ())
+        and not hasattr(RequestHandler, name)
+    ]
+    if not callable(getattr(web.AppRunner, "_make_server", None)):
+        missing.append("AppRunner._make_server")
+    probe = web.Server(lambda _: None, loop=asyncio.get_running_loop())  # type: ignore[arg-type, return-value]
+    missing += [f"Server.{name}" for name in ("_loop", "_kwargs") if not hasattr(probe, name)]
+    return missing
+
+
 async def start_site(
     app: web.Application, settings: Settings, metrics: Metrics | None = None
 ) -> tuple[web.AppRunner, web.BaseSite]:
     """Serve `app` on HTTP_HOST:HTTP_PORT with the head deadline, keep-alive timeout, caps
     and rate-limited logs of this module. Call `runner.cleanup()` when done."""
+    missing = missing_aiohttp_internals()
+    if missing:
+        raise ConfigurationError(
+            "this aiohttp lacks what leadflow's connection guard relies on "
+            f"({', '.join(missing)}); install the aiohttp version pyproject.toml pins"
+        )
     http = settings.http
     limiter = RateLimitedLog(log, http.log_lines_per_s)
     guard = ConnectionGuard(

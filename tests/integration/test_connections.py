@@ -418,3 +418,9 @@ async def test_leadflow_serve_cuts_slow_heads_caps_clients_and_keeps_its_log_sho
     status, _ = await timed_healthz(port)
     assert status == 200
     assert real_server.process.poll() is None
+
+
+async def test_the_installed_aiohttp_has_what_the_guard_relies_on() -> None:
+    from leadflow.connections import missing_aiohttp_internals
+
+    assert missing_aiohttp_internals() == []
