@@ -69,6 +69,7 @@ _FORM_CACHE_SIZE = 256
 _EVENT_NAMESPACE = uuid.UUID("b2714fc8-18f8-4925-bd2f-ba1059c2d3f0")
 _LINKEDIN_SIGNED_PREFIX = b"hmacsha256="
 _META_ID = re.compile(r"\d{1,32}")
+OPAQUE_ID_MAX_CHARS = 200
 _LINKEDIN_ID = re.compile(r"[A-Za-z0-9._~-]{1,200}")
 _VERSIONED_FORM = re.compile(
     r"urn:li:versionedLeadGenForm:\(urn:li:leadGenForm:(\d+),\s*(\d+)\)|urn:li:leadGenForm:(\d+)"
@@ -257,8 +258,23 @@ def _meta_id(value: Any, where: str, reason: str = "invalid_fields") -> str:
     return text
 
 
-def _optional_meta_id(value: Any, where: str, reason: str = "invalid_fields") -> str | None:
-    return None if value in (None, "") else _meta_id(value, where, reason)
+def _opaque_id(value: Any) -> str | None:
+    """An id leadflow only passes on (form, ad, page, campaign): text or a whole number,
+    kept as a string; anything else (a list, a flag, control characters, past
+    `OPAQUE_ID_MAX_CHARS`) is left out rather than refusing the lead. Only the lead's own
+    id (`_meta_id`, the LinkedIn response URN) is checked strictly: it is what is fetched."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or len(text) > OPAQUE_ID_MAX_CHARS or not text.isprintable():
+        return None
+    return text
 
 
 def _in_window(moment: datetime, where: str, reason: str) -> datetime:
@@ -322,13 +338,9 @@ def parse_meta_notification(body: bytes, *, received_at: datetime) -> list[Leadg
                     created_time=None
                     if created is None
                     else _epoch(created, f"{where}.value.created_time", 1),
-                    form_id=_optional_meta_id(value.get("form_id"), f"{where}.value.form_id"),
-                    ad_id=_optional_meta_id(
-                        value.get("ad_id") or value.get("adgroup_id"), f"{where}.value.ad_id"
-                    ),
-                    page_id=_optional_meta_id(
-                        value.get("page_id") or entry.get("id"), f"{where}.value.page_id"
-                    ),
+                    form_id=_opaque_id(value.get("form_id")),
+                    ad_id=_opaque_id(value.get("ad_id") or value.get("adgroup_id")),
+                    page_id=_opaque_id(value.get("page_id") or entry.get("id")),
                 ),
             )
     if not refs:
@@ -357,6 +369,14 @@ def _union_urn(value: Any, where: str, reason: str = "invalid_fields") -> tuple[
     if not isinstance(urn, str) or not urn.startswith("urn:li:"):
         raise _problem(reason, where, "must hold a urn:li: URN")
     return str(member), urn
+
+
+def _lenient_union(value: Any) -> tuple[str, str] | None:
+    """`_union_urn`, or None when the value is not the expected one-URN object."""
+    try:
+        return _union_urn(value, "")
+    except BadRecordError:
+        return None
 
 
 def _form_parts(urn: str | None) -> tuple[str, str | None] | None:
@@ -397,12 +417,12 @@ def parse_linkedin_notification(body: bytes, *, received_at: datetime) -> list[L
             f"leadAction {str(action)[:40]!r} is not CREATED",
             {"leadAction": "must be CREATED or DELETED"},
         )
-    form_urn = _text(data.get("leadGenForm"), "leadGenForm")
-    form = _form_parts(form_urn)
-    if form_urn is not None and form is None:
-        raise _problem("invalid_fields", "leadGenForm", "must be a lead form URN")
-    owner = _union_urn(data.get("owner"), "owner")
-    entity = _union_urn(data.get("associatedEntity"), "associatedEntity")
+    # Form, owner and entity are only passed on: an unexpected shape is kept as text or
+    # left out, never a reason to refuse the lead (only its response URN is fetched).
+    form_urn = _opaque_id(data.get("leadGenForm"))
+    form = _form_parts(form_urn) or ((form_urn, None) if form_urn else None)
+    owner = _lenient_union(data.get("owner"))
+    entity = _lenient_union(data.get("associatedEntity"))
     occurred = data.get("occurredAt")
     return [
         LeadgenRef.for_lead(
@@ -488,7 +508,7 @@ def meta_lead(
             for key in ("ad_name", "adset_name", "campaign_name", "platform")
         },
         **{
-            key: _optional_meta_id(data.get(key), key, _INVALID)
+            key: _opaque_id(data.get(key))
             for key in ("ad_id", "adset_id", "campaign_id", "form_id")
         },
     }
