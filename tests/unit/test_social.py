@@ -252,7 +252,7 @@ def test_meta_notification_with_numeric_ids_as_in_metas_example() -> None:
 def test_meta_opaque_ids_need_not_be_numeric_only_the_leadgen_id_is_checked() -> None:
     # Real webhooks (test tools, page aliases) carry ids leadflow only passes on; the lead
     # is fetched by its leadgen id alone, so these must not refuse the notification.
-    body = {
+    body: dict[str, Any] = {
         "object": "page",
         "entry": [
             {
