@@ -29,11 +29,12 @@ import codecs
 import csv
 import io
 import re
+import unicodedata
 import uuid
 import zipfile
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,7 +43,16 @@ from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.settings import LimitsSettings
 from schemas import RawLead
-from streams.normalize import FIELD_ALIASES, fold_field_name
+from schemas.limits import check_event_time
+from streams.normalize import (
+    FIELD_ALIASES,
+    MAX_FIELD_CHARS,
+    fold_field_name,
+    normalize_country,
+    normalize_email,
+    normalize_phone_parts,
+    parse_consent,
+)
 
 STAGE = stages.TRADESHOW_UPLOAD
 SOURCE_SYSTEM = "tradeshow_upload"
@@ -56,20 +66,33 @@ CSV_FIELD_LIMIT = 1 << 20
 # module splits it (a line of millions of tiny fields would be millions of objects).
 CSV_LINE_LIMIT = 4 * CSV_FIELD_LIMIT
 _ROW_NAMESPACE = uuid.UUID("6f1d2c3b-4a5e-4f60-8b7c-9d0e1f2a3b4c")
-_KNOWN = {alias for aliases in FIELD_ALIASES.values() for alias in aliases}
 
 
-# A cell a spreadsheet would run: `=SUM(…)`, `@cmd`, `+HYPERLINK(…)`, `-IMPORTXML(…)`.
-# Phone numbers (`+86 138…`) and negative numbers do not match.
-_FORMULA = re.compile(r"^\s*(=|@|[+\-]\s*[A-Za-z_]+\s*\()")
+# Headers of the column that says when the badge was scanned (folded), beside `scan_time`
+# (what a mapping file names it). Its value becomes the lead's `context["occurred_at"]`.
+SCAN_TIME_FIELDS = frozenset(
+    fold_field_name(name)
+    for name in (
+        "scan_time", "scanned_at", "scan_date", "scan_datetime", "date_scanned", "scanned",
+        "timestamp", "occurred_at", "扫描时间", "扫码时间", "签到时间", "扫描日期", "时间",
+    )
+)  # fmt: skip
+_CANONICAL_BY_ALIAS = {alias: name for name, aliases in FIELD_ALIASES.items() for alias in aliases}
+_KNOWN = frozenset(_CANONICAL_BY_ALIAS) | SCAN_TIME_FIELDS
+
+# What a spreadsheet would run if a CSV cell started with it (OWASP CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NEUTRALISED = frozenset(FORMULA_STARTS)
 
 
-def formula_column(row: Row) -> str | None:
-    """The first column whose cell is a spreadsheet formula, or None."""
-    for column, value in row.cells.items():
-        if _FORMULA.match(value):
-            return column
-    return None
+def neutralise_cell(value: str) -> str:
+    """A cell for a CSV leadflow writes: `'` before one a spreadsheet would run as a formula."""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
+
+
+def _unneutralised(cell: str) -> str:
+    """A cell as it was before `neutralise_cell` (an error file uploaded again)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in _NEUTRALISED else cell
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,10 @@ def _cell_text(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+def _first(cell: str) -> str:
+    return cell[:1]
 
 
 def _width(cells: Sequence[str]) -> int:
@@ -178,6 +205,8 @@ def _rows_from(
                 )
             continue
         cells = [_cell_text(v).strip() for v in record[:width]]
+        if "'" in map(_first, cells):  # an error file leadflow wrote, uploaded again
+            cells = [_unneutralised(cell) for cell in cells]
         values = {name: value for name, value in zip(header, cells, strict=False) if name}
         extra = record[width:]
         if extra and any(extra):  # C-speed for the usual run of None or "" cells
@@ -355,9 +384,18 @@ def read_rows(
 
 
 def envelope(
-    row: Row, event_name: str, source_detail: str, received_at: datetime | None = None
+    row: Row,
+    event_name: str,
+    source_detail: str,
+    received_at: datetime | None = None,
+    *,
+    fields: Mapping[str, str] | None = None,
+    context: Mapping[str, str] | None = None,
 ) -> RawLead:
-    """The RawLead of one row; its id depends only on the event and the row's content."""
+    """The RawLead of one row; its id depends only on the event and the row's content.
+
+    `fields` (the row's cells less those `check_row` left out) default to all its cells;
+    `context` is added to the upload and row number."""
     content = "|".join(f"{k}={v}" for k, v in sorted(row.cells.items()))
     event_id = stable_id(_ROW_NAMESPACE, f"{event_name}|{content}")
     return RawLead(
@@ -366,6 +404,252 @@ def envelope(
         source_system=SOURCE_SYSTEM,
         received_at=received_at or datetime.now(UTC),
         form_id=event_name,
-        fields={**row.cells, "event": event_name},
-        context={"upload": source_detail, "row": str(row.number)},
+        fields={**(row.cells if fields is None else fields), "event": event_name},
+        context={"upload": source_detail, "row": str(row.number), **(context or {})},
     )
+
+
+# --- scan times -------------------------------------------------------------------------
+
+_EXCEL_EPOCH = datetime(1899, 12, 30)  # serial 1.0 is 1900-01-01 (Lotus' leap-year bug kept)
+_EXCEL_SERIAL = re.compile(r"\d{5}(\.\d+)?")  # 10000-99999: 1927-2173
+_EPOCH_SECONDS = re.compile(r"\d{10}(\.\d+)?")
+_EPOCH_MILLIS = re.compile(r"\d{13}")
+_TIMES = ("%H:%M:%S", "%H:%M", "%I:%M:%S %p", "%I:%M %p", "")
+_DATES_FIRST = ("%Y/%m/%d", "%Y.%m.%d", "%Y-%m-%d", "%Y年%m月%d日")
+_DATES_US = ("%m/%d/%Y", "%m-%d-%Y")  # 03/02/2026 is March 2 (US scanners) …
+_DATES_DAY_FIRST = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y")  # … unless the first part is > 12
+_FORMATS = tuple(
+    f"{date} {time}".strip() for dates in (_DATES_FIRST, _DATES_US, _DATES_DAY_FIRST)
+    for date in dates for time in _TIMES
+)  # fmt: skip
+
+
+def _parse_moment(text: str) -> datetime | None:
+    """A scan time as scanners write it, naive or aware; None when no format fits."""
+    if _EXCEL_SERIAL.fullmatch(text):
+        return _EXCEL_EPOCH + timedelta(days=float(text))
+    if _EPOCH_SECONDS.fullmatch(text):
+        return datetime.fromtimestamp(float(text), UTC)
+    if _EPOCH_MILLIS.fullmatch(text):
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    try:
+        return datetime.fromisoformat(text)  # ISO 8601, Excel datetime cells, 2026-03-02 09:15
+    except ValueError:
+        pass
+    # 2026年3月2日9:15 and 2026/3/2 9:15 alike; AM/PM in any case
+    text = re.sub(r"(日)(?=\d)", r"\1 ", text.replace("T", " ")).upper()
+    for pattern in _FORMATS:
+        try:
+            return datetime.strptime(text, pattern)
+        except ValueError:
+            continue
+    return None
+
+
+def parse_scan_time(value: str, *, tz: tzinfo = UTC) -> datetime:
+    """When a badge was scanned, in UTC: ISO 8601, `2026-03-02 09:15`, `2026/3/2 9:15`,
+    `03/02/2026 09:15 AM` (month first, unless the first number is past 12),
+    `02.03.2026 09:15` (day first), `2026年3月2日 9:15`, Excel serials (`46083.38`) and
+    Unix epoch seconds or milliseconds. A time without an offset is read in `tz`.
+
+    Raises ValueError naming the rule: not a time leadflow reads, before
+    LIMITS_EARLIEST_TIME, or more than LIMITS_FUTURE_SKEW_S (a day) ahead."""
+    text = unicodedata.normalize("NFKC", value).strip()
+    moment = _parse_moment(text) if text else None
+    if moment is None:
+        raise ValueError(
+            "is not a date and time leadflow reads (ISO 8601, 2026-03-02 09:15, 2026/3/2 9:15, "
+            "03/02/2026 09:15 AM, 02.03.2026 09:15, or an Excel date)"
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    moment = moment.astimezone(UTC)
+    try:
+        check_event_time("the scan time", moment)
+    except ValueError as exc:
+        raise ValueError(f"is out of range: {exc}") from exc
+    return moment
+
+
+# --- one row → a lead, warnings, or a rejection -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issue:
+    """Something wrong with one row: its reason, the column (if one) and a message naming
+    the value, the column, the row and the rule."""
+
+    reason: str
+    message: str
+    column: str | None = None
+
+
+@dataclass
+class Checked:
+    """A row checked: the lead to publish (with `warnings` about what was left out or
+    defaulted), or `rejection` when the row cannot be a lead."""
+
+    raw: RawLead | None
+    warnings: list[Issue]
+    rejection: BadRecordError | None = None
+
+
+def _quoted(value: str, limit: int = 80) -> str:
+    return repr(_clip(value, limit))
+
+
+def _at(row: Row, column: str, field: str) -> str:
+    named = "" if fold_field_name(column) == fold_field_name(field) else f" ({field})"
+    return f"row {row.number}, column {_quoted(column)}{named}"
+
+
+def _scan_column(cells: Mapping[str, str]) -> str | None:
+    for column, value in cells.items():
+        if value and fold_field_name(column) in SCAN_TIME_FIELDS:
+            return column
+    return None
+
+
+def check_row(
+    row: Row,
+    event_name: str,
+    source_detail: str,
+    *,
+    default_region: str,
+    received_at: datetime | None = None,
+    tz: tzinfo = UTC,
+) -> Checked:
+    """A row to a lead: rejected only when it has no usable contact (an email or a phone
+    that is valid); any other bad value is a warning, its cell left out (or the default
+    used) and its reason kept in `context["warnings"]`.
+
+    Formula-looking cells (`=HYPERLINK(…)`) are text and kept verbatim: leadflow never
+    evaluates them, and a CSV it writes neutralises them (`neutralise_cell`)."""
+    received = received_at or datetime.now(UTC)
+    columns: dict[str, str] = {}  # canonical field → its column (first non-empty one)
+    for column, value in row.cells.items():
+        target = _CANONICAL_BY_ALIAS.get(fold_field_name(column))
+        if target and target not in columns and value.strip():
+            columns[target] = column
+    fields = dict(row.cells)
+    warnings: list[Issue] = []
+
+    def leave_out(column: str, reason: str, message: str) -> None:
+        fields.pop(column, None)
+        warnings.append(Issue(reason, message, column))
+
+    for column, value in row.cells.items():
+        if len(value) > MAX_FIELD_CHARS:
+            field = _CANONICAL_BY_ALIAS.get(fold_field_name(column), column)
+            leave_out(
+                column,
+                "cell_too_large",
+                f"{_at(row, column, field)}: {len(value):,} characters, more than the "
+                f"{MAX_FIELD_CHARS:,} a lead's field holds; the cell is left out",
+            )
+
+    region = default_region
+    region_note = f"the default region {default_region} (the row has no country)"
+    if "country" in columns and columns["country"] in fields:
+        column = columns["country"]
+        value = row.cells[column]
+        country = normalize_country(value)
+        if country is None:
+            region_note = (
+                f"the default region {default_region} (the row's country {_quoted(value)} "
+                "is unknown)"
+            )
+            warnings.append(
+                Issue(
+                    "unknown_country",
+                    f"{_at(row, column, 'country')}: {_quoted(value)} is not a country "
+                    "leadflow knows (ISO 3166 code or name); kept as text, and phone numbers "
+                    f"are read with the default region {default_region}",
+                    column,
+                )
+            )
+        else:
+            region, region_note = country, f"the row's country {country}"
+
+    contact: dict[str, str] = {}  # field → problem, for a contact given but unusable
+    usable = False
+    if "email" in columns and columns["email"] in fields:
+        column = columns["email"]
+        value = row.cells[column]
+        try:
+            normalize_email(value)
+            usable = True
+        except ValueError as exc:
+            contact["email"] = (
+                f"{_at(row, column, 'email')}: {_quoted(value)} is not a valid email address "
+                f"({exc})"
+            )
+    if "phone" in columns and columns["phone"] in fields:
+        column = columns["phone"]
+        value = row.cells[column]
+        try:
+            normalize_phone_parts(value, region)
+            usable = True
+        except ValueError as exc:
+            problem = str(exc)
+            if problem.startswith("not a valid phone number for region"):
+                problem = f"is not a valid phone number for {region_note}"
+            else:
+                problem = f"is {problem}, read with {region_note}"
+            contact["phone"] = f"{_at(row, column, 'phone')}: {_quoted(value)} {problem}"
+    if not usable:
+        if not contact and not any(f in columns for f in ("email", "phone")):
+            return Checked(
+                None,
+                warnings,
+                BadRecordError(
+                    "no_contact",
+                    f"row {row.number}: no email or phone; a lead needs one to be contacted",
+                    {"email": "required when no phone", "phone": "required when no email"},
+                ),
+            )
+        message = "; ".join(contact.values()) or (
+            f"row {row.number}: the email or phone cell is too large to be a contact"
+        )
+        return Checked(
+            None,
+            warnings,
+            BadRecordError(
+                "invalid_fields", f"{message}; a lead needs a valid email or phone", contact
+            ),
+        )
+    for field, message in contact.items():
+        leave_out(columns[field], f"invalid_{field}", f"{message}; the cell is left out")
+
+    if "consent" in columns and columns["consent"] in fields:
+        column = columns["consent"]
+        value = row.cells[column]
+        if parse_consent(value) is None:
+            leave_out(
+                column,
+                "invalid_consent",
+                f"{_at(row, column, 'consent')}: {_quoted(value)} is not yes/no, true/false or "
+                "1/0; the cell is left out (no consent recorded)",
+            )
+
+    occurred = received
+    scan_column = _scan_column(row.cells)
+    if scan_column is not None:
+        value = row.cells[scan_column]
+        try:
+            occurred = parse_scan_time(value, tz=tz)
+        except ValueError as exc:
+            warnings.append(
+                Issue(
+                    "bad_scan_time",
+                    f"{_at(row, scan_column, 'scan time')}: {_quoted(value)} {exc}; the arrival "
+                    "time is used instead",
+                    scan_column,
+                )
+            )
+    context = {"occurred_at": occurred.astimezone(UTC).isoformat()}
+    if warnings:
+        context["warnings"] = _clip("; ".join(w.message for w in warnings), 4000)
+    raw = envelope(row, event_name, source_detail, received, fields=fields, context=context)
+    return Checked(raw, warnings)

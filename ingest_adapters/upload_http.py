@@ -20,6 +20,13 @@ first 64 KiB when the file was received):
 
 The client's file name is kept only as text (cut to `NAME_MAX_CHARS`); on disk
 the file is `<random hex><suffix>` under the data dir, deleted when done.
+
+The answer (the upload's summary) carries an `upload_id`; when rows were rejected
+or warned, `errors_url` names `GET /v1/uploads/{upload_id}/errors.csv`: those
+rows with their original columns and a `reason`, ready to fix and upload again
+(cells a spreadsheet would run as formulas neutralised). The file is kept under
+the data dir's `uploads/` as `<upload_id>.errors.csv` for `ERRORS_KEEP_S` (7
+days), at most `ERRORS_KEEP` of them (the oldest go first).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +54,10 @@ from leadflow.upload import HEAD_BYTES, UploadRefusedError, parse_mapping, uploa
 DeadLetterSink = Callable[[BadRecordError, bytes, str, str, str | None], Awaitable[str]]
 
 ROUTE = "/v1/uploads/tradeshow"
+ERRORS_ROUTE = "/v1/uploads/{upload_id}/errors.csv"
+ERRORS_SUFFIX = ".errors.csv"
+ERRORS_KEEP = 500  # error files kept at most (the oldest deleted first) …
+ERRORS_KEEP_S = 7 * 86400.0  # … and none older than this
 EVENT_MAX_CHARS = 200
 EVENT_MAX_BYTES = 4 * EVENT_MAX_CHARS + 256  # UTF-8 of the longest event, and some space
 MAPPING_MAX_BYTES = 64 * 1024
@@ -75,6 +87,7 @@ UPLOAD_STATUS_BY_REASON = {
 }
 
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class _Refused(Exception):
@@ -206,6 +219,8 @@ class UploadRoutes:
                 except BadRecordError as exc:
                     letter_id = await self._letter(exc, text.encode())
                     return self._answer(exc, letter_id)
+            upload_id = uuid.uuid4().hex
+            errors = errors_path(folder, upload_id)
             try:
                 summary = await upload(
                     self._settings,
@@ -216,6 +231,8 @@ class UploadRoutes:
                     Console(file=io.StringIO()),
                     original_name=received.name,
                     mapping=mapping,
+                    errors_out=errors,
+                    upload_id=upload_id,
                 )
             except UploadRefusedError as exc:
                 return self._answer(
@@ -223,13 +240,48 @@ class UploadRoutes:
                     exc.dead_letter_id,
                     rows_read=exc.summary.rows_read,
                     published=exc.summary.published,
+                    upload_id=upload_id,
+                    errors_url=await self._errors_url(errors, upload_id, exc.summary.problem_rows),
                 )
             except BadRecordError as exc:
                 return await self._refuse(UPLOAD_STATUS_BY_REASON.get(exc.reason, 422), exc, path)
-            return web.json_response(asdict(summary))
+            answer = asdict(summary)
+            answer["errors_url"] = await self._errors_url(errors, upload_id, summary.problem_rows)
+            return web.json_response(answer)
         finally:
             if received.path is not None:
                 received.path.unlink(missing_ok=True)
+
+    async def _errors_url(self, errors: Path, upload_id: str, rows: int) -> str | None:
+        """The error file's URL when `rows` were written (older files pruned); else None."""
+        if not rows:
+            return None
+        await asyncio.to_thread(prune_error_files, errors.parent)
+        return ERRORS_ROUTE.format(upload_id=upload_id)
+
+    async def get_upload_errors(self, request: web.Request) -> web.StreamResponse:
+        """An upload's rejected and warned rows as CSV (original columns and `reason`)."""
+        upload_id = request.match_info.get("upload_id", "")
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            return error_body(404, "not_found", "an upload id is the 32 hex digits of upload_id")
+        path = errors_path(self._settings.data_dir / "uploads", upload_id)
+        if not await asyncio.to_thread(path.is_file):
+            keep = f"{ERRORS_KEEP_S / 86400:g} days"
+            return error_body(
+                404,
+                "not_found",
+                f"no error file for upload {upload_id}: none of its rows was rejected or "
+                f"warned, or it is older than {keep} or past the last {ERRORS_KEEP:,} kept",
+            )
+        return web.FileResponse(
+            path,
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{upload_id}{ERRORS_SUFFIX}"',
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     async def _receive_in_time(self, request: web.Request, folder: Path) -> _Received:
         """The body received, or 408 once it is slower than HTTP_BODY_MIN_RATE_BYTES_S on
@@ -375,3 +427,26 @@ class UploadRoutes:
 def _head(path: Path) -> bytes:
     with path.open("rb") as stream:
         return stream.read(HEAD_BYTES)
+
+
+def errors_path(folder: Path, upload_id: str) -> Path:
+    """Where an upload's error file is kept: `<folder>/<upload_id>.errors.csv`."""
+    return folder / f"{upload_id}{ERRORS_SUFFIX}"
+
+
+def prune_error_files(
+    folder: Path, *, keep: int = ERRORS_KEEP, keep_s: float = ERRORS_KEEP_S
+) -> int:
+    """Delete error files older than `keep_s` and all but the newest `keep`; how many went."""
+    now = time.time()
+    found: list[tuple[float, Path]] = []
+    for path in folder.glob(f"*{ERRORS_SUFFIX}"):
+        try:
+            found.append((path.stat().st_mtime, path))
+        except FileNotFoundError:  # another upload pruned it
+            continue
+    found.sort(reverse=True)
+    gone = [path for n, (mtime, path) in enumerate(found) if n >= keep or now - mtime > keep_s]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return len(gone)

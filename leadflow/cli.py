@@ -347,19 +347,44 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console)
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.upload import summary_table, upload
+    from leadflow.upload import UploadRefusedError, problems_table, summary_table, upload
 
     if not args.file.is_file():
         console.print(f"[red]error:[/] no such file: {args.file}")
         return 2
+    errors_out: Path | None = args.errors_out
     try:
         summary = asyncio.run(
-            upload(settings, _bootstrap(settings), args.file, args.event, args.mapping, console)
+            upload(
+                settings,
+                _bootstrap(settings),
+                args.file,
+                args.event,
+                args.mapping,
+                console,
+                errors_out=errors_out,
+            )
         )
+    except UploadRefusedError as exc:
+        console.print(f"[red]error:[/] {args.file.name}: {exc.message} (dead-lettered)")
+        if errors_out is not None and exc.summary.problem_rows:
+            console.print(f"rows rejected or warned before that: {errors_out}")
+        return 2
     except BadRecordError as exc:
         console.print(f"[red]error:[/] {args.file.name}: {exc.message} (dead-lettered)")
         return 2
     console.print(summary_table(summary))
+    problems = problems_table(summary)
+    if problems is not None:
+        console.print(problems)
+    if errors_out is not None:
+        if summary.problem_rows:
+            console.print(
+                f"{summary.problem_rows:,} rejected or warned rows written to {errors_out} "
+                "(original columns and a reason; fix them and upload that file)"
+            )
+        elif not summary.already_uploaded_at:
+            console.print(f"no row was rejected or warned; {errors_out} not written")
     return 0
 
 
@@ -473,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("file", type=Path)
     upload.add_argument("--event", required=True, help="the trade show, e.g. 'CIIE 2026'")
     upload.add_argument("--mapping", type=Path, help="YAML: column in the file: field name")
+    upload.add_argument(
+        "--errors-out",
+        type=Path,
+        metavar="FILE",
+        help="write the rejected and warned rows here as CSV (their columns and a reason)",
+    )
     upload.set_defaults(fn=cmd_upload)
 
     backfill = verbs.add_parser(

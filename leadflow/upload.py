@@ -13,6 +13,18 @@ chunk ahead of the sends; the event loop only sends to Kafka. So an upload
 served by `leadflow serve` never holds up the other requests or the
 consumers' heartbeats, however large or hostile the file.
 
+A row is rejected only when it cannot be a lead (no valid email or phone, more
+cells than the header); any other bad value (an email beside a good phone, a
+consent that is not yes/no, an unknown country, an unreadable scan time) is a
+warning: the row is published with that cell left out (or the default used)
+and the reasons in `context["warnings"]`. The summary counts both by reason
+(`rejected`, `warned`) and lists the first `PROBLEMS_LISTED` such rows; every
+one of them, its original cells and a `reason` column, can be written as a CSV
+to fix and upload again (`errors_out`; cells a spreadsheet would run as a
+formula are neutralised with a leading `'`, which a re-upload takes off). A
+formula-looking cell in a file is text, kept verbatim: leadflow never evaluates it.
+The scan-time column (`Scan Time`, `扫描时间` …) becomes `context["occurred_at"]`.
+
 Limits (`LimitsSettings`): past LIMITS_UPLOAD_MAX_ROWS rows the file is
 refused (`too_many_rows`); after LIMITS_UPLOAD_MAX_EMPTY_ROWS empty rows in a
 row reading stops and the summary says so (`stopped: empty_rows_limit`), so
@@ -24,16 +36,19 @@ that cannot be read at all raises `UploadRefusedError`, after its dead letter
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import json
 import logging
+import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from aiokafka import ConsumerRecord
@@ -48,7 +63,7 @@ from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_producer, replay_topic
 from leadflow.settings import LimitsSettings, Settings
 from leadflow.topics import Topics
-from streams.normalize import normalize_lead
+from streams.normalize import MAX_FIELD_CHARS, normalize_lead
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +72,19 @@ CHUNK_ROWS = 1000  # rows the reading thread handles before the event loop sends
 HEAD_BYTES = 65536  # what a refused file's dead letter keeps of it
 LETTER_BODY_MAX = 65536  # a rejected row's dead letter keeps at most this of its cells
 ROW_MAX_BYTES = 512 * 1024  # one envelope on leads.raw; Kafka refuses messages past ~1 MB
+PROBLEMS_LISTED = 20  # rejected or warned rows the summary lists (the error file has them all)
+PROBLEM_MESSAGE_MAX = 500
+REASON_COLUMN = "reason"
+
+
+@dataclass
+class RowProblem:
+    """A rejected or warned row as the summary lists it."""
+
+    row: int
+    outcome: str  # "rejected" (not published) or "warned" (published, a cell left out)
+    reasons: list[str]
+    message: str
 
 
 @dataclass
@@ -69,6 +97,10 @@ class Summary:
     duplicates_in_file: int = 0
     empty_rows: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    warned: dict[str, int] = field(default_factory=dict)  # warnings by reason (rows published)
+    problems: list[RowProblem] = field(default_factory=list)  # the first PROBLEMS_LISTED rows
+    problem_rows: int = 0  # rows rejected or warned: the rows of the error file
+    upload_id: str = ""
     already_uploaded_at: str | None = None
     seconds: float = 0.0
     stopped: str | None = None  # why reading stopped before the end (empty_rows_limit)
@@ -173,8 +205,15 @@ class _Reading:
         self.empty_rows = 0
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
+        self.warned: Counter[str] = Counter()
+        self.problems: list[RowProblem] = []
+        self.problem_rows = 0
         self.stopped: str | None = None
         self.stopped_at_row: int | None = None
+        # Every rejected or warned row ([cells, reason] as JSON lines) until the error file
+        # is written; on disk, so a file of a million bad rows costs no memory.
+        self._spool: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        self._columns: dict[str, None] = {}  # the spooled rows' columns, in order
 
     def next_chunk(self) -> _Chunk:
         chunk = _Chunk()
@@ -199,6 +238,28 @@ class _Reading:
 
     def close(self) -> None:
         self._rows.close()  # closes the file (or workbook) the rows came from
+        self._spool.close()
+
+    def write_errors(self, path: Path) -> int:
+        """Every rejected or warned row as CSV: its cells and a `reason` column, each cell
+        neutralised (`'=…`) and cut to MAX_FIELD_CHARS; returns the rows written."""
+        columns = list(self._columns)
+        reason = REASON_COLUMN
+        while reason in self._columns:
+            reason = f"leadflow_{reason}"
+        self._spool.seek(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        # utf-8-sig: Excel opens it with the Chinese intact (and the upload reads it back)
+        with path.open("w", encoding="utf-8-sig", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow([tradeshow.neutralise_cell(c) for c in [*columns, reason]])
+            for line in self._spool:
+                cells, why = json.loads(line)
+                values = [cells.get(column, "")[:MAX_FIELD_CHARS] for column in columns]
+                writer.writerow([tradeshow.neutralise_cell(v) for v in [*values, why]])
+                written += 1
+        return written
 
     def _take(self, row: tradeshow.Row, chunk: _Chunk) -> None:
         chunk.rows += 1
@@ -219,25 +280,21 @@ class _Reading:
             return
         self._empty_run = 0
         detail = f"{self._name}: row {row.number}"
-        if row.problem is not None:
-            self._reject(row.problem, row, detail, chunk)
-            return
-        formula = tradeshow.formula_column(row)
-        if formula is not None:
-            error = BadRecordError(
-                "formula_cell",
-                f"row {row.number}: column {formula!r} holds a spreadsheet formula, not a value",
-                {formula: "a formula (=, @, +NAME(…)) is not accepted"},
-            )
-            self._reject(error, row, detail, chunk)
+        if row.problem is not None and row.problem.reason != "cell_too_large":
+            self._reject(row.problem, row, detail, chunk)  # a cell too large is left out below
             return
         try:
-            raw = tradeshow.envelope(row, self._event, self._name)
+            checked = tradeshow.check_row(row, self._event, self._name, default_region=self._region)
         except ValidationError as exc:
             problems = {".".join(str(p) for p in e["loc"]): e["msg"] for e in exc.errors()}
             message = f"row {row.number}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
             self._reject(BadRecordError("invalid_fields", message, problems), row, detail, chunk)
             return
+        if checked.rejection is not None or checked.raw is None:
+            error = checked.rejection or BadRecordError("invalid_fields", f"row {row.number}")
+            self._reject(error, row, detail, chunk)
+            return
+        raw = checked.raw
         fingerprint = hash(raw.event_id)
         if fingerprint in self._seen:
             self.duplicates += 1
@@ -257,6 +314,10 @@ class _Reading:
             self._reject(error, row, detail, chunk)
             return
         chunk.leads.append((raw.event_id.encode(), value))
+        if checked.warnings:
+            reasons = list(dict.fromkeys(w.reason for w in checked.warnings))
+            self.warned.update(reasons)
+            self._note(row, "warned", reasons, "; ".join(w.message for w in checked.warnings))
 
     def _reject(
         self, error: BadRecordError, row: tradeshow.Row, detail: str, chunk: _Chunk
@@ -266,6 +327,32 @@ class _Reading:
         )
         chunk.letters.append(letter.record())
         self.rejected[error.reason] += 1
+        message = (
+            error.message
+            if f"row {row.number}" in error.message
+            else (f"row {row.number}: {error.message}")
+        )
+        self._note(row, "rejected", [error.reason], message)
+
+    def _note(self, row: tradeshow.Row, outcome: str, reasons: list[str], message: str) -> None:
+        """A rejected or warned row: listed in the summary (the first few), spooled for the
+        error file (all)."""
+        self.problem_rows += 1
+        if len(self.problems) < PROBLEMS_LISTED:
+            shown = (
+                message
+                if len(message) <= PROBLEM_MESSAGE_MAX
+                else (f"{message[:PROBLEM_MESSAGE_MAX]}…")
+            )
+            self.problems.append(RowProblem(row.number, outcome, reasons, shown))
+        for column in row.cells:
+            if (
+                column not in self._columns
+                and len(self._columns) < 2 * self._limits.upload_max_columns
+            ):
+                self._columns[column] = None
+        why = f"{outcome} ({', '.join(reasons)}): {message}"
+        self._spool.write(json.dumps([row.cells, why], ensure_ascii=False) + "\n")
 
 
 def _letter_body(cells: Mapping[str, str]) -> bytes:
@@ -295,17 +382,22 @@ async def upload(
     original_name: str | None = None,
     *,
     mapping: Mapping[str, str] | None = None,
+    errors_out: Path | None = None,
+    upload_id: str | None = None,
 ) -> Summary:
     """Publish every good row of `path`; `original_name` names it in summaries and dead letters.
 
-    `mapping` (already parsed) takes the place of `mapping_file`. Raises
-    `UploadRefusedError` when the file as a whole is refused.
+    `mapping` (already parsed) takes the place of `mapping_file`. When rows were rejected
+    or warned, `errors_out` gets them as CSV (original columns and a `reason`), also when
+    the file is refused part way. Raises `UploadRefusedError` when the file as a whole is
+    refused.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
     topics = Topics(settings.kafka.topic_prefix)
     name = original_name or path.name
     summary = Summary(file=name, event=event, digest=await asyncio.to_thread(file_digest, path))
+    summary.upload_id = upload_id or uuid.uuid4().hex
     done_key = f"{event}|{summary.digest}"
     if mapping is None:
         mapping = await asyncio.to_thread(load_mapping, mapping_file)
@@ -352,6 +444,8 @@ async def upload(
         await asyncio.gather(*in_flight)
         in_flight.clear()
         _count(summary, reading)
+        if errors_out is not None and reading.problem_rows:
+            await asyncio.wrap_future(thread.submit(reading.write_errors, errors_out))
         if chunk.error is not None:
             # The file itself cannot be read on: keep its head as the dead letter's body.
             head = await asyncio.to_thread(_head, path)
@@ -378,6 +472,9 @@ def _count(summary: Summary, reading: _Reading) -> None:
     summary.empty_rows = reading.empty_rows
     summary.duplicates_in_file = reading.duplicates
     summary.rejected = dict(reading.rejected)
+    summary.warned = dict(reading.warned)
+    summary.problems = list(reading.problems)
+    summary.problem_rows = reading.problem_rows
     summary.stopped = reading.stopped
     summary.stopped_at_row = reading.stopped_at_row
 
@@ -396,7 +493,27 @@ def summary_table(summary: Summary) -> Table:
     table.add_row("empty rows", f"{summary.empty_rows:,}")
     for reason, count in sorted(summary.rejected.items()):
         table.add_row(f"rejected: {reason}", f"{count:,}")
+    for reason, count in sorted(summary.warned.items()):
+        table.add_row(f"warned: {reason}", f"{count:,}")
     if summary.stopped:
         table.add_row(f"stopped reading: {summary.stopped}", f"at row {summary.stopped_at_row:,}")
     table.add_row("seconds", f"{summary.seconds:,.1f}")
+    return table
+
+
+def problems_table(summary: Summary) -> Table | None:
+    """The first rejected or warned rows with their reasons; None when there are none."""
+    if not summary.problems:
+        return None
+    more = summary.problem_rows - len(summary.problems)
+    title = f"rejected or warned rows (first {len(summary.problems)} of {summary.problem_rows:,})"
+    table = Table(title=title if more else "rejected or warned rows")
+    table.add_column("row", justify="right")
+    table.add_column("outcome")
+    table.add_column("reason")
+    table.add_column("message", overflow="fold")
+    for problem in summary.problems:
+        table.add_row(
+            f"{problem.row:,}", problem.outcome, ", ".join(problem.reasons), problem.message
+        )
     return table

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, LimitsSettings, Settings
 from leadflow.topics import Topics
-from schemas import DeadLetter
+from schemas import DeadLetter, RawLead
 from tests.integration.processes import read_topic
 from tests.integration.test_http_app import client_for
 from tests.keys import ENTRIES, KEYS, bearer
@@ -139,19 +139,21 @@ async def test_rows_that_cannot_be_leads_are_rejected_with_a_reason(
     ).encode()
     status, summary = await post(uploads, rows, "scans.csv", "corpus")
     assert status == 200, summary
-    assert summary["published"] == 2
+    assert summary["published"] == 3  # the formula-looking name is text: a lead
     assert summary["empty_rows"] == 1
-    assert summary["rejected"] == {
-        "formula_cell": 1,
-        "invalid_fields": 1,
-        "ragged_row": 1,
-        "no_contact": 1,
-    }
+    assert summary["rejected"] == {"invalid_fields": 1, "ragged_row": 1, "no_contact": 1}
+    assert [(p["row"], p["outcome"]) for p in summary["problems"]] == [
+        (6, "rejected"),
+        (7, "rejected"),
+        (9, "rejected"),
+    ]
     assert summary["stopped"] is None
-    letters = await read_topic(kafka_bootstrap, Topics(topic_prefix).dlq("tradeshow_upload"), 4)
+    letters = await read_topic(kafka_bootstrap, Topics(topic_prefix).dlq("tradeshow_upload"), 3)
     messages = [DeadLetter.model_validate_json(m.value or b"").message for m in letters]
     assert any("scientific notation" in m for m in messages)
-    assert any("formula" in m for m in messages)
+    leads = await read_topic(kafka_bootstrap, Topics(topic_prefix).leads_raw, 3)
+    names = {RawLead.model_validate_json(m.value or b"").fields["姓名"] for m in leads}
+    assert '=HYPERLINK("http://evil.example","点我")' in names  # verbatim, never evaluated
     assert all(
         "row " in (DeadLetter.model_validate_json(m.value or b"").source_detail or "")
         for m in letters
@@ -207,7 +209,7 @@ async def test_an_unbalanced_quote_names_its_row(uploads: TestClient) -> None:
     assert answer["published"] == 1  # the row before it went through
 
 
-async def test_a_cell_over_128_kib_rejects_its_row_not_the_file(
+async def test_a_cell_over_128_kib_is_left_out_of_its_lead_not_the_file(
     uploads: TestClient, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
     # Past the csv module's default bound (131,072): this was a plain-text 500.
@@ -221,11 +223,18 @@ async def test_a_cell_over_128_kib_rejects_its_row_not_the_file(
     ).encode()
     status, summary = await post(uploads, body, "notes.csv", "corpus")
     assert status == 200, summary
-    assert (summary["published"], summary["rejected"]) == (1, {"cell_too_large": 1})
-    [letter] = (await letters(kafka_bootstrap, topic_prefix, 1)).values()
-    assert letter.reason == "cell_too_large"
-    assert letter.source_detail == "notes.csv: row 2"
-    assert len(base64.b64decode(letter.original_b64)) <= 65536  # the row, cut
+    assert (summary["published"], summary["rejected"]) == (2, {})
+    assert summary["warned"] == {"cell_too_large": 1}
+    [problem] = summary["problems"]
+    assert (problem["row"], problem["outcome"]) == (2, "warned")
+    assert "column '备注'" in problem["message"]
+    assert "200,000 characters" in problem["message"]
+    leads = await read_topic(kafka_bootstrap, Topics(topic_prefix).leads_raw, 2)
+    kept = [RawLead.model_validate_json(m.value or b"") for m in leads]
+    wang = next(lead for lead in kept if lead.fields["姓名"] == "王小明")
+    assert "备注" not in wang.fields
+    assert "cell_too_large" not in wang.context["warnings"]  # the message, not the code
+    assert "200,000 characters" in wang.context["warnings"]
 
 
 async def test_a_long_file_name_is_text_never_a_path(uploads: TestClient, tmp_path: Path) -> None:

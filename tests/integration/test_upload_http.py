@@ -68,8 +68,10 @@ async def test_upload_over_http_publishes_once_with_a_summary(
 
     again = await uploads.post("/v1/uploads/tradeshow", data=form(SCANS), headers=UPLOADER)
     assert (await again.json())["already_uploaded_at"]
-    # Nothing of the file is left on the server's disk.
-    assert list((tmp_path / "uploads").iterdir()) == []
+    # Nothing of the file is left on the server's disk, only its error file (row 6).
+    kept = [path.name for path in (tmp_path / "uploads").iterdir()]
+    assert kept == [f"{summary['upload_id']}.errors.csv"]
+    assert summary["errors_url"] == f"/v1/uploads/{summary['upload_id']}/errors.csv"
 
 
 async def test_upload_refusals(

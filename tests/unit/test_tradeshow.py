@@ -6,6 +6,7 @@ import io
 import re
 import time
 import zipfile
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,151 @@ def test_a_line_of_millions_of_tiny_fields_is_refused_before_it_is_split(
         next(rows)
     assert caught.value.reason == "row_too_large"
     assert "line 3" in caught.value.message
+
+
+# --- scan times, row checks, neutralised cells ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-03-02T09:15:00+08:00", datetime(2026, 3, 2, 1, 15, tzinfo=UTC)),
+        ("2026-03-02T09:15:00Z", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),
+        ("2026-03-02T09:15:00", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),  # an Excel date cell
+        ("2026-03-02 09:15", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),
+        ("2026/3/2 9:15", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),
+        ("2026/03/02 09:15:30", datetime(2026, 3, 2, 9, 15, 30, tzinfo=UTC)),
+        ("2026年3月2日 9:15", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),
+        ("03/02/2026 09:15 AM", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),  # US: month first
+        ("03/02/2026 09:15 pm", datetime(2026, 3, 2, 21, 15, tzinfo=UTC)),
+        ("13/02/2026 09:15", datetime(2026, 2, 13, 9, 15, tzinfo=UTC)),  # past 12: day first
+        ("02.03.2026 09:15", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),  # German: day first
+        ("2026-03-02", datetime(2026, 3, 2, tzinfo=UTC)),
+        ("46083.38", datetime(2026, 3, 2, 9, 7, 12, tzinfo=UTC)),  # an Excel serial
+        ("46083", datetime(2026, 3, 2, tzinfo=UTC)),
+        ("1772442900", datetime(2026, 3, 2, 9, 15, tzinfo=UTC)),  # Unix seconds
+    ],
+)
+def test_scan_times_as_scanners_write_them(value: str, expected: datetime) -> None:
+    assert tradeshow.parse_scan_time(value) == expected
+
+
+def test_a_scan_time_without_an_offset_is_read_in_the_given_zone() -> None:
+    shanghai = timezone(timedelta(hours=8))
+    moment = tradeshow.parse_scan_time("2026/3/2 9:15", tz=shanghai)
+    assert moment == datetime(2026, 3, 2, 1, 15, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("soon", "not a date and time"),
+        ("32/13/2026", "not a date and time"),
+        ("", "not a date and time"),
+        ("1999-12-31 23:00", "LIMITS_EARLIEST_TIME"),
+        ((datetime.now(UTC) + timedelta(days=3)).isoformat(), "LIMITS_FUTURE_SKEW_S"),
+    ],
+)
+def test_bad_scan_times_say_the_rule(value: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        tradeshow.parse_scan_time(value)
+
+
+def check(cells: dict[str, str], number: int = 7) -> tradeshow.Checked:
+    return tradeshow.check_row(Row(number, cells), "CIIE", "scans.csv", default_region="CN")
+
+
+def test_a_formula_looking_note_is_kept_verbatim_on_a_good_lead() -> None:
+    note = '=HYPERLINK("http://evil.example","点我")'
+    checked = check({"姓名": "王小明", "手机": "13800138000", "邮箱": "w@example.cn", "备注": note})
+    assert checked.rejection is None
+    assert checked.warnings == []
+    assert checked.raw is not None
+    assert checked.raw.fields["备注"] == note
+
+
+def test_the_scan_time_becomes_occurred_at() -> None:
+    checked = check({"Name": "Ada", "Email": "ada@example.com", "Scan Time": "2026/3/2 9:15"})
+    assert checked.raw is not None
+    assert checked.raw.context["occurred_at"] == "2026-03-02T09:15:00+00:00"
+    assert checked.raw.fields["Scan Time"] == "2026/3/2 9:15"  # kept as written too
+
+
+def test_a_bad_scan_time_falls_back_to_the_arrival_time_with_a_warning() -> None:
+    received = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+    checked = tradeshow.check_row(
+        Row(9, {"Name": "Ada", "Email": "ada@example.com", "扫描时间": "昨天上午"}),
+        "CIIE",
+        "scans.csv",
+        default_region="CN",
+        received_at=received,
+    )
+    assert checked.raw is not None
+    assert checked.raw.context["occurred_at"] == received.isoformat()
+    [warning] = checked.warnings
+    assert warning.reason == "bad_scan_time"
+    assert warning.column == "扫描时间"
+    for part in ("row 9", "'扫描时间'", "'昨天上午'", "arrival time"):
+        assert part in warning.message
+    assert warning.message in checked.raw.context["warnings"]
+
+
+def test_a_bad_email_beside_a_good_phone_is_a_warning_and_left_out() -> None:
+    checked = check({"姓名": "李娜", "手机": "13912345678", "邮箱": "li@", "同意": "maybe"})
+    assert checked.rejection is None
+    assert checked.raw is not None
+    assert "邮箱" not in checked.raw.fields
+    assert "同意" not in checked.raw.fields
+    assert [w.reason for w in checked.warnings] == ["invalid_email", "invalid_consent"]
+    assert "row 7, column '邮箱' (email): 'li@'" in checked.warnings[0].message
+
+
+def test_a_phone_is_judged_by_the_rows_own_country_and_the_message_says_which() -> None:
+    unknown = check({"Name": "A", "Phone": "1234", "Country": "XX", "Email": "a@example.com"})
+    message = next(w.message for w in unknown.warnings if w.reason == "invalid_phone")
+    assert "'1234'" in message
+    assert "row 7" in message
+    assert "'Phone'" in message
+    assert "country 'XX' is unknown" in message
+    assert "default region CN" in message
+    assert "unknown_country" in [w.reason for w in unknown.warnings]
+    assert unknown.raw is not None
+    assert unknown.raw.fields["Country"] == "XX"
+
+    us = check({"Name": "A", "Phone": "1234", "Country": "US"})
+    assert us.rejection is not None
+    assert us.rejection.reason == "invalid_fields"
+    assert "country US" in us.rejection.message
+    assert "region CN" not in us.rejection.message
+
+    bare = check({"Name": "A", "Phone": "1234"})
+    assert bare.rejection is not None
+    assert "default region CN (the row has no country)" in bare.rejection.message
+
+
+def test_a_row_is_rejected_only_without_a_usable_contact() -> None:
+    none = check({"姓名": "陈静", "公司": "无联系方式"})
+    assert none.rejection is not None
+    assert none.rejection.reason == "no_contact"
+    both_bad = check({"姓名": "赵敏", "手机": "12", "邮箱": "not-an-email"})
+    assert both_bad.rejection is not None
+    assert (both_bad.rejection.reason, set(both_bad.rejection.fields)) == (
+        "invalid_fields",
+        {"email", "phone"},
+    )
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_cells_leadflow_writes_are_neutralised_and_read_back(start: str) -> None:
+    value = f"{start}1+2"
+    written = tradeshow.neutralise_cell(value)
+    assert written == f"'{value}"
+    assert tradeshow._unneutralised(written) == value
+    assert tradeshow.neutralise_cell("王小明") == "王小明"
+    assert tradeshow._unneutralised("'quoted'") == "'quoted'"
+
+
+def test_an_error_file_uploaded_again_reads_its_cells_as_they_were(tmp_path: Path) -> None:
+    data = "姓名,手机,备注\n王小明,'+86 138 0013 8000,'=HYPERLINK(\"x\")\n".encode()
+    [row] = cells(write(tmp_path, "errors.csv", data))
+    assert row == {"姓名": "王小明", "手机": "+86 138 0013 8000", "备注": '=HYPERLINK("x")'}

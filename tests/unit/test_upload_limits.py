@@ -4,6 +4,7 @@ the event loop, the summary, the mapping part and the client's file name."""
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import time
 from pathlib import Path
@@ -17,9 +18,11 @@ from leadflow.settings import LimitsSettings
 from leadflow.upload import (
     CHUNK_ROWS,
     LETTER_BODY_MAX,
+    RowProblem,
     Summary,
     _Reading,
     parse_mapping,
+    problems_table,
     summary_table,
 )
 from schemas import DeadLetter
@@ -90,15 +93,28 @@ def test_more_rows_than_the_limit_stop_with_the_rows_before_handed_over(tmp_path
     assert (chunk.done, len(chunk.leads)) == (True, 20)  # sent before the refusal
 
 
-def test_a_rejected_rows_letter_keeps_at_most_64_kib(tmp_path: Path) -> None:
+def test_a_huge_note_on_a_good_row_is_left_out_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "notes.csv"
     path.write_text(HEADER.strip() + ",备注\n王小明,13800138000,,示例," + "注" * 500_000 + "\n")
     work = reading(path)
     chunk = work.next_chunk()
     work.close()
+    assert (len(chunk.leads), chunk.letters) == (1, [])
+    lead = json.loads(chunk.leads[0][1])
+    assert "备注" not in lead["fields"]
+    assert "500,000 characters" in lead["context"]["warnings"]
+    assert (dict(work.warned), work.problem_rows) == ({"cell_too_large": 1}, 1)
+
+
+def test_a_rejected_rows_letter_keeps_at_most_64_kib(tmp_path: Path) -> None:
+    path = tmp_path / "notes.csv"
+    path.write_text(HEADER.strip() + ",备注\n王小明,,,示例," + "注" * 500_000 + "\n")
+    work = reading(path)
+    chunk = work.next_chunk()
+    work.close()
     [(_, value)] = chunk.letters
     letter = DeadLetter.model_validate_json(value)
-    assert letter.reason == "cell_too_large"
+    assert letter.reason == "no_contact"
     body = base64.b64decode(letter.original_b64)
     assert len(body) <= LETTER_BODY_MAX
     assert json.loads(body)["姓名"] == "王小明"
@@ -130,3 +146,60 @@ def test_the_client_file_name_is_text_and_only_a_plain_suffix_reaches_the_disk()
     assert client_file_name("a\x00b\r\n.csv") == ("ab.csv", ".csv")
     assert client_file_name("scans.c$v") == ("scans.c$v", "")
     assert client_file_name(None) == ("upload.csv", "")
+
+
+def test_rejected_and_warned_rows_are_listed_and_written_as_an_error_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "scans.csv"
+    path.write_text(
+        "姓名,手机,邮箱,备注,扫描时间\n"
+        '王小明,13800138000,w@example.cn,"=HYPERLINK(""http://x"",""点我"")",2026/3/2 9:15\n'
+        "李娜,13912345678,li@,-看演示,昨天\n"  # warned: a bad email and scan time
+        "陈静,,,+1 无联系方式,\n"  # rejected: no contact
+        + "".join(f"访客{n},,,,\n" for n in range(30)),
+        "utf-8",
+    )
+    work = reading(path)
+    drain(work)
+    assert (work.problem_rows, len(work.problems)) == (32, 20)
+    first, second = work.problems[:2]
+    assert (first.row, first.outcome, first.reasons) == (
+        3,
+        "warned",
+        ["invalid_email", "bad_scan_time"],
+    )
+    assert (second.row, second.outcome, second.reasons) == (4, "rejected", ["no_contact"])
+    assert dict(work.warned) == {"invalid_email": 1, "bad_scan_time": 1}
+    out = tmp_path / "errors.csv"
+    work = reading(path)
+    drain_open = work.next_chunk()
+    assert drain_open.done
+    assert work.write_errors(out) == 32
+    work.close()
+    with out.open(encoding="utf-8-sig", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[0] == ["姓名", "手机", "邮箱", "备注", "扫描时间", "reason"]
+    assert rows[1][:5] == ["李娜", "13912345678", "li@", "'-看演示", "昨天"]
+    assert rows[1][5].startswith("warned (invalid_email, bad_scan_time): row 3, column '邮箱'")
+    assert rows[2][3] == "'+1 无联系方式"
+    assert rows[2][5].startswith("rejected (no_contact): row 4")
+    for row in rows:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+
+
+def test_the_summary_table_counts_warnings_and_the_problems_table_lists_rows() -> None:
+    summary = Summary(file="f.csv", event="CIIE", digest="0" * 64, rows_read=3)
+    summary.warned = {"bad_scan_time": 1}
+    summary.problems = [RowProblem(5, "warned", ["bad_scan_time"], "row 5, column 'Scan Time'")]
+    summary.problem_rows = 1
+    console = Console(width=160, record=True)
+    console.print(summary_table(summary))
+    table = problems_table(summary)
+    assert table is not None
+    console.print(table)
+    text = console.export_text()
+    assert "warned: bad_scan_time" in text
+    assert "row 5, column 'Scan Time'" in text
+    assert problems_table(Summary(file="f.csv", event="CIIE", digest="0" * 64)) is None
