@@ -150,7 +150,8 @@ class AccessControl:
         self.visitors = RateLimiter(settings.web.rate_per_s, settings.web.rate_burst)
         # Refusals cost a dead letter each: a client that keeps failing is slowed down.
         self._refusals = RateLimiter(
-            settings.http.write_rate_per_s / 10, max(1, settings.http.write_rate_burst // 10)
+            max(5.0, settings.http.write_rate_per_s / 10),
+            max(50, settings.http.write_rate_burst // 10),
         )
         self._dead_letter = dead_letter
         self._warned_at = 0.0
