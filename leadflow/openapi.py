@@ -104,6 +104,31 @@ _CALL_EVENT = {
     },
 }
 _JSON_OBJECT = {"type": "object"}
+_UPLOAD_SUMMARY = {
+    "type": "object",
+    "properties": {
+        "upload_id": {"type": "string"},
+        "rows_read": {"type": "integer"},
+        "published": {"type": "integer"},
+        "rejected": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "warned": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "problems": {
+            "type": "array",
+            "maxItems": 20,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "row": {"type": "integer"},
+                    "outcome": {"enum": ["rejected", "warned"]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+        "problem_rows": {"type": "integer"},
+        "errors_url": {"type": ["string", "null"]},
+    },
+}
 _DATE = {"type": "string", "format": "date-time"}
 _BY = {"enum": ["channel", "source", "campaign", "team", "owner"]}
 
@@ -163,7 +188,13 @@ def document(version: str) -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": _answer("The upload's summary.", _JSON_OBJECT),
+                    "200": _answer(
+                        "The upload's summary: rows read, leads published, `rejected` and "
+                        "`warned` counts by reason, the first 20 such rows (`problems`: row, "
+                        "outcome, reasons, message), `upload_id`, and `errors_url` (the error "
+                        "file of those rows) when any row was rejected or warned.",
+                        _UPLOAD_SUMMARY,
+                    ),
                     **_refusals(400, 408, 413, 415, 422, 429, 503),
                 },
             }
