@@ -687,6 +687,12 @@ def read_meta_export(raw: IO[bytes]) -> Iterator[ExportRow]:
         for number, cells in enumerate(records, start=2):
             if not any(cell.strip() for cell in cells):
                 continue
+            if any(len(cell) > MAX_EXPORT_CELL_CHARS for cell in cells):
+                # Bounded here, not by the csv module's limit, which other readers may raise.
+                raise BadRecordError(
+                    "invalid_file",
+                    f"row {number}: a cell holds more than {MAX_EXPORT_CELL_CHARS:,} characters",
+                )
             ragged = len(cells) > len(header) and any(c.strip() for c in cells[len(header) :])
             yield ExportRow(
                 number,
@@ -701,6 +707,9 @@ def read_meta_export(raw: IO[bytes]) -> Iterator[ExportRow]:
         raise BadRecordError("invalid_file", f"the file cannot be read as CSV/TSV: {exc}") from exc
     finally:
         text.detach()
+
+
+MAX_EXPORT_CELL_CHARS = 131_072  # the csv module's own default: no lead field is longer
 
 
 def lead_from_export_row(
