@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from ingest_adapters.upload_http import client_file_name
+from ingest_adapters.upload_http import client_file_name, prune_error_files
 from leadflow.errors import BadRecordError
 from leadflow.settings import LimitsSettings
 from leadflow.upload import (
@@ -203,3 +204,19 @@ def test_the_summary_table_counts_warnings_and_the_problems_table_lists_rows() -
     assert "warned: bad_scan_time" in text
     assert "row 5, column 'Scan Time'" in text
     assert problems_table(Summary(file="f.csv", event="CIIE", digest="0" * 64)) is None
+
+
+def test_error_files_are_kept_for_a_bounded_time_and_count(tmp_path: Path) -> None:
+    now = time.time()
+    for n in range(5):
+        path = tmp_path / f"{n:032x}.errors.csv"
+        path.write_text("reason\n")
+        os.utime(path, (now - n * 60, now - n * 60))  # 0 is the newest
+    old = tmp_path / f"{99:032x}.errors.csv"
+    old.write_text("reason\n")
+    os.utime(old, (now - 8 * 86400, now - 8 * 86400))
+    upload_in_progress = tmp_path / "0123abcd.csv"
+    upload_in_progress.write_text("姓名\n")
+    assert prune_error_files(tmp_path, keep=3) == 3
+    kept = sorted(path.name for path in tmp_path.iterdir())
+    assert kept == [f"{n:032x}.errors.csv" for n in range(3)] + ["0123abcd.csv"]
