@@ -34,7 +34,7 @@ import uuid
 import zipfile
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -445,6 +445,37 @@ def _parse_moment(text: str) -> datetime | None:
         except ValueError:
             continue
     return None
+
+
+_OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?")
+
+
+def parse_timezone(name: str) -> tzinfo:
+    """The zone scan times without an offset are in: an IANA name (`Asia/Shanghai`),
+    `UTC`, or an offset (`+08:00`, `UTC+8`). Raises BadRecordError (`invalid_timezone`)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    text = name.strip()
+    if text.upper() in ("UTC", "Z", "GMT"):
+        return UTC
+    match = _OFFSET.fullmatch(text)
+    if match is not None:
+        sign, hours, minutes = match.groups()
+        offset = timedelta(hours=int(hours), minutes=int(minutes or 0))
+        if offset <= timedelta(hours=14):
+            return timezone(-offset if sign == "-" else offset)
+    else:
+        try:
+            if 0 < len(text) <= 64 and ".." not in text and not text.startswith("/"):
+                return ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    raise BadRecordError(
+        "invalid_timezone",
+        f"timezone {_clip(text, 64)!r} is not an IANA zone (Asia/Shanghai), UTC or an offset "
+        "(+08:00)",
+        {"timezone": "an IANA zone name, UTC or an offset such as +08:00"},
+    )
 
 
 def parse_scan_time(value: str, *, tz: tzinfo = UTC) -> datetime:

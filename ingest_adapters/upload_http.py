@@ -14,7 +14,9 @@ first 64 KiB when the file was received):
 - 400 `invalid_form`: the body is not valid multipart.
 - 422 `invalid_fields` (no file, no event, an event longer than
   `EVENT_MAX_CHARS`), `invalid_mapping` (past `MAPPING_MAX_BYTES`, or not
-  `column: field` YAML), and the file's own refusals from `leadflow.upload`
+  `column: field` YAML), `invalid_timezone` (the optional `timezone` part, the
+  zone of scan times written without an offset, is no IANA zone, UTC or offset),
+  and the file's own refusals from `leadflow.upload`
   (`invalid_csv`, `invalid_xlsx`, `too_many_columns`, `cell_too_large`,
   `no_header` …; `too_many_rows` and a zip bomb's `too_large` are 413).
 
@@ -38,6 +40,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, tzinfo
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
@@ -61,6 +64,7 @@ ERRORS_KEEP_S = 7 * 86400.0  # … and none older than this
 EVENT_MAX_CHARS = 200
 EVENT_MAX_BYTES = 4 * EVENT_MAX_CHARS + 256  # UTF-8 of the longest event, and some space
 MAPPING_MAX_BYTES = 64 * 1024
+TIMEZONE_MAX_BYTES = 128
 OTHER_PART_MAX_BYTES = 64 * 1024  # a part of another name is read (and dropped) up to this
 FORM_OVERHEAD_BYTES = 256 * 1024  # what a body may hold besides the file: parts, headers
 NAME_MAX_CHARS = 255
@@ -77,6 +81,7 @@ UPLOAD_STATUS_BY_REASON = {
     "too_many_uploads": 429,
     "invalid_fields": 422,
     "invalid_mapping": 422,
+    "invalid_timezone": 422,
     "invalid_csv": 422,
     "invalid_xlsx": 422,
     "cell_too_large": 422,
@@ -131,7 +136,8 @@ async def _read_text(part: BodyPartReader, cap: int) -> str | None:
 
 
 class UploadRoutes:
-    """`POST /v1/uploads/tradeshow`: a badge-scanner export over HTTP."""
+    """`POST /v1/uploads/tradeshow`: a badge-scanner export over HTTP; and
+    `GET /v1/uploads/{upload_id}/errors.csv`: its rejected and warned rows."""
 
     def __init__(
         self,
@@ -219,6 +225,12 @@ class UploadRoutes:
                 except BadRecordError as exc:
                     letter_id = await self._letter(exc, text.encode())
                     return self._answer(exc, letter_id)
+            zone: tzinfo = UTC
+            if received.texts.get("timezone", "").strip():
+                try:
+                    zone = tradeshow.parse_timezone(received.texts["timezone"])
+                except BadRecordError as exc:
+                    return await self._refuse(422, exc, path)
             upload_id = uuid.uuid4().hex
             errors = errors_path(folder, upload_id)
             try:
@@ -233,6 +245,7 @@ class UploadRoutes:
                     mapping=mapping,
                     errors_out=errors,
                     upload_id=upload_id,
+                    timezone=zone,
                 )
             except UploadRefusedError as exc:
                 return self._answer(
@@ -356,6 +369,18 @@ class UploadRoutes:
                             ),
                         )
                     received.texts["event"] = text
+                elif part.name == "timezone":
+                    text = await _read_text(part, TIMEZONE_MAX_BYTES)
+                    if text is None:
+                        raise _Refused(
+                            422,
+                            BadRecordError(
+                                "invalid_timezone",
+                                f"the timezone is longer than {TIMEZONE_MAX_BYTES} bytes",
+                                {"timezone": "an IANA zone name, UTC or an offset"},
+                            ),
+                        )
+                    received.texts["timezone"] = text
                 elif part.name == "mapping":
                     text = await _read_text(part, MAPPING_MAX_BYTES)
                     if text is None:

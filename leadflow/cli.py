@@ -347,12 +347,18 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console)
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from ingest_adapters.tradeshow import parse_timezone
     from leadflow.upload import UploadRefusedError, problems_table, summary_table, upload
 
     if not args.file.is_file():
         console.print(f"[red]error:[/] no such file: {args.file}")
         return 2
     errors_out: Path | None = args.errors_out
+    try:
+        zone = parse_timezone(args.timezone)
+    except BadRecordError as exc:
+        console.print(f"[red]error:[/] --timezone: {exc.message}")
+        return 2
     try:
         summary = asyncio.run(
             upload(
@@ -363,6 +369,7 @@ def cmd_upload(settings: Settings, args: argparse.Namespace, console: Console) -
                 args.mapping,
                 console,
                 errors_out=errors_out,
+                timezone=zone,
             )
         )
     except UploadRefusedError as exc:
@@ -503,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="write the rejected and warned rows here as CSV (their columns and a reason)",
+    )
+    upload.add_argument(
+        "--timezone",
+        default="UTC",
+        help="zone of scan times written without an offset: Asia/Shanghai, +08:00 (default UTC)",
     )
     upload.set_defaults(fn=cmd_upload)
 

@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -193,12 +193,14 @@ class _Reading:
         name: str,
         limits: LimitsSettings,
         region: str,
+        tz: tzinfo = UTC,
     ) -> None:
         self._rows = tradeshow.read_rows(path, mapping, limits)
         self._event = event
         self._name = name
         self._limits = limits
         self._region = region
+        self._tz = tz
         self._seen: set[int] = set()
         self._empty_run = 0
         self.rows_read = 0
@@ -284,7 +286,9 @@ class _Reading:
             self._reject(row.problem, row, detail, chunk)  # a cell too large is left out below
             return
         try:
-            checked = tradeshow.check_row(row, self._event, self._name, default_region=self._region)
+            checked = tradeshow.check_row(
+                row, self._event, self._name, default_region=self._region, tz=self._tz
+            )
         except ValidationError as exc:
             problems = {".".join(str(p) for p in e["loc"]): e["msg"] for e in exc.errors()}
             message = f"row {row.number}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
@@ -384,13 +388,14 @@ async def upload(
     mapping: Mapping[str, str] | None = None,
     errors_out: Path | None = None,
     upload_id: str | None = None,
+    timezone: tzinfo = UTC,
 ) -> Summary:
     """Publish every good row of `path`; `original_name` names it in summaries and dead letters.
 
     `mapping` (already parsed) takes the place of `mapping_file`. When rows were rejected
     or warned, `errors_out` gets them as CSV (original columns and a `reason`), also when
     the file is refused part way. Raises `UploadRefusedError` when the file as a whole is
-    refused.
+    refused. Scan times written without an offset are read in `timezone`.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -407,7 +412,13 @@ async def upload(
         summary.already_uploaded_at = previous
         return summary
     reading = _Reading(
-        path, mapping, event, name, settings.limits, settings.normalize.default_phone_region
+        path,
+        mapping,
+        event,
+        name,
+        settings.limits,
+        settings.normalize.default_phone_region,
+        timezone,
     )
     # One thread per upload: its chunks, then its close, run in order on it.
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadflow-upload")

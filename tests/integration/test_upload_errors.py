@@ -84,9 +84,13 @@ async def uploads(
         yield made
 
 
-async def post(client: TestClient, body: bytes, name: str) -> tuple[int, dict[str, Any]]:
+async def post(
+    client: TestClient, body: bytes, name: str, timezone: str | None = None
+) -> tuple[int, dict[str, Any]]:
     form = FormData()
     form.add_field("event", "CIIE 2026")
+    if timezone is not None:
+        form.add_field("timezone", timezone)
     form.add_field("file", io.BytesIO(body), filename=name)
     answer = await client.post("/v1/uploads/tradeshow", data=form, headers=UPLOADER)
     return answer.status, await answer.json()
@@ -96,7 +100,8 @@ async def test_a_chinese_gb18030_export_keeps_its_formula_note_and_lists_its_pro
     uploads: TestClient, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     topics = Topics(topic_prefix)
-    status, summary = await post(uploads, CHINESE, "ciie-scans.csv")
+    # The scanners at CIIE wrote Shanghai time, without an offset.
+    status, summary = await post(uploads, CHINESE, "ciie-scans.csv", "Asia/Shanghai")
     assert status == 200, summary
     assert (summary["rows_read"], summary["published"]) == (4, 3)
     assert summary["rejected"] == {"no_contact": 1}
@@ -118,7 +123,7 @@ async def test_a_chinese_gb18030_export_keeps_its_formula_note_and_lists_its_pro
     assert set(leads) == {"王小明", "李娜", "赵敏"}
     assert leads["李娜"].fields["备注"] == HYPERLINK  # kept verbatim, never evaluated
     assert leads["王小明"].fields["备注"] == "对CRM感兴趣，想看演示"
-    assert leads["王小明"].context["occurred_at"] == "2026-03-02T09:15:00+00:00"
+    assert leads["王小明"].context["occurred_at"] == "2026-03-02T01:15:00+00:00"
     zhao = leads["赵敏"]
     assert zhao.context["occurred_at"] == zhao.received_at.isoformat()  # the arrival time
     assert "bad_scan_time" not in zhao.context["warnings"]
@@ -232,3 +237,10 @@ async def test_an_english_bom_export_over_the_cli_writes_a_neutralised_error_fil
     assert rows[2][:3] == ["Joan Clarke", "joan@", "'+44 20 7946 0958"]
     assert rows[2][7].startswith("warned (invalid_email): row 5, column 'Email'")
     assert_neutralised(rows)
+
+
+async def test_an_unknown_timezone_refuses_the_upload(uploads: TestClient) -> None:
+    status, answer = await post(uploads, CHINESE, "ciie-scans.csv", "Mars/Olympus")
+    assert (status, answer["error"]) == (422, "invalid_timezone"), answer
+    assert "Mars/Olympus" in answer["message"]
+    assert answer["dead_letter_id"]

@@ -423,3 +423,38 @@ def test_an_error_file_uploaded_again_reads_its_cells_as_they_were(tmp_path: Pat
     data = "姓名,手机,备注\n王小明,'+86 138 0013 8000,'=HYPERLINK(\"x\")\n".encode()
     [row] = cells(write(tmp_path, "errors.csv", data))
     assert row == {"姓名": "王小明", "手机": "+86 138 0013 8000", "备注": '=HYPERLINK("x")'}
+
+
+@pytest.mark.parametrize(
+    ("name", "offset"),
+    [
+        ("Asia/Shanghai", timedelta(hours=8)),
+        ("UTC", timedelta(0)),
+        ("+08:00", timedelta(hours=8)),
+        ("UTC+8", timedelta(hours=8)),
+        ("-0530", timedelta(hours=-5, minutes=-30)),
+        ("Europe/Berlin", timedelta(hours=1)),  # March 2: winter time
+    ],
+)
+def test_the_zone_of_scan_times_without_an_offset(name: str, offset: timedelta) -> None:
+    zone = tradeshow.parse_timezone(name)
+    assert datetime(2026, 3, 2, 9, 15, tzinfo=zone).utcoffset() == offset
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "../../etc/passwd", "+25:00", "", "x" * 300])
+def test_an_unknown_zone_is_refused(name: str) -> None:
+    with pytest.raises(BadRecordError) as caught:
+        tradeshow.parse_timezone(name)
+    assert caught.value.reason == "invalid_timezone"
+
+
+def test_a_row_is_read_in_the_uploads_zone() -> None:
+    checked = tradeshow.check_row(
+        Row(3, {"姓名": "王小明", "手机": "13800138000", "扫描时间": "2026/3/2 9:15"}),
+        "CIIE",
+        "scans.csv",
+        default_region="CN",
+        tz=tradeshow.parse_timezone("Asia/Shanghai"),
+    )
+    assert checked.raw is not None
+    assert checked.raw.context["occurred_at"] == "2026-03-02T01:15:00+00:00"
