@@ -152,6 +152,7 @@ class UploadRoutes:
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post(ROUTE, self.post_tradeshow_upload)
+        app.router.add_get(ERRORS_ROUTE, self.get_upload_errors)
 
     async def post_tradeshow_upload(self, request: web.Request) -> web.Response:
         """A badge-scanner export as multipart (`file`, `event`, optional `mapping` YAML).

@@ -182,6 +182,11 @@ def document(version: str) -> dict[str, Any]:
                                     "file": {"type": "string", "contentMediaType": "text/csv"},
                                     "event": {"type": "string"},
                                     "mapping": {"type": "string"},
+                                    "timezone": {
+                                        "type": "string",
+                                        "description": "Zone of scan times written without an "
+                                        "offset: Asia/Shanghai, +08:00 (default UTC).",
+                                    },
                                 },
                             }
                         }
@@ -196,6 +201,33 @@ def document(version: str) -> dict[str, Any]:
                         _UPLOAD_SUMMARY,
                     ),
                     **_refusals(400, 408, 413, 415, 422, 429, 503),
+                },
+            }
+        },
+        "/v1/uploads/{upload_id}/errors.csv": {
+            "get": {
+                "summary": "An upload's rejected and warned rows: its columns and a reason.",
+                "parameters": [
+                    {
+                        "name": "upload_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The upload answer's upload_id (32 hex digits).",
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "CSV (UTF-8 with BOM): the original columns and a "
+                        "`reason`; cells starting with =, +, -, @, tab or CR get a leading "
+                        "`'`. Kept 7 days, for the last 500 uploads with problem rows.",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                    "404": _answer(
+                        "No such upload, none of its rows was rejected or warned, or its "
+                        "file is no longer kept.",
+                        _ERROR,
+                    ),
                 },
             }
         },

