@@ -71,6 +71,7 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/calls/asterisk"): Rule("scope", "calls", stages.CALL_CENTER),
     ("POST", "/v1/calls/twilio"): Rule("signed", stage=stages.CALL_CENTER),
     ("POST", "/v1/uploads/tradeshow"): Rule("scope", "upload", stages.TRADESHOW_UPLOAD),
+    ("GET", "/v1/uploads/{upload_id}/errors.csv"): Rule("scope", "upload"),
     ("GET", "/v1/social/meta"): Rule("signed"),
     ("POST", "/v1/social/meta"): Rule("signed", stage=stages.SOCIAL_ADS),
     ("GET", "/v1/social/linkedin"): Rule("signed"),

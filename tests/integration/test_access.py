@@ -41,6 +41,7 @@ EXPECTED = {
     "POST /v1/calls/asterisk": "calls",
     "POST /v1/calls/twilio": "signed",
     "POST /v1/uploads/tradeshow": "upload",
+    "GET /v1/uploads/{upload_id}/errors.csv": "upload",
     "GET /v1/social/meta": "signed",
     "POST /v1/social/meta": "signed",
     "GET /v1/social/linkedin": "signed",

@@ -25,7 +25,6 @@ from leadflow.topics import Topics
 from schemas import DeadLetter, RawLead
 from tests.integration.processes import read_topic
 from tests.integration.test_http_app import client_for
-from tests.integration.test_upload_errors import errors_route_access  # noqa: F401 (autouse)
 from tests.keys import ENTRIES, KEYS, bearer
 from tests.unit.test_tradeshow import styled_rows_xlsx
 

@@ -23,8 +23,6 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
-from ingest_adapters.upload_http import ERRORS_ROUTE
-from leadflow import access
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
@@ -69,15 +67,6 @@ def assert_neutralised(rows: list[list[str]]) -> None:
     for row in rows:
         for cell in row:
             assert not cell.startswith(FORMULA_STARTS), cell
-
-
-@pytest.fixture(autouse=True)
-def errors_route_access(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The error file's route needs its access decision in leadflow/access.py (scope
-    `upload`) or the app refuses to start; until that entry is there, the tests add it."""
-    key = ("GET", ERRORS_ROUTE)
-    if key not in access.ACCESS:
-        monkeypatch.setitem(access.ACCESS, key, access.Rule("scope", "upload"))
 
 
 @pytest.fixture
