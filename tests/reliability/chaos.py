@@ -40,6 +40,7 @@ from leadflow.settings import KafkaSettings
 from leadflow.stack import spawn
 from leadflow.topics import Topics
 from tests.integration.processes import Stack, start_stack
+from tests.keys import KEYS, bearer
 
 QUIET_TIMEOUT_S = 120.0
 
@@ -82,7 +83,11 @@ class Load:
             f"{self.base_url}/v1/leads/web",
             data=json.dumps(body).encode(),
             method="POST",
-            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+                **bearer(KEYS["ingest"]),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=15) as answer:  # noqa: S310
@@ -156,7 +161,12 @@ class Drill:
     def __enter__(self) -> Drill:
         self.broker.start()
         # One client address sends everything here: lift the per-address rate limit.
-        env = {"WEB_RATE_PER_S": "100000", "WEB_RATE_BURST": "100000"}
+        env = {
+            "WEB_RATE_PER_S": "100000",
+            "WEB_RATE_BURST": "100000",
+            "HTTP_WRITE_RATE_PER_S": "100000",
+            "HTTP_WRITE_RATE_BURST": "100000",
+        }
         self.stack = start_stack(
             self.broker.bootstrap, self.prefix, self.home / "stack", extra_env=env
         )
