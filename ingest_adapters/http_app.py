@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -405,7 +406,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = error_body(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        # The code is the status's own phrase (bad_request, not_found); the reason, when a
+        # handler gave its own ("limit must be a whole number …"), is the message.
+        code = HTTPStatus(exc.status).phrase.lower().replace(" ", "_").replace("-", "_")
+        response = error_body(exc.status, code, exc.reason)
     except RetriableError as exc:  # also a refusal whose dead letter Kafka did not take
         log.warning("503 on %s: %s", request.path, exc)
         response = error_body(

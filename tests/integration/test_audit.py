@@ -158,6 +158,7 @@ async def test_bad_numbers_are_a_json_400(client: Client, query: str) -> None:
         headers = ADMIN
         status, answer = await get(client, f"{path}?{query}", headers)
         assert status == 400, (path, answer)
+        assert answer["error"] == "bad_request"
         assert "limit must be a whole number from 1 to 10000" in answer["message"]
     status, answer = await get(client, "/v1/pipeline/stagnant?days=%C2%B2", ADMIN)
     assert status == 400
