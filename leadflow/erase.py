@@ -40,10 +40,13 @@ suppression list keeps a replay of them from bringing the person back.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -100,6 +103,8 @@ class ErasureReport:
 
 
 IDENTIFIER_FIELDS = ("email", "phone", "lead_id")
+# Rows of the upload error files this server keeps (data dir, uploads/): personal data too.
+UPLOAD_ERROR_ROWS = "upload error files"
 _ERASE_FIELDS = frozenset({*IDENTIFIER_FIELDS, "country", "dry_run"})
 _LONGEST = 320
 
@@ -264,9 +269,46 @@ async def delete_rows(
 def _mentions(letter: DeadLetter, needles: list[str]) -> bool:
     text = " ".join(
         [letter.original.decode("utf-8", "replace"), letter.message, letter.original_key or ""]
-    ).lower()
-    digits = re.sub(r"\D", "", text)
-    return any(n.lower() in text or (n.isdigit() and n in digits) for n in needles)
+    )
+    return _text_mentions(text, needles)
+
+
+def _text_mentions(text: str, needles: list[str]) -> bool:
+    lowered = text.lower()
+    digits = re.sub(r"\D", "", lowered)
+    return any(n.lower() in lowered or (n.isdigit() and n in digits) for n in needles)
+
+
+def scrub_upload_error_files(folder: Path, needles: list[str], *, dry_run: bool = False) -> int:
+    """Remove the person's rows from the upload error files kept in `folder` (the rejected
+    and warned rows `GET /v1/uploads/{id}/errors.csv` serves); how many rows went (or, in a
+    dry run, would go). Each file is rewritten whole, header kept, or deleted when empty."""
+    removed = 0
+    for path in sorted(folder.glob("*.errors.csv")):
+        try:
+            lines = path.read_text("utf-8-sig").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError):
+            continue  # pruned meanwhile, or not ours
+        # One record per physical line is not guaranteed (quoted newlines): read records.
+        records = list(csv.reader(io.StringIO("".join(lines))))
+        if not records:
+            continue
+        header, rows = records[0], records[1:]
+        kept = [row for row in rows if not _text_mentions(" ".join(row), needles)]
+        if len(kept) == len(rows):
+            continue
+        removed += len(rows) - len(kept)
+        if dry_run:
+            continue
+        if not kept:
+            path.unlink(missing_ok=True)
+            continue
+        out = io.StringIO()
+        csv.writer(out).writerows([header, *kept])
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(out.getvalue(), "utf-8-sig")
+        temporary.replace(path)
+    return removed
 
 
 async def tombstone_dead_letters(
@@ -330,13 +372,18 @@ async def erase_person(
         if v
     }
     commands = len(person.emails) + len(person.phones) + len(person.lead_ids)
+    uploads = settings.data_dir / "uploads"
     if dry_run:
+        rows = await delete_rows(clickhouse, person, dry_run=True)
+        rows[UPLOAD_ERROR_ROWS] = await asyncio.to_thread(
+            scrub_upload_error_files, uploads, person.needles(), dry_run=True
+        )
         return ErasureReport(
             requested=requested,
             lead_ids=sorted(person.lead_ids),
             identifiers_suppressed=len(person.identifiers()),
             state_erase_commands=commands,
-            rows_deleted=await delete_rows(clickhouse, person, dry_run=True),
+            rows_deleted=rows,
             dead_letters_tombstoned=await tombstone_dead_letters(
                 settings, bootstrap, producer, person, dry_run=True
             ),
@@ -363,6 +410,9 @@ async def erase_person(
     for table, count in (await delete_rows(clickhouse, person)).items():
         deleted[table] += count
     letters = await tombstone_dead_letters(settings, bootstrap, producer, person)
+    deleted[UPLOAD_ERROR_ROWS] = await asyncio.to_thread(
+        scrub_upload_error_files, uploads, person.needles()
+    )
     report = ErasureReport(
         requested=requested,
         lead_ids=sorted(person.lead_ids),
