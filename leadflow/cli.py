@@ -184,10 +184,17 @@ def _ask_server(
         print(json.dumps(answer, ensure_ascii=False, indent=2))
         return None
     if args.format == "csv":
+        from ingest_adapters.tradeshow import neutralise_cell
+
         rows = answer.get("rows") or answer.get("leads") or []
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["empty"])
         writer.writeheader()
-        writer.writerows(rows)
+        # Text that a spreadsheet would run as a formula (a source or campaign named
+        # "=HYPERLINK(…)") gets a leading ' (OWASP CSV injection); numbers stay numbers.
+        writer.writerows(
+            {k: neutralise_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+            for row in rows
+        )
         return None
     return answer
 

@@ -404,3 +404,20 @@ async def test_grafana_provisioning_queries_run(loaded: ClickHouse) -> None:
     }
     stuck = answers["Stagnant open leads (14+ days in stage)"]
     assert {r["lead_id"] for r in stuck} == {"C", "D"}
+
+
+async def test_csv_exports_neutralise_formula_text(stack: Stack) -> None:
+    # A campaign name is whatever the ad platform or the form sent: text for leadflow, a
+    # live formula for a spreadsheet that opens the export unless it is neutralised.
+    formula = '=HYPERLINK("http://attacker.example","点我")'
+    fields = {"name": "Eve", "email": "eve@example.com", "utm_campaign": formula}
+    assert stack.post_json(fields)[0] == 202
+    stack.wait_for_leads(1, email="eve@example.com")
+    day = datetime.now(UTC).date()
+    window = ["--from", str(day), "--to", str(day + timedelta(days=1))]
+    as_csv = await asyncio.to_thread(
+        run_cli, "funnel", *window, "--by", "campaign", "--format", "csv", "--url", stack.base_url
+    )
+    cells = [cell for row in csv.reader(io.StringIO(as_csv)) for cell in row]
+    assert "'" + formula.lower() in cells, as_csv  # campaigns are kept lower-cased
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "@", "\t", "\r"))]
