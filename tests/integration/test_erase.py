@@ -86,6 +86,9 @@ async def test_erase_then_replay_finds_nothing(stack: Stack) -> None:
     assert status == 422
     [person] = stack.wait_for_leads(1, email=EMAIL)
     stack.wait_for_leads(1, email="keep.me@example.com")
+    # A lead's row and its transitions are separate inserts: wait for both, or the erase
+    # below may run between them (and then rightly refuse the transitions that come late).
+    wait_for(lambda: pipeline_leads(stack) == 2, "both leads' transitions", stack)
 
     report = erase(stack, email=EMAIL)
     assert report["lead_ids"] == [person["lead_id"]]

@@ -60,7 +60,7 @@ async def publish(stack: Stack, sample: Sample, start: int, end: int) -> None:
         await producer.stop()
 
 
-def settled_leads(stack: Stack, expected: int, timeout_s: float = 150.0) -> list[dict[str, Any]]:
+def settled_leads(stack: Stack, expected: int, timeout_s: float = 240.0) -> list[dict[str, Any]]:
     """Leads once `expected` of them exist, all owned, and nothing changed for 3 seconds."""
     deadline = time.monotonic() + timeout_s
     last: list[tuple[str, int]] = []
@@ -79,7 +79,11 @@ def settled_leads(stack: Stack, expected: int, timeout_s: float = 150.0) -> list
         ):
             return leads
         time.sleep(0.5)
-    raise AssertionError(f"{len(leads)} leads, expected {expected}\n{stack.logs()}")
+    unowned = [lead["lead_id"] for lead in leads if not lead["owner"]]
+    raise AssertionError(
+        f"{len(leads)} leads, expected {expected}; without owner: {unowned}; last change "
+        f"{time.monotonic() - stable_since:.0f}s ago\n{stack.logs()}"
+    )
 
 
 def check(leads: list[dict[str, Any]], groups: list[set[str]], rules: Rules) -> None:
