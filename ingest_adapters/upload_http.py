@@ -65,6 +65,42 @@ EVENT_MAX_CHARS = 200
 EVENT_MAX_BYTES = 4 * EVENT_MAX_CHARS + 256  # UTF-8 of the longest event, and some space
 MAPPING_MAX_BYTES = 64 * 1024
 TIMEZONE_MAX_BYTES = 128
+
+
+@dataclass(frozen=True)
+class _TextBound:
+    """How much of a text part is read, and what a longer one is told."""
+
+    max_bytes: int
+    max_chars: int
+    reason: str
+    message: str
+    expected: str
+
+
+TEXT_PARTS = {
+    "event": _TextBound(
+        EVENT_MAX_BYTES,
+        EVENT_MAX_CHARS,
+        "invalid_fields",
+        f"the event name is longer than {EVENT_MAX_CHARS} characters",
+        f"at most {EVENT_MAX_CHARS} characters",
+    ),
+    "timezone": _TextBound(
+        TIMEZONE_MAX_BYTES,
+        TIMEZONE_MAX_BYTES,
+        "invalid_timezone",
+        f"the timezone is longer than {TIMEZONE_MAX_BYTES} bytes",
+        "an IANA zone name, UTC or an offset",
+    ),
+    "mapping": _TextBound(
+        MAPPING_MAX_BYTES,
+        MAPPING_MAX_BYTES,
+        "invalid_mapping",
+        f"the mapping is larger than {MAPPING_MAX_BYTES:,} bytes",
+        f"at most {MAPPING_MAX_BYTES:,} bytes",
+    ),
+}
 OTHER_PART_MAX_BYTES = 64 * 1024  # a part of another name is read (and dropped) up to this
 FORM_OVERHEAD_BYTES = 256 * 1024  # what a body may hold besides the file: parts, headers
 NAME_MAX_CHARS = 255
@@ -358,42 +394,17 @@ class UploadRoutes:
                             if size > limit:
                                 raise _Refused(413, self._too_large())
                             out.write(chunk)
-                elif part.name == "event":
-                    text = await _read_text(part, EVENT_MAX_BYTES)
-                    if text is None or len(text.strip()) > EVENT_MAX_CHARS:
+                elif part.name in TEXT_PARTS:
+                    bound = TEXT_PARTS[part.name]
+                    text = await _read_text(part, bound.max_bytes)
+                    if text is None or len(text.strip()) > bound.max_chars:
                         raise _Refused(
                             422,
                             BadRecordError(
-                                "invalid_fields",
-                                f"the event name is longer than {EVENT_MAX_CHARS} characters",
-                                {"event": f"at most {EVENT_MAX_CHARS} characters"},
+                                bound.reason, bound.message, {part.name: bound.expected}
                             ),
                         )
-                    received.texts["event"] = text
-                elif part.name == "timezone":
-                    text = await _read_text(part, TIMEZONE_MAX_BYTES)
-                    if text is None:
-                        raise _Refused(
-                            422,
-                            BadRecordError(
-                                "invalid_timezone",
-                                f"the timezone is longer than {TIMEZONE_MAX_BYTES} bytes",
-                                {"timezone": "an IANA zone name, UTC or an offset"},
-                            ),
-                        )
-                    received.texts["timezone"] = text
-                elif part.name == "mapping":
-                    text = await _read_text(part, MAPPING_MAX_BYTES)
-                    if text is None:
-                        raise _Refused(
-                            422,
-                            BadRecordError(
-                                "invalid_mapping",
-                                f"the mapping is larger than {MAPPING_MAX_BYTES:,} bytes",
-                                {"mapping": f"at most {MAPPING_MAX_BYTES:,} bytes"},
-                            ),
-                        )
-                    received.texts["mapping"] = text
+                    received.texts[part.name] = text
                 elif await _read_text(part, OTHER_PART_MAX_BYTES) is None:
                     raise _Refused(
                         413,
