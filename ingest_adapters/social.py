@@ -474,6 +474,20 @@ def _answer_text(value: Any, where: str) -> str:
     raise _problem(_INVALID, where, "must be text or a number")
 
 
+def _lenient(read: Callable[[], str | None]) -> tuple[str | None, str | None]:
+    """(the provider's time of the lead, None), or (None, why) when that time is unreadable
+    or implausible: the lead is kept, stamped with its arrival, and says why."""
+    try:
+        return read(), None
+    except BadRecordError as exc:
+        return None, f"{exc}; the arrival time is used instead"
+
+
+def _moment(text: str | None) -> datetime | None:
+    """The provider's own time of the lead (already checked ISO text) as a datetime."""
+    return None if text is None else datetime.fromisoformat(text)
+
+
 def _compact(context: Mapping[str, str | None]) -> dict[str, str]:
     return {key: value for key, value in context.items() if value}
 
@@ -497,10 +511,14 @@ def meta_lead(
         text = ", ".join(_answer_text(v, f"field_data[{i}].values") for v in values)
         fields[name] = f"{fields[name]}, {text}" if name in fields else text
     organic = data.get("is_organic")
+    created, warning = _lenient(
+        lambda: _iso_text(data.get("created_time"), "created_time", _INVALID)
+    )
     context = {
+        "warnings": warning,
         "provider": "meta",
         "provider_lead_id": lead_id,
-        "created_time": _iso_text(data.get("created_time"), "created_time", _INVALID),
+        "created_time": created,
         "is_organic": _flag(organic) if isinstance(organic, bool) else None,
         "page_id": ref.page_id if ref else None,
         **{
@@ -517,6 +535,7 @@ def meta_lead(
         channel="social",
         source_system=META_SOURCE,
         received_at=received_at,
+        occurred_at=_moment(context["created_time"]),
         idempotency_key=f"meta:{lead_id}",
         form_id=context["form_id"],
         fields=fields,
@@ -620,13 +639,17 @@ def linkedin_lead(
     sponsored = metadata.get("sponsoredLeadMetadata") if isinstance(metadata, dict) else None
     owner = _union_urn(response.get("owner"), "owner", _INVALID)
     test_lead = response.get("testLead")
+    created, warning = _lenient(
+        lambda: (
+            None if submitted is None else _iso(_epoch(submitted, "submittedAt", 1000, _INVALID))
+        )
+    )
     context = {
+        "warnings": warning,
         "provider": "linkedin",
         "provider_lead_id": lead_ref,
         "platform": "linkedin",
-        "created_time": None
-        if submitted is None
-        else _iso(_epoch(submitted, "submittedAt", 1000, _INVALID)),
+        "created_time": created,
         "lead_type": _text(response.get("leadType"), "leadType", _INVALID),
         "test_lead": _flag(test_lead is True),
         "owner": owner[1] if owner else (ref.owner if ref else None),
@@ -645,6 +668,7 @@ def linkedin_lead(
         channel="social",
         source_system=LINKEDIN_SOURCE,
         received_at=received_at,
+        occurred_at=_moment(context["created_time"]),
         idempotency_key=f"linkedin:{lead_ref}",
         form_id=form_id,
         fields=fields,
@@ -740,20 +764,12 @@ def lead_from_export_row(
     for column in _EXPORT_ID_COLUMNS:
         if cells.get(column) and not _META_ID.fullmatch(cells[column]):
             raise bad(column, "is not a Meta id")
-    try:
-        created = datetime.fromisoformat(cells.get("created_time", ""))
-    except ValueError:
-        raise bad("created_time", "is not an ISO 8601 time") from None
-    if created.tzinfo is None:
-        raise bad("created_time", "has no UTC offset")
-    try:
-        check_event_time("created_time", created)
-    except ValueError as exc:
-        raise BadRecordError(
-            "invalid_row",
-            f"row {row.number}: {exc}",
-            {"row": str(row.number), "created_time": str(exc)},
-        ) from None
+    created_text, warning = _lenient(
+        lambda: _iso_text(cells.get("created_time") or None, "created_time", "invalid_row")
+    )
+    if warning:
+        warning = f"row {row.number}: {warning}"
+    created = _moment(created_text)
     organic = cells.get("is_organic", "").lower()
     if organic not in _TRUE | _FALSE:
         raise bad("is_organic", "must be 0 or 1")
@@ -761,7 +777,8 @@ def lead_from_export_row(
         **{column: cells.get(column) for column in _EXPORT_CONTEXT_COLUMNS},
         "provider": "meta",
         "provider_lead_id": lead_id,
-        "created_time": _iso(created),
+        "created_time": created_text,
+        "warnings": warning,
         "is_organic": _flag(organic in _TRUE),
         "export_row": str(row.number),
         "export": source,
@@ -776,6 +793,7 @@ def lead_from_export_row(
         channel="social",
         source_system=META_SOURCE,
         received_at=received_at,
+        occurred_at=created,
         idempotency_key=f"meta:{lead_id}",
         form_id=cells.get("form_id") or None,
         fields=fields,

@@ -69,7 +69,7 @@ _ROW_NAMESPACE = uuid.UUID("6f1d2c3b-4a5e-4f60-8b7c-9d0e1f2a3b4c")
 
 
 # Headers of the column that says when the badge was scanned (folded), beside `scan_time`
-# (what a mapping file names it). Its value becomes the lead's `context["occurred_at"]`.
+# (what a mapping file names it). Its value becomes the lead's `occurred_at`.
 SCAN_TIME_FIELDS = frozenset(
     fold_field_name(name)
     for name in (
@@ -391,6 +391,7 @@ def envelope(
     *,
     fields: Mapping[str, str] | None = None,
     context: Mapping[str, str] | None = None,
+    occurred_at: datetime | None = None,
 ) -> RawLead:
     """The RawLead of one row; its id depends only on the event and the row's content.
 
@@ -403,6 +404,7 @@ def envelope(
         channel="tradeshow",
         source_system=SOURCE_SYSTEM,
         received_at=received_at or datetime.now(UTC),
+        occurred_at=occurred_at,
         form_id=event_name,
         fields={**(row.cells if fields is None else fields), "event": event_name},
         context={"upload": source_detail, "row": str(row.number), **(context or {})},
@@ -664,7 +666,7 @@ def check_row(
                 "1/0; the cell is left out (no consent recorded)",
             )
 
-    occurred = received
+    occurred: datetime | None = None
     scan_column = _scan_column(row.cells)
     if scan_column is not None:
         value = row.cells[scan_column]
@@ -679,8 +681,16 @@ def check_row(
                     scan_column,
                 )
             )
-    context = {"occurred_at": occurred.astimezone(UTC).isoformat()}
+    context = {}
     if warnings:
         context["warnings"] = _clip("; ".join(w.message for w in warnings), 4000)
-    raw = envelope(row, event_name, source_detail, received, fields=fields, context=context)
+    raw = envelope(
+        row,
+        event_name,
+        source_detail,
+        received,
+        fields=fields,
+        context=context,
+        occurred_at=None if occurred is None else occurred.astimezone(UTC),
+    )
     return Checked(raw, warnings)

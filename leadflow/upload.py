@@ -23,7 +23,7 @@ one of them, its original cells and a `reason` column, can be written as a CSV
 to fix and upload again (`errors_out`; cells a spreadsheet would run as a
 formula are neutralised with a leading `'`, which a re-upload takes off). A
 formula-looking cell in a file is text, kept verbatim: leadflow never evaluates it.
-The scan-time column (`Scan Time`, `扫描时间` …) becomes `context["occurred_at"]`.
+The scan-time column (`Scan Time`, `扫描时间` …) becomes the lead's `occurred_at`.
 
 Limits (`LimitsSettings`): past LIMITS_UPLOAD_MAX_ROWS rows the file is
 refused (`too_many_rows`); after LIMITS_UPLOAD_MAX_EMPTY_ROWS empty rows in a

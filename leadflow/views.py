@@ -10,7 +10,7 @@ from rich.table import Table
 LEAD_TABLE_COLUMNS = {
     "email": "email", "phone": "phone", "full_name": "name", "company": "company",
     "country": "country", "first_touch_source": "source", "touch_count": "touches",
-    "score": "score", "grade": "grade", "team": "team", "owner": "owner",
+    "score": "score", "grade": "grade", "stage": "stage", "team": "team", "owner": "owner",
 }  # fmt: skip
 
 
@@ -78,6 +78,32 @@ def explain_panels(answer: dict[str, Any]) -> list[Panel | Table]:
     for touch in answer["touches"]:
         touches.add_row(_text(touch["at"]), touch["channel"], touch["source"], touch["event_id"])
     parts.append(touches)
+
+    stage = answer.get("stage") or {}
+    if stage.get("stage"):
+        parts.append(
+            Panel(
+                f"{stage['stage']} since {_text(stage.get('stage_at'))}"
+                + (f"\nwhy: {stage['stage_reason']}" if stage.get("stage_reason") else ""),
+                title="stage",
+            )
+        )
+    if answer.get("notes"):
+        notes = Table(title="notes")
+        for column in ("at", "from", "text"):
+            notes.add_column(column, overflow="fold")
+        for note in answer["notes"]:
+            notes.add_row(_text(note["at"]), note["source"], note["text"])
+        parts.append(notes)
+    if answer.get("suggested_duplicates"):
+        suggested = Table(title="suggested duplicates (not merged: an email or phone differs)")
+        for column in ("lead", "rule", "score"):
+            suggested.add_column(column)
+        for other in answer["suggested_duplicates"]:
+            suggested.add_row(other["lead_id"], other["rule"], f"{other['score']:g}")
+        parts.append(suggested)
+    if answer.get("warnings"):
+        parts.append(Panel("\n".join(answer["warnings"]), title="left out on the way in"))
     return parts
 
 

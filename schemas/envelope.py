@@ -7,6 +7,7 @@ who sent what, when, and under which idempotency key.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,13 @@ class RawLead(BaseModel):
     received_at: EventTime = Field(
         description="When the adapter received it (UTC); the lead's first touch time, so it "
         "lies in [LIMITS_EARLIEST_TIME, now + LIMITS_FUTURE_SKEW_S]."
+    )
+    occurred_at: datetime | None = Field(
+        default=None,
+        description="When the person acted, if the sender knows it: a badge's scan time, Meta's "
+        "`created_time`, LinkedIn's `submittedAt`. Attribution (touch order, first touch, the "
+        "funnel's cohort day) uses it; when absent, or outside [LIMITS_EARLIEST_TIME, "
+        "received_at + LIMITS_FUTURE_SKEW_S], `received_at` is used and the lead records why.",
     )
     idempotency_key: str | None = Field(
         default=None, description="Sender's key; a retry with the same key is the same event."

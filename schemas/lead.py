@@ -48,4 +48,19 @@ class Lead(BaseModel):
         default_factory=dict, description="Submitted fields leadflow has no column for."
     )
     received_at: datetime
+    occurred_at: datetime | None = Field(
+        default=None,
+        description="When the person acted (see RawLead.occurred_at), checked; None: "
+        "`received_at` is the time of the touch.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What was left out or defaulted on the way in, and why (a refused time, a "
+        "cell the upload dropped).",
+    )
     normalized_at: datetime
+
+    @property
+    def touched_at(self) -> datetime:
+        """The moment attribution uses: when the person acted, else when it arrived."""
+        return self.occurred_at or self.received_at

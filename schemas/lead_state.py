@@ -17,6 +17,8 @@ from schemas.lead import Lead
 
 MatchKey = Literal["email", "phone", "company", "domain"]
 MAX_SUGGESTIONS = 20
+MAX_NOTES = 50  # the newest kept; a person with more notes has a CRM record for them
+MAX_WARNINGS = 20  # the newest kept
 
 
 class Touch(BaseModel):
@@ -31,6 +33,17 @@ class Touch(BaseModel):
     campaign: str = ""
     source_system: str = ""
     at: datetime
+
+
+class Note(BaseModel):
+    """Free text a sender gave about the person: a form's message, a badge's note, call notes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    source: str = Field(description="`<channel>/<source system>`, e.g. `tradeshow/badge_upload`.")
+    at: datetime = Field(description="When the person acted (the touch's occurred_at).")
+    text: str
 
 
 class Engagement(BaseModel):
@@ -173,6 +186,14 @@ class LeadState(BaseModel):
     event_ids: list[str] = Field(default_factory=list)
     touches: list[Touch] = Field(default_factory=list)
     engagements: list[Engagement] = Field(default_factory=list)
+    notes: list[Note] = Field(
+        default_factory=list, description="Free text, oldest first; the newest MAX_NOTES kept."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What was left out or defaulted on the way in (a refused time, a dropped "
+        "cell), with why; the newest MAX_WARNINGS kept.",
+    )
     merged_from: list[str] = Field(default_factory=list)
     merged_into: str | None = None
     suggested_duplicates: list[tuple[str, str, float]] = Field(

@@ -187,6 +187,36 @@ def check_event_time(field: str, value: datetime) -> datetime:
     return value
 
 
+def checked_occurred_at(
+    value: datetime | None, received_at: datetime
+) -> tuple[datetime | None, str | None]:
+    """(the time a person acted, None) when `value` is plausible; (None, why) when not.
+
+    Plausible: in [earliest_time, received_at + future_skew_s]. The bound is the
+    arrival, not the clock, so a replay decides as the first run did; a scan time
+    in the future of its own upload is a wrong clock, not a visit from the future.
+    """
+    if value is None:
+        return None, None
+    limits = _active
+    aware = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
+    if aware < limits.earliest_time:
+        return None, (
+            f"occurred_at {_text(aware)} is before {_text(limits.earliest_time)} "
+            "(LIMITS_EARLIEST_TIME); the arrival time is used"
+        )
+    try:
+        latest = limits.latest_time(received_at)
+    except OverflowError:
+        return aware, None
+    if aware > latest:
+        return None, (
+            f"occurred_at {_text(aware)} is more than {limits.future_skew_s:g} s after the lead "
+            f"arrived ({_text(received_at)}) (LIMITS_FUTURE_SKEW_S); the arrival time is used"
+        )
+    return aware, None
+
+
 def check_amount(field: str, value: float, *, negative: bool = True) -> float:
     """`value` if finite with |value| <= max_amount (and >= 0 unless `negative`).
 

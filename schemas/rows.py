@@ -88,6 +88,14 @@ class LeadRow(_Row):
     deal_id: str
     amount: float
     currency: str
+    note_texts: list[str]
+    note_sources: list[str]
+    note_at: list[datetime]
+    warnings: list[str]
+    phone_extension: str
+    suggested_lead_ids: list[str]
+    suggested_rules: list[str]
+    suggested_scores: list[float]
 
     @classmethod
     def from_state(cls, state: LeadState, partition: int, offset: int) -> LeadRow:
@@ -151,6 +159,14 @@ class LeadRow(_Row):
             deal_id=state.deal_id,
             amount=state.amount,
             currency=state.currency,
+            note_texts=[n.text for n in state.notes],
+            note_sources=[n.source for n in state.notes],
+            note_at=[n.at for n in state.notes],
+            warnings=list(state.warnings),
+            phone_extension=state.phone_extension or "",
+            suggested_lead_ids=[s[0] for s in state.suggested_duplicates],
+            suggested_rules=[s[1] for s in state.suggested_duplicates],
+            suggested_scores=[s[2] for s in state.suggested_duplicates],
         )
 
 

@@ -34,6 +34,7 @@ def _lead(
     phone: str | None,
     region: str,
     now: datetime | None = None,
+    message: str | None = None,
 ) -> Lead:
     problems: dict[str, str] = {}
     clean_email = clean_phone = extension = None
@@ -60,6 +61,8 @@ def _lead(
         phone=clean_phone,
         phone_extension=extension,
         received_at=at.astimezone(UTC),
+        occurred_at=at.astimezone(UTC),
+        message=message,
         normalized_at=now or datetime.now(UTC),
     )
 
@@ -128,6 +131,7 @@ def call_probe(
         event.caller,
         region,
         now,
+        message=event.notes,
     )
     engagements = []
     if event.status == "completed" and event.duration_s >= connected_min_s:

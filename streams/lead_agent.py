@@ -191,7 +191,8 @@ def handle_update(
         moves: list[Move] = []
         lead = probe.lead
         if state is None:
-            moves.append(Move(to="new", at=lead.received_at, cause=lead.event_id))
+            # The funnel's cohort day is when the person acted (a badge's scan time …).
+            moves.append(Move(to="new", at=lead.touched_at, cause=lead.event_id))
         elif (
             state.stage in rules.stages.closed
             and probe.creates_touch

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from leadflow.ids import stable_id
 from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
-from schemas.lead_state import MAX_SUGGESTIONS
+from schemas.lead_state import MAX_NOTES, MAX_SUGGESTIONS, MAX_WARNINGS, Note
 from streams.rules import Rules
 from streams.scoring import score_lead
 from streams.tagging import tag_source
@@ -75,6 +75,27 @@ def _add_touch(state: LeadState, touch: Touch) -> None:
         state.touches.sort(key=lambda t: (t.at, t.event_id))
 
 
+def _add_notes(state: LeadState, notes: list[Note]) -> None:
+    known = {(n.event_id, n.text) for n in state.notes}
+    fresh = [n for n in notes if (n.event_id, n.text) not in known]
+    if fresh:
+        state.notes = sorted([*state.notes, *fresh], key=lambda n: (n.at, n.event_id))[-MAX_NOTES:]
+
+
+def _add_warnings(state: LeadState, warnings: list[str]) -> None:
+    fresh = [w for w in warnings if w not in state.warnings]
+    if fresh:
+        state.warnings = [*state.warnings, *fresh][-MAX_WARNINGS:]
+
+
+def lead_notes(lead: Lead) -> list[Note]:
+    """The free text a lead event brings (its message / note / comment field)."""
+    if not lead.message:
+        return []
+    source = f"{lead.channel}/{lead.source_system}"
+    return [Note(event_id=lead.event_id, source=source, at=lead.touched_at, text=lead.message)]
+
+
 def _rescore(state: LeadState, rules: Rules) -> None:
     result = score_lead(state, rules.scoring, rules.identity.free_mail_domains)
     state.score, state.grade, state.score_rules = result.score, result.grade, result.rules
@@ -110,6 +131,8 @@ def apply_lead(
         _add_touch(state, touch)
     known = {e.event_id for e in state.engagements}
     state.engagements.extend(e for e in probe.engagements if e.event_id not in known)
+    _add_notes(state, lead_notes(lead))
+    _add_warnings(state, lead.warnings)
     if lead.lead_id != probe.lead_id and lead.lead_id not in state.merged_from:
         state.merged_from.append(lead.lead_id)
     _add_suggestions(state, [(m.matched_lead_id, m.rule, m.score) for m in probe.suggested])
@@ -159,6 +182,8 @@ def absorb(
         _add_touch(survivor, touch)
     known = {e.event_id for e in survivor.engagements}
     survivor.engagements.extend(e for e in loser.engagements if e.event_id not in known)
+    _add_notes(survivor, loser.notes)
+    _add_warnings(survivor, loser.warnings)
     for key, value in loser.attributes.items():
         survivor.attributes.setdefault(key, value)
     for merged in (loser.lead_id, *loser.merged_from):

@@ -28,6 +28,7 @@ from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from schemas import DeadLetter, Lead, RawLead
+from schemas.limits import checked_occurred_at
 
 STAGE = stages.NORMALIZE
 MAX_FIELD_CHARS = 4000
@@ -175,6 +176,13 @@ def fold_field_name(name: str) -> str:
     """The key a submitted field is looked up by: NFKC, trimmed, lower case, `_` for `-`/space."""
     folded = unicodedata.normalize("NFKC", name).strip().lower()
     return re.sub(r"[\s\-]+", "_", folded)
+
+
+def clean_note(value: str) -> str:
+    """Free text as clean_text makes it, but line breaks kept (one `\\n` each): a note's
+    lines are what the writer meant."""
+    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line for line in map(clean_text, lines) if line)
 
 
 def clean_text(value: str) -> str:
@@ -328,7 +336,9 @@ def _canonical_fields(fields: Mapping[str, str]) -> tuple[dict[str, str], dict[s
     extra: dict[str, str] = {}
     for name, value in fields.items():
         target = _CANONICAL_BY_ALIAS.get(fold_field_name(name))
-        if target and target not in canonical and value.strip():
+        if not value.strip():
+            continue  # an empty cell says nothing; keeping it would only add noise
+        if target and target not in canonical:
             canonical[target] = value
         else:
             extra[name] = value
@@ -398,10 +408,13 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         )
 
     text = {
-        name: clean_text(value) or None
+        name: (clean_note(value) if name == "message" else clean_text(value)) or None
         for name, value in canonical.items()
         if name not in ("email", "phone", "country", "consent", "company_size")
     }
+    received_at = raw.received_at.astimezone(UTC)
+    occurred_at, time_problem = checked_occurred_at(raw.occurred_at, received_at)
+    warnings = [w for w in (raw.context.get("warnings"), time_problem) if w]
     full_name = text.get("full_name")
     if full_name is None and (text.get("first_name") or text.get("last_name")):
         full_name = " ".join(p for p in (text.get("first_name"), text.get("last_name")) if p)
@@ -420,7 +433,9 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         company_size=company_size,
         form_id=raw.form_id,
         attributes={clean_text(k): v for k, v in extra.items()},
-        received_at=raw.received_at.astimezone(UTC),
+        received_at=received_at,
+        occurred_at=occurred_at,
+        warnings=warnings,
         normalized_at=now or datetime.now(UTC),
         **text,
     )

@@ -61,5 +61,5 @@ def tag_source(lead: Lead, rules: SourceRules) -> Touch:
         medium=medium or "unknown",
         campaign=campaign,
         source_system=lead.source_system,
-        at=lead.received_at,
+        at=lead.touched_at,
     )

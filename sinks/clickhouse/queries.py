@@ -16,8 +16,20 @@ LEAD_COLUMNS = (
     "first_touch_medium", "first_touch_campaign", "last_touch_source", "touch_count", "score",
     "grade", "team", "owner", "owner_name", "assignment_rule", "assignment_reason",
     "merged_from", "touch_event_ids", "event_id", "first_seen", "updated_at", "mql_at",
-    "assigned_at", "accepted_at",
+    "assigned_at", "accepted_at", "phone_extension", "stage", "stage_at", "note_texts",
+    "note_sources", "note_at", "warnings",
 )  # fmt: skip
+
+
+def _with_notes(lead: dict[str, Any]) -> dict[str, Any]:
+    """The parallel note columns as one list of {source, at, text}, oldest first."""
+    lead["notes"] = [
+        {"source": source, "at": at, "text": text}
+        for text, source, at in zip(
+            lead.pop("note_texts"), lead.pop("note_sources"), lead.pop("note_at"), strict=True
+        )
+    ]
+    return lead
 
 
 async def find_leads(
@@ -44,12 +56,13 @@ async def find_leads(
     if lead_id is not None:
         where.append("(lead_id = {lead_id:String} OR has(merged_from, {lead_id:String}))")
         params["lead_id"] = lead_id
-    return await clickhouse.query(
+    rows = await clickhouse.query(
         f"SELECT {', '.join(LEAD_COLUMNS)} FROM {clickhouse.database}.leads FINAL "
         f"WHERE {' AND '.join(where)} "
         "ORDER BY first_seen DESC, lead_id LIMIT {limit:UInt32}",
         params,
     )
+    return [_with_notes(row) for row in rows]
 
 
 async def lead_merges(clickhouse: ClickHouse, lead_id: str) -> list[dict[str, Any]]:
@@ -98,7 +111,9 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             "SELECT lead_id, merged_into, merged_from, email, phone, full_name, company, "
             "company_key, title, country, company_size, industry, score, grade, score_rules, "
             "mql_at, team, owner, owner_name, assignment_rule, assignment_reason, assigned_at, "
-            "accepted_at, "
+            "accepted_at, phone_extension, stage, stage_at, stage_reason, note_texts, "
+            "note_sources, note_at, warnings, suggested_lead_ids, suggested_rules, "
+            "suggested_scores, "
             "touch_event_ids, touch_channels, touch_sources, touch_at, first_seen, updated_at "
             f"FROM {db}.leads FINAL WHERE lead_id = {{lead_id:String}}",
             {"lead_id": current},
@@ -131,6 +146,16 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
         )
     ]
     score_rules = lead.pop("score_rules")
+    _with_notes(lead)
+    suggested = [
+        {"lead_id": other, "rule": rule, "score": score}
+        for other, rule, score in zip(
+            lead.pop("suggested_lead_ids"),
+            lead.pop("suggested_rules"),
+            lead.pop("suggested_scores"),
+            strict=True,
+        )
+    ]
     return {
         "requested_id": lead_id,
         "lead": lead,
@@ -153,4 +178,8 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             )
         },
         "touches": touches,
+        "notes": lead.pop("notes"),
+        "warnings": lead.pop("warnings"),
+        "suggested_duplicates": suggested,
+        "stage": {k: lead[k] for k in ("stage", "stage_at", "stage_reason")},
     }

@@ -147,7 +147,7 @@ class QueryRoutes:
             lead_ids=[r["lead_id"] for r in rows],
             rows=len(rows),
         )
-        return json_answer({"total": total, "leads": [_jsonable(r) for r in rows]})
+        return json_answer({"total": total, "leads": [_deep_jsonable(r) for r in rows]})
 
     async def get_explain(self, request: web.Request) -> web.Response:
         requested = request.match_info["lead_id"]

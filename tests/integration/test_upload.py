@@ -72,6 +72,42 @@ async def test_upload_publishes_rows_dead_letters_bad_ones_and_only_once(
     assert "no header row" in refused.stdout
 
 
+async def test_notes_scan_times_and_warnings_reach_the_lead(stack: Stack, tmp_path: Path) -> None:
+    """What a badge export says about a person is on the lead in ClickHouse: the note (line
+    breaks and a formula kept verbatim), the scan time as the touch's time, and why a cell
+    was left out."""
+    path = tmp_path / "expo-scans.csv"
+    hyperlink = '=HYPERLINK("http://example.com/deck","点我")'
+    path.write_bytes(
+        (
+            "\ufeffName,Email,Phone,Company,Notes,Scan Time\r\n"
+            'Ada Lovelace,ada@example.com,+44 20 7946 0001,Analytical,"Wants pricing\r\n'
+            'for 200 seats",2026-03-02 09:15\r\n'
+            f'Grace Hopper,not-an-email,+44 20 7946 0002,Navy,"{hyperlink.replace(chr(34), 2 * chr(34))}",'
+            "not a date\r\n"
+        ).encode()
+    )
+    done = await asyncio.to_thread(upload, stack, path, "--timezone", "UTC")
+    assert done.returncode == 0, done.stdout + done.stderr
+    ada_rows = stack.wait_for_leads(1, email="ada@example.com")
+    [ada] = ada_rows
+    assert [(n["source"], n["text"]) for n in ada["notes"]] == [
+        ("tradeshow/tradeshow_upload", "Wants pricing\nfor 200 seats")
+    ]
+    assert ada["notes"][0]["at"].startswith("2026-03-02T09:15:00")
+    assert ada["stage"] in {"new", "assigned"}  # routing may not have answered yet
+    status, why = stack.http("GET", f"/v1/leads/{ada['lead_id']}/explain")
+    assert status == 200, why
+    assert why["touches"][0]["at"].startswith("2026-03-02T09:15:00")  # the scan, not the upload
+    assert why["notes"] == ada["notes"]
+    assert why["stage"]["stage"] in {"new", "assigned"}
+
+    [grace] = stack.wait_for_leads(1, phone="+442079460002")
+    assert [n["text"] for n in grace["notes"]] == [hyperlink]  # text, never evaluated
+    joined = " ".join(grace["warnings"])
+    assert "'not-an-email'" in joined and "'not a date'" in joined, grace["warnings"]
+
+
 def test_upload_bench_reports_figures(tmp_path: Path) -> None:
     out = tmp_path / "upload.json"
     result = subprocess.run(

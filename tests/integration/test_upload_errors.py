@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,9 @@ async def test_a_chinese_gb18030_export_keeps_its_formula_note_and_lists_its_pro
     assert set(leads) == {"王小明", "李娜", "赵敏"}
     assert leads["李娜"].fields["备注"] == HYPERLINK  # kept verbatim, never evaluated
     assert leads["王小明"].fields["备注"] == "对CRM感兴趣，想看演示"
-    assert leads["王小明"].context["occurred_at"] == "2026-03-02T01:15:00+00:00"
+    assert leads["王小明"].occurred_at == datetime(2026, 3, 2, 1, 15, tzinfo=UTC)
     zhao = leads["赵敏"]
-    assert zhao.context["occurred_at"] == zhao.received_at.isoformat()  # the arrival time
+    assert zhao.occurred_at is None  # normalization stamps it with the arrival time
     assert "bad_scan_time" not in zhao.context["warnings"]
     assert "'昨天上午'" in zhao.context["warnings"]
     [letter] = await read_topic(kafka_bootstrap, topics.dlq("tradeshow_upload"), 1)
@@ -211,12 +212,12 @@ async def test_an_english_bom_export_over_the_cli_writes_a_neutralised_error_fil
     }
     assert set(leads) == {"Ada Lovelace", "Grace Hopper", "Joan Clarke"}
     assert leads["Ada Lovelace"].fields["Notes"] == "Wants pricing\nfor 200 seats"
-    assert leads["Ada Lovelace"].context["occurred_at"] == "2026-03-02T09:15:00+00:00"
+    assert leads["Ada Lovelace"].occurred_at == datetime(2026, 3, 2, 9, 15, tzinfo=UTC)
     assert leads["Grace Hopper"].fields["Notes"] == HYPERLINK
-    assert leads["Grace Hopper"].context["occurred_at"] == "2026-03-02T10:00:00+00:00"
+    assert leads["Grace Hopper"].occurred_at == datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
     assert "Email" not in leads["Joan Clarke"].fields  # left out, the phone kept
     assert leads["Joan Clarke"].fields["Phone"] == "+44 20 7946 0958"
-    assert leads["Joan Clarke"].context["occurred_at"] == "2026-03-02T12:00:00+00:00"
+    assert leads["Joan Clarke"].occurred_at == datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
     [letter] = await read_topic(kafka_bootstrap, Topics(topic_prefix).dlq("tradeshow_upload"), 1)
     message = DeadLetter.model_validate_json(letter.value or b"").message

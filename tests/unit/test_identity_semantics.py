@@ -374,3 +374,86 @@ def test_a_replayed_merge_writes_the_same_row_once(lead: Callable[..., Lead], ru
     ]
     assert rows[0] == rows[1]
     assert orjson.loads(rows[0][0])["merged_at"].startswith("2026-11-27T14:00:00")
+
+
+# 5. Attribution by when the person acted ------------------------------------------
+
+
+def test_first_touch_is_the_meta_click_in_march_even_when_the_upload_arrives_first(
+    make_raw_lead: Callable[..., RawLead], rules: Rules
+) -> None:
+    """The badge upload (scanned in October) arrives before the Meta backfill of a March lead:
+    leadflow keeps the upload's lead (it entered first) and orders touches by when Anna acted."""
+    scanned = datetime(2026, 10, 14, 9, 30, tzinfo=UTC)
+    clicked = datetime(2026, 3, 3, 8, 12, tzinfo=UTC)
+    upload = make_raw_lead(
+        {
+            "name": "Anna Schmidt",
+            "company": "Contoso",
+            "mobile": "089 2123 4567",
+            "email": "anna.schmidt@contoso-de.com",
+            "event": "Hannover Messe",
+            "notes": "Wants pricing\nfor 200 seats",
+            "country": "DE",
+        },
+        event_id="scan-oct",
+        channel="tradeshow",
+        source_system="badge_upload",
+        received_at=TODAY,
+        occurred_at=scanned,
+    )
+    backfill = make_raw_lead(
+        {"full_name": "Anna Schmidt", "email": "anna.schmidt@contoso-de.com"},
+        event_id="meta-march",
+        channel="social",
+        source_system="meta_lead_ads",
+        received_at=TODAY + timedelta(hours=1),
+        occurred_at=clicked,
+    )
+    topology = Topology(rules, seed=7)
+    for raw in (upload, backfill):
+        topology.now = raw.received_at
+        topology.publish_lead(normalize_lead(raw, default_region="DE"))
+        topology.run()
+
+    person = current(topology)
+    assert person.lead_id == normalize_lead(upload, default_region="DE").lead_id
+    assert [(t.event_id, t.at) for t in person.touches] == [
+        ("meta-march", clicked),
+        ("scan-oct", scanned),
+    ]
+    assert person.touches[0].channel == "social"  # first touch: the ad, not the trade show
+    assert [(n.source, n.at, n.text) for n in person.notes] == [
+        ("tradeshow/badge_upload", scanned, "Wants pricing\nfor 200 seats")
+    ]
+    [new] = [t for t in topology.transitions if t["to_stage"] == "new"]
+    assert datetime.fromisoformat(new["event_time"]) == scanned  # the cohort day: the scan
+
+
+@pytest.mark.parametrize(
+    ("occurred", "why"),
+    [
+        (datetime(1900, 1, 1, tzinfo=UTC), "before 2000-01-01T00:00:00Z"),
+        (datetime(9999, 1, 1, tzinfo=UTC), "after the lead arrived"),
+        (TODAY + timedelta(days=2), "after the lead arrived"),
+    ],
+)
+def test_an_implausible_occurred_at_is_never_used_and_the_lead_says_why(
+    make_raw_lead: Callable[..., RawLead], rules: Rules, occurred: datetime, why: str
+) -> None:
+    raw = make_raw_lead(
+        {"email": "ada@example.com"}, event_id="odd-clock", received_at=TODAY, occurred_at=occurred
+    )
+    lead = normalize_lead(raw, default_region="DE")
+    assert lead.occurred_at is None
+    assert lead.touched_at == TODAY
+    [warning] = lead.warnings
+    assert why in warning
+    assert "the arrival time is used" in warning
+    topology = Topology(rules, seed=2)
+    topology.now = TODAY
+    topology.publish_lead(lead)
+    topology.run()
+    person = current(topology)
+    assert [t.at for t in person.touches] == [TODAY]
+    assert person.warnings == [warning]

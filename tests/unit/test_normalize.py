@@ -195,7 +195,7 @@ def test_the_first_non_empty_alias_wins(make_raw_lead: Callable[..., RawLead]) -
         default_region="CN",
     )
     assert lead.phone == "+8613800138000"
-    assert lead.attributes == {"phone": " "}
+    assert lead.attributes == {}  # an empty cell says nothing and is not kept
 
 
 def test_normalize_message_turns_garbage_into_a_dead_letter() -> None:

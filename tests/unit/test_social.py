@@ -468,13 +468,40 @@ def test_graph_lead_becomes_a_social_raw_lead() -> None:
         {"id": None},
         {"field_data": {"email": "a@b.c"}},
         {"field_data": [{"name": "email", "values": [{"nested": True}]}]},
-        {"created_time": "yesterday"},
     ],
 )
 def test_an_unusable_graph_lead_is_an_invalid_response(changes: dict[str, Any]) -> None:
     data = {**data_json("meta_graph_lead.json"), **changes}
     error = refusal(lambda: meta_lead(data, received_at=RECEIVED, ref=meta_ref()))
     assert error.reason == "invalid_response"
+
+
+def test_the_graph_leads_created_time_is_when_the_person_acted() -> None:
+    lead = meta_lead(data_json("meta_graph_lead.json"), received_at=RECEIVED, ref=meta_ref())
+    assert lead.occurred_at == datetime(2026, 2, 27, 2, 15, 3, tzinfo=UTC)
+    assert lead.received_at == RECEIVED
+
+
+@pytest.mark.parametrize(
+    "created", ["yesterday", "1900-01-01T00:00:00+0000", "9999-01-01T00:00:00Z"]
+)
+def test_an_unreadable_created_time_keeps_the_lead_with_a_warning(created: str) -> None:
+    data = {**data_json("meta_graph_lead.json"), "created_time": created}
+    lead = meta_lead(data, received_at=RECEIVED, ref=meta_ref())
+    assert lead.occurred_at is None  # the arrival time stands in
+    assert lead.context["warnings"].startswith("created_time")
+    assert "the arrival time is used instead" in lead.context["warnings"]
+
+
+def test_linkedin_submitted_at_is_when_the_person_acted_and_a_bad_one_only_warns() -> None:
+    response = data_json("linkedin_form_response.json")
+    lead = linkedin_lead(response, form=None, received_at=RECEIVED, ref=linkedin_ref())
+    assert lead.occurred_at == datetime.fromtimestamp(response["submittedAt"] / 1000, UTC)
+    later = linkedin_lead(
+        {**response, "submittedAt": "later"}, form=None, received_at=RECEIVED, ref=linkedin_ref()
+    )
+    assert later.occurred_at is None
+    assert "submittedAt" in later.context["warnings"]
 
 
 def test_linkedin_response_with_its_form_files_answers_by_field() -> None:
@@ -526,7 +553,6 @@ def test_linkedin_test_leads_are_marked_and_unknown_questions_keep_their_id() ->
         {"id": "another-lead"},
         {"formResponse": {}},
         {"formResponse": {"answers": [{"questionId": 1, "answerDetails": {"fileAnswer": {}}}]}},
-        {"submittedAt": "later"},
     ],
 )
 def test_an_unusable_linkedin_response_is_an_invalid_response(changes: dict[str, Any]) -> None:
@@ -774,13 +800,21 @@ async def test_a_non_json_answer_is_an_invalid_response(api: SocialApiStandIn) -
 def test_export_rows_become_leads_and_a_bad_row_stops_nothing(name: str) -> None:
     with (DATA / name).open("rb") as raw:
         results = list(meta_export_leads(raw, received_at=RECEIVED, source=name))
-    first, bad, last = results
+    first, undated, last = results  # row 3 is bad in each file
     assert isinstance(first, RawLead)
     assert isinstance(last, RawLead)
-    assert isinstance(bad, BadRecordError)
-    assert bad.reason == "invalid_row"
-    assert bad.message.startswith("row 3:")
-    assert bad.fields["row"] == "3"
+    if name.endswith(".csv"):
+        # A created_time leadflow cannot read costs the time, not the person: the lead is
+        # kept, stamped with its arrival, and says why.
+        assert isinstance(undated, RawLead)
+        assert undated.occurred_at is None
+        assert undated.context["warnings"].startswith("row 3: created_time")
+        assert "the arrival time is used" in undated.context["warnings"]
+    else:  # a row without a Meta lead id cannot be the lead the webhook would fetch
+        assert isinstance(undated, BadRecordError)
+        assert undated.reason == "invalid_row"
+        assert undated.message.startswith("row 3: id")
+    assert first.occurred_at == datetime(2026, 2, 27, 2, 15, 3, tzinfo=UTC)
     assert first.event_id == lead_event_id("meta", META_LEAD_ID)
     assert last.event_id == lead_event_id("meta", "1020304050607082")
     assert first.fields["phone_number"] == "+8613800138000"
