@@ -133,6 +133,9 @@ _DATE = {"type": "string", "format": "date-time"}
 _BY = {"enum": ["channel", "source", "campaign", "team", "owner"]}
 
 
+_LEAD_ID = {"name": "lead_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def document(version: str) -> dict[str, Any]:
     web_form_responses = {
         "202": _accepted(),
@@ -372,6 +375,52 @@ def document(version: str) -> dict[str, Any]:
                 "responses": {
                     "200": _answer("The explanation.", _JSON_OBJECT),
                     "404": _answer("No such lead.", _ERROR),
+                },
+            }
+        },
+        "/v1/duplicates": {
+            "get": {
+                "summary": "Suggested duplicates: pairs a fuzzy rule found similar but did not "
+                "merge because an email or phone differs; best score first.",
+                "parameters": [_query("limit", "At most.", {"type": "integer", "minimum": 1})],
+                "responses": {"200": _answer("Pairs.", _JSON_OBJECT), **_refusals(400)},
+            }
+        },
+        "/v1/leads/{lead_id}/merge": {
+            "post": {
+                "summary": "Merge two leads a person knows are one (the lead that entered first "
+                "survives). Answers 202 once the command is in Kafka.",
+                "parameters": [_LEAD_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"with": {"type": "string"}},
+                                "required": ["with"],
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _answer("The merge command is in the stream.", _JSON_OBJECT),
+                    "404": _answer("No such lead.", _ERROR),
+                    "409": _answer("One of them is already merged.", _ERROR),
+                    **_refusals(400, 422),
+                },
+            }
+        },
+        "/v1/leads/{lead_id}/unmerge": {
+            "post": {
+                "summary": "Undo the merge of this lead: both leads, touches and owners back.",
+                "parameters": [_LEAD_ID],
+                "responses": {
+                    "202": _answer("The unmerge command is in the stream.", _JSON_OBJECT),
+                    "404": _answer("No such lead.", _ERROR),
+                    "409": _answer("The lead is not merged.", _ERROR),
+                    **_refusals(400, 422),
                 },
             }
         },

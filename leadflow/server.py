@@ -32,6 +32,7 @@ from ingest_adapters.publisher import Publisher
 from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
 from leadflow import __version__, access, openapi
+from leadflow.duplicates import DuplicateRoutes
 from leadflow.erase import PrivacyRoutes
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
@@ -110,6 +111,7 @@ def build_app(
         ingest.add_to(app)
     if clickhouse is not None and roles.query:
         QueryRoutes(clickhouse).add_to(app)
+        DuplicateRoutes(clickhouse, publisher, Topics(settings.kafka.topic_prefix)).add_to(app)
         if publisher is not None and bootstrap is not None:
             PrivacyRoutes(settings, bootstrap, clickhouse, publisher.producer).add_to(app)
     access.install(app, settings, ingest.dead_letter if ingest is not None else None)

@@ -19,6 +19,7 @@ MatchKey = Literal["email", "phone", "company", "domain"]
 MAX_SUGGESTIONS = 20
 MAX_NOTES = 50  # the newest kept; a person with more notes has a CRM record for them
 MAX_WARNINGS = 20  # the newest kept
+MAX_UNDOS = 50  # merges a survivor can still undo (`unmerge`); older ones stay merged
 
 
 class Touch(BaseModel):
@@ -109,6 +110,27 @@ class IdentityProbe(BaseModel):
     )
 
 
+class MergeUndo(BaseModel):
+    """What absorbing one lead changed on its survivor, so `unmerge` can give it back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lead_id: str = Field(description="The absorbed lead.")
+    previous: dict[str, str | int | bool | None] = Field(
+        default_factory=dict,
+        description="Profile fields the absorbed lead filled or replaced, with their values "
+        "before (None: empty).",
+    )
+    previous_channels: dict[str, str] = Field(
+        default_factory=dict, description="`field_channels` entries before, for those fields."
+    )
+    emails: list[str] = Field(default_factory=list, description="Addresses only it brought.")
+    phones: list[str] = Field(default_factory=list, description="Numbers only it brought.")
+    took_owner: bool = Field(
+        default=False, description="The survivor had no owner and took the absorbed lead's."
+    )
+
+
 class MergeRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -119,6 +141,9 @@ class MergeRecord(BaseModel):
     score: float
     event_id: str
     merged_at: datetime
+    unmerged_at: datetime | None = Field(
+        default=None, description="Set when the merge was undone (`unmerge`)."
+    )
 
 
 class ScoreResult(BaseModel):
@@ -196,6 +221,13 @@ class LeadState(BaseModel):
     )
     merged_from: list[str] = Field(default_factory=list)
     merged_into: str | None = None
+    stage_before_merge: str | None = Field(
+        default=None, description="The stage it had when it was merged: `unmerge` restores it."
+    )
+    merge_undos: list[MergeUndo] = Field(
+        default_factory=list,
+        description="For each lead absorbed, what to give back on `unmerge` (newest MAX_UNDOS).",
+    )
     suggested_duplicates: list[tuple[str, str, float]] = Field(
         default_factory=list,
         description="(lead id, rule, score): similar leads a fuzzy rule did not merge because "

@@ -205,6 +205,7 @@ class MergeRow(_Row):
     score: float
     event_id: str
     merged_at: datetime
+    unmerged_at: datetime | None
 
     @classmethod
     def from_record(cls, record: MergeRecord) -> MergeRow:

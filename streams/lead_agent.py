@@ -29,7 +29,7 @@ from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState
+from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState, MergeRecord
 from streams import leads
 from streams.identity_agent import ERASE_PREFIX
 from streams.routing import choose_team
@@ -165,6 +165,52 @@ def _known(
     return state
 
 
+def _unmerge(
+    update: Message, state: LeadState | None, topics: Topics, rules: Rules, now: datetime
+) -> Effects:
+    """`unmerge` on the absorbed lead's partition: it becomes a lead of its own again, in the
+    stage it had, and its survivor gives back what it brought (`detach`). A lead that is not
+    merged (never, or already unmerged) ignores it, so a replay changes nothing."""
+    effects = Effects()
+    if state is None or not state.merged_into:
+        return effects
+    survivor = state.merged_into
+    at = update.time("at")
+    restored = leads.restore(state, now)
+    back_to = state.stage_before_merge or "new"
+    restored, transitions = apply_moves(
+        restored,
+        [
+            Move(
+                to=back_to,
+                at=at,
+                cause=f"unmerge:{update['event_id']}",
+                reason=f"unmerged from {survivor}",
+                restore=True,
+            )
+        ],
+        rules.stages,
+        now,
+    )
+    for transition in transitions:
+        effects.sends.append(
+            (topics.lead_transitions, state.lead_id, transition.model_dump_json().encode())
+        )
+    merge = update.get("merge")
+    if isinstance(merge, dict):
+        record = MergeRecord.model_validate({**merge, "unmerged_at": at.isoformat()})
+        effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
+    detach = {
+        "type": "detach",
+        "lead_id": survivor,
+        "event_id": update["event_id"],
+        "loser_state": restored.model_dump(mode="json"),
+    }
+    effects.sends.append((topics.lead_updates, survivor, orjson.dumps(detach)))
+    _after_change(effects, topics, state, restored, rules, now)  # routed again if it has no rep
+    return effects
+
+
 def handle_update(
     update: Message | dict[str, Any],
     state: LeadState | None,
@@ -277,6 +323,7 @@ def handle_update(
             effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
         marked = leads.mark_merged(state, loser, survivor, survivor_seen, now)
         if state is not None:
+            marked.stage_before_merge = state.stage
             # The loser leaves the funnel: its own transitions stay as history.
             marked, transitions = apply_moves(
                 marked,
@@ -347,6 +394,19 @@ def handle_update(
         )
         if new.version != (state.version if state else 0):
             _after_change(effects, topics, state, new, rules, now, moves)
+        return effects
+    if kind == "unmerge":
+        return _unmerge(update, state, topics, rules, now)
+    if kind == "detach":
+        if state is None or state.merged_into:
+            # The survivor was merged on since: its own survivor holds the events now.
+            if state is not None and state.merged_into:
+                onward = {**update, "lead_id": state.merged_into}
+                effects.sends.append((topics.lead_updates, state.merged_into, orjson.dumps(onward)))
+            return effects
+        new = leads.detach(state, LeadState.model_validate(update["loser_state"]), rules, now)
+        if new is not state:
+            _after_change(effects, topics, state, new, rules, now)
         return effects
     if kind == "engagement":
         state = _known(update, state, topics, effects)

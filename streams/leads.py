@@ -13,7 +13,7 @@ from datetime import datetime
 
 from leadflow.ids import stable_id
 from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
-from schemas.lead_state import MAX_NOTES, MAX_SUGGESTIONS, MAX_WARNINGS, Note
+from schemas.lead_state import MAX_NOTES, MAX_SUGGESTIONS, MAX_UNDOS, MAX_WARNINGS, MergeUndo, Note
 from streams.rules import Rules
 from streams.scoring import score_lead
 from streams.tagging import tag_source
@@ -160,6 +160,8 @@ def absorb(
         e in survivor.event_ids for e in loser.event_ids
     ):
         return survivor
+    before = {name: getattr(survivor, name) for name in (*PROFILE_FIELDS, "phone_extension")}
+    channels_before = dict(survivor.field_channels)
     for name in PROFILE_FIELDS:
         _merge_field(
             survivor,
@@ -169,12 +171,22 @@ def absorb(
             rules,
             loser.phone_extension,
         )
-    for email in loser.emails:
-        if email not in survivor.emails:
-            survivor.emails.append(email)
-    for phone in loser.phones:
-        if phone not in survivor.phones:
-            survivor.phones.append(phone)
+    emails = [e for e in loser.emails if e not in survivor.emails]
+    phones = [p for p in loser.phones if p not in survivor.phones]
+    survivor.emails.extend(emails)
+    survivor.phones.extend(phones)
+    changed = [name for name, value in before.items() if getattr(survivor, name) != value]
+    took_owner = survivor.owner is None and loser.owner is not None
+    undo = MergeUndo(
+        lead_id=loser.lead_id,
+        previous={name: before[name] for name in changed},
+        previous_channels={n: channels_before[n] for n in changed if n in channels_before},
+        emails=emails,
+        phones=phones,
+        took_owner=took_owner,
+    )
+    others = [u for u in survivor.merge_undos if u.lead_id != loser.lead_id]
+    survivor.merge_undos = [*others, undo][-MAX_UNDOS:]
     for event_id in loser.event_ids:
         if event_id not in survivor.event_ids:
             survivor.event_ids.append(event_id)
@@ -190,7 +202,7 @@ def absorb(
         if merged not in survivor.merged_from:
             survivor.merged_from.append(merged)
     _add_suggestions(survivor, loser.suggested_duplicates)
-    if survivor.owner is None and loser.owner is not None:
+    if took_owner:
         survivor.team, survivor.owner, survivor.owner_name = (
             loser.team,
             loser.owner,
@@ -206,6 +218,63 @@ def absorb(
     survivor.version += 1
     _rescore(survivor, rules)
     return survivor
+
+
+def detach(survivor: LeadState, loser: LeadState, rules: Rules, now: datetime) -> LeadState:
+    """`unmerge` on the survivor's side: give back what absorbing `loser` brought.
+
+    `loser` is the absorbed lead's own state (its events, touches, notes). Fields the
+    loser filled or replaced get their values from before; addresses and numbers only it
+    brought leave; its events, touches, engagements and notes leave; an owner taken from
+    it is released (the survivor is routed again). The funnel stage stays: stages only
+    move forward, and the transitions already written are history.
+    """
+    undo = next((u for u in survivor.merge_undos if u.lead_id == loser.lead_id), None)
+    if undo is None and loser.lead_id not in survivor.merged_from:
+        return survivor  # nothing of it here: already detached, or never absorbed
+    survivor = survivor.model_copy(deep=True)
+    if undo is not None:
+        for name, value in undo.previous.items():
+            setattr(survivor, name, value)
+            if name in undo.previous_channels:
+                survivor.field_channels[name] = undo.previous_channels[name]
+            else:
+                survivor.field_channels.pop(name, None)
+        survivor.emails = [e for e in survivor.emails if e not in undo.emails]
+        survivor.phones = [p for p in survivor.phones if p not in undo.phones]
+        if undo.took_owner:
+            survivor = release_owner(survivor)
+        survivor.merge_undos = [u for u in survivor.merge_undos if u.lead_id != loser.lead_id]
+    gone_events = set(loser.event_ids)
+    gone_touches = {t.event_id for t in loser.touches}
+    gone_engagements = {e.event_id for e in loser.engagements}
+    gone_leads = {loser.lead_id, *loser.merged_from}
+    survivor.event_ids = [e for e in survivor.event_ids if e not in gone_events]
+    survivor.touches = [t for t in survivor.touches if t.event_id not in gone_touches]
+    survivor.engagements = [e for e in survivor.engagements if e.event_id not in gone_engagements]
+    survivor.notes = [n for n in survivor.notes if n.event_id not in gone_events]
+    survivor.merged_from = [m for m in survivor.merged_from if m not in gone_leads]
+    survivor.suggested_duplicates = [
+        s for s in survivor.suggested_duplicates if s[0] != loser.lead_id
+    ]
+    survivor.updated_at = now
+    survivor.version += 1
+    _rescore(survivor, rules)
+    return survivor
+
+
+def restore(state: LeadState, now: datetime) -> LeadState:
+    """`unmerge` on the absorbed lead's side: a lead of its own again, with its own state."""
+    state = state.model_copy(deep=True)
+    # A person said these two are different: no longer suggested as one.
+    state.suggested_duplicates = [
+        s for s in state.suggested_duplicates if s[0] != state.merged_into
+    ]
+    state.merged_into = None
+    state.stage_before_merge = None
+    state.updated_at = now
+    state.version += 1
+    return state
 
 
 def add_engagements(

@@ -38,6 +38,7 @@ class Move:
     amount: float | None = None
     currency: str | None = None
     deal_id: str | None = None
+    restore: bool = False  # `unmerge`: back to the stage it had, whatever the guards say
 
 
 def allowed(current: str | None, target: str, rules: StageRules) -> bool:
@@ -94,7 +95,7 @@ def apply_moves(
         return state, transitions
     state = state.model_copy(deep=True)
     for move in moves:
-        if not allowed(state.stage, move.to, rules):
+        if not (move.restore or allowed(state.stage, move.to, rules)):
             continue
         if move.deal_id:
             state.deal_id = move.deal_id

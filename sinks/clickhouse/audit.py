@@ -28,13 +28,25 @@ from leadflow.privacy import identifier_hash
 from sinks.clickhouse.client import ClickHouse
 
 TABLE = "audit_log"
-Action = Literal["erase", "erase_dry_run", "read_leads", "read_explain", "read_dead_letters"]
+Action = Literal[
+    "erase",
+    "erase_dry_run",
+    "read_leads",
+    "read_explain",
+    "read_dead_letters",
+    "read_duplicates",
+    "merge",
+    "unmerge",
+]
 ACTIONS: tuple[Action, ...] = (
     "erase",
     "erase_dry_run",
     "read_leads",
     "read_explain",
     "read_dead_letters",
+    "read_duplicates",
+    "merge",
+    "unmerge",
 )
 COLUMNS = [
     "audit_id", "at", "key_id", "key_name", "action", "route", "target", "lead_hashes", "rows",

@@ -70,7 +70,7 @@ async def lead_merges(clickhouse: ClickHouse, lead_id: str) -> list[dict[str, An
     return await clickhouse.query(
         "SELECT survivor_id, merged_id, rule, score, event_id, merged_at "
         f"FROM {clickhouse.database}.lead_merges FINAL "
-        "WHERE survivor_id = {lead_id:String} ORDER BY merged_at",
+        "WHERE survivor_id = {lead_id:String} AND unmerged_at IS NULL ORDER BY merged_at",
         {"lead_id": lead_id},
     )
 
@@ -122,7 +122,7 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             # A lead merged at first sight never had a row: its merge names the survivor.
             merged = await clickhouse.query(
                 f"SELECT survivor_id FROM {db}.lead_merges FINAL "
-                "WHERE merged_id = {lead_id:String} LIMIT 1",
+                "WHERE merged_id = {lead_id:String} AND unmerged_at IS NULL LIMIT 1",
                 {"lead_id": current},
             )
             if not merged:

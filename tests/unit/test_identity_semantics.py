@@ -457,3 +457,85 @@ def test_an_implausible_occurred_at_is_never_used_and_the_lead_says_why(
     person = current(topology)
     assert [t.at for t in person.touches] == [TODAY]
     assert person.warnings == [warning]
+
+
+# 6. A suggested duplicate merged by hand, then unmerged -----------------------------
+
+
+def test_a_suggested_duplicate_merged_and_unmerged_gives_both_leads_back(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    anna = lead(
+        {"name": "Anna Schmidt", "email": "anna@contoso-de.com", "message": "call me"},
+        event_id="anna",
+    )
+    anne = lead(
+        {"name": "Anne Schmidt", "email": "anne@contoso-de.com", "title": "CFO", "country": "CN"},
+        event_id="anne",
+        received_at=MARCH + timedelta(days=1),
+    )
+    topology = Topology(rules, seed=4)
+    topology.publish_lead(anna)
+    topology.publish_lead(anne)
+    topology.run()
+    before = {p.lead_id: p for p in topology.people()}
+    assert set(before) == {anna.lead_id, anne.lead_id}
+    assert before[anne.lead_id].suggested_duplicates[0][0] == anna.lead_id
+
+    # A person decides they are one: the later lead is absorbed by the earlier.
+    merge = {
+        "type": "merge",
+        "lead_id": anne.lead_id,
+        "loser": anne.lead_id,
+        "survivor": anna.lead_id,
+        "survivor_seen": before[anna.lead_id].first_seen.isoformat(),
+        "rule": "manual",
+        "score": 100.0,
+        "event_id": "manual-merge-1",
+        "at": TODAY.isoformat(),
+    }
+    topology.publish_update(merge)
+    topology.run()
+    [one] = topology.people()
+    assert one.lead_id == anna.lead_id
+    assert set(one.emails) == {"anna@contoso-de.com", "anne@contoso-de.com"}
+    assert (one.title, one.owner) == ("CFO", before[anna.lead_id].owner)
+    assert {t.event_id for t in one.touches} == {"anna", "anne"}
+    assert topology.states[anne.lead_id].stage == "merged"
+    [row] = topology.merges
+    assert (row["rule"], row["merged_id"], row["unmerged_at"]) == ("manual", anne.lead_id, None)
+
+    unmerge = {
+        "type": "unmerge",
+        "lead_id": anne.lead_id,
+        "event_id": "manual-unmerge-1",
+        "at": (TODAY + timedelta(hours=1)).isoformat(),
+        "merge": {k: v for k, v in row.items() if k != "unmerged_at"},
+    }
+    for _ in range(2):  # the second is a replay: it changes nothing
+        topology.publish_update(unmerge)
+        topology.run()
+        after = {p.lead_id: p for p in topology.people()}
+        assert set(after) == {anna.lead_id, anne.lead_id}
+        for lead_id, was in before.items():
+            now = after[lead_id]
+            assert (now.emails, now.title, now.country, now.owner, now.team) == (
+                was.emails,
+                was.title,
+                was.country,
+                was.owner,
+                was.team,
+            )
+            assert [t.event_id for t in now.touches] == [t.event_id for t in was.touches]
+            assert [n.text for n in now.notes] == [n.text for n in was.notes]
+            assert now.merged_from == [] and now.merge_undos == []
+        assert after[anne.lead_id].stage == before[anne.lead_id].stage
+        # A person said they are two: neither is suggested as the other's duplicate again.
+        assert after[anne.lead_id].suggested_duplicates == []
+        assert anne.lead_id not in [s[0] for s in after[anna.lead_id].suggested_duplicates]
+        undone = [m for m in topology.merges if m["unmerged_at"]]
+        assert {m["merge_id"] for m in undone} == {row["merge_id"]}
+    back = [t for t in topology.transitions if t["reason"] == f"unmerged from {anna.lead_id}"]
+    assert [(t["from_stage"], t["to_stage"]) for t in back][:1] == [
+        ("merged", before[anne.lead_id].stage)
+    ]
