@@ -266,6 +266,71 @@ def cmd_erase(settings: Settings, args: argparse.Namespace, console: Console) ->
     return 0
 
 
+def cmd_duplicates(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    """Suggested duplicates: pairs to look at, with the ids `merge` takes."""
+    from rich.table import Table
+
+    answer = _ask_server(settings, args, f"/v1/duplicates?limit={args.limit}", console)
+    if answer is None:
+        return 0
+    table = Table(title=f"suggested duplicates ({len(answer['duplicates'])})")
+    for column in ("lead", "name", "email", "other lead", "name ", "email ", "rule", "score"):
+        table.add_column(column, overflow="fold")
+    for pair in answer["duplicates"]:
+        lead, other = pair["lead"], pair["other"]
+        table.add_row(
+            lead["lead_id"],
+            lead["full_name"],
+            lead["email"],
+            other["lead_id"],
+            other["full_name"],
+            other["email"],
+            pair["rule"],
+            f"{pair['score']:g}",
+        )
+    console.print(table)
+    if answer["duplicates"]:
+        console.print("merge a pair: leadflow merge LEAD --with OTHER_LEAD")
+    return 0
+
+
+def _post_server(
+    settings: Settings, args: argparse.Namespace, path: str, body: dict[str, Any] | None
+) -> tuple[int, dict[str, Any]]:
+    from leadflow.stack import http_json
+
+    base = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    headers = {"Content-Type": "application/json", **_key_header(settings)}
+    data = json.dumps(body).encode() if body is not None else None
+    return http_json("POST", base + path, data, headers)
+
+
+def cmd_merge(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    path = f"/v1/leads/{urllib.parse.quote(args.lead_id, safe='')}/merge"
+    status, answer = _post_server(settings, args, path, {"with": args.other})
+    if status != 202:
+        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+        return 1
+    console.print(
+        f"merging {answer['merged_id']} into {answer['survivor_id']} (the lead that came "
+        f"first keeps its id and owner); event {answer['event_id']}"
+    )
+    return 0
+
+
+def cmd_unmerge(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    path = f"/v1/leads/{urllib.parse.quote(args.lead_id, safe='')}/unmerge"
+    status, answer = _post_server(settings, args, path, None)
+    if status != 202:
+        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+        return 1
+    console.print(
+        f"unmerging {answer['lead_id']} from {answer['survivor_id']}: both leads come back "
+        f"with their own touches and owners; event {answer['event_id']}"
+    )
+    return 0
+
+
 def cmd_explain(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.views import explain_panels
 
@@ -483,6 +548,25 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     erase.add_argument("--format", choices=["table", "json"], default="table")
     erase.set_defaults(fn=cmd_erase)
+
+    duplicates = verbs.add_parser(
+        "duplicates", help="suggested duplicates: similar leads whose email or phone differ"
+    )
+    duplicates.add_argument("--limit", type=int, default=50)
+    duplicates.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    duplicates.add_argument("--format", choices=["table", "json"], default="table")
+    duplicates.set_defaults(fn=cmd_duplicates)
+
+    merge = verbs.add_parser("merge", help="merge two leads you know are one person")
+    merge.add_argument("lead_id")
+    merge.add_argument("--with", dest="other", required=True, help="the other lead's id")
+    merge.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    merge.set_defaults(fn=cmd_merge)
+
+    unmerge = verbs.add_parser("unmerge", help="undo the merge of a lead")
+    unmerge.add_argument("lead_id", help="the lead that was merged into another")
+    unmerge.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    unmerge.set_defaults(fn=cmd_unmerge)
 
     explain = verbs.add_parser("explain", help="why a lead was merged, scored and routed")
     explain.add_argument("lead_id")

@@ -8,10 +8,11 @@ come back with their own touches, notes and owners.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from tests.integration.processes import Stack
+from tests.integration.processes import Stack, run_cli
 from tests.keys import KEYS
 
 
@@ -63,6 +64,10 @@ async def test_suggested_duplicates_are_listed_merged_and_unmerged(stack: Stack)
         return answer["duplicates"]  # type: ignore[no-any-return]
 
     [pair] = wait_until(stack, "the suggestion", listed)
+    table = await asyncio.to_thread(run_cli, "duplicates", "--url", stack.base_url)
+    assert anna["lead_id"] in table
+    assert anne["lead_id"] in table
+    assert "leadflow merge LEAD --with OTHER_LEAD" in table
     assert {pair["lead"]["lead_id"], pair["other"]["lead_id"]} == {anna["lead_id"], anne["lead_id"]}
     assert pair["rule"] == "name_domain_fuzzy"
     assert 0 < pair["score"] < 100
@@ -104,10 +109,9 @@ async def test_suggested_duplicates_are_listed_merged_and_unmerged(stack: Stack)
     assert (merge["merged_id"], merge["rule"]) == (anne["lead_id"], "manual")
     assert listed() == []  # a merged pair is no longer a suggestion
 
-    # Unmerge: both leads back, each with its own touches, fields and owner.
-    status, answer = stack.http("POST", f"/v1/leads/{anne['lead_id']}/unmerge", key=KEYS["crm"])
-    assert status == 202, answer
-    assert answer["survivor_id"] == anna["lead_id"]
+    # Unmerge, as sales ops type it: both leads back, each with its own touches and owner.
+    said = await asyncio.to_thread(run_cli, "unmerge", anne["lead_id"], "--url", stack.base_url)
+    assert f"unmerging {anne['lead_id']} from {anna['lead_id']}" in said
 
     def both() -> list[dict[str, Any]] | None:
         leads = stack.leads(limit="10")["leads"]
