@@ -31,6 +31,7 @@ from streams import (
     routing_agent,
     stall_guard,
 )
+from streams.internals import leader_topic_name, require_stream_internals
 from streams.rules import Rules, load_rules
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,11 @@ def prepare_state_dir(state_dir: Path) -> None:
 
 
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> None:
-    """Run the Faust worker in this process until SIGINT/SIGTERM."""
+    """Run the Faust worker in this process until SIGINT/SIGTERM.
+
+    Refuses to start (FatalError) when the installed Faust, mode or aiokafka lacks an
+    internal the worker relies on (`streams.internals`)."""
+    require_stream_internals()
     state_dir = settings.data_dir / "worker-state"
     prepare_state_dir(state_dir)
     app = create_app(settings, bootstrap)
@@ -136,7 +141,7 @@ def run_worker(settings: Settings, bootstrap: str, loglevel: str = "info") -> No
         table.changelog_topic.get_topic_name(): settings.kafka.partitions
         for table in app.tables.values()
     }
-    changelogs[f"{app.conf.id}-__assignor-__leader"] = 1
+    changelogs[leader_topic_name(app.conf.id)] = 1
     topics = Topics(settings.kafka.topic_prefix)
     everything = {name: settings.kafka.partitions for name in topics.all()} | changelogs
 

@@ -122,11 +122,35 @@ def never_committed(
     return [tp for tp in stuck if not committed.get(tp)]
 
 
-def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuard:
+# Faust's own `Consumer._add_gap`, kept when `install` replaces it (None: Faust had none).
+_replaced: dict[str, Any] = {}
+
+
+def faust_add_gap() -> Any:
+    """Faust's `Consumer._add_gap`, whether or not `install` replaced it; None if it has none."""
     from faust.transport.consumer import Consumer
 
+    current = getattr(Consumer, "_add_gap", None)
+    return _replaced.get("_add_gap") if current is _hold_commits_at_gaps else current
+
+
+def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuard:
+    """Replace `Consumer._add_gap`, look for stalls every `interval` seconds, and check the
+    internals this relies on once the consumer runs (`streams.internals`)."""
+    from faust.transport.consumer import Consumer
+
+    from streams.internals import check_running_internals
+
+    current = getattr(Consumer, "_add_gap", None)
+    if current is not _hold_commits_at_gaps:
+        _replaced["_add_gap"] = current
     Consumer._add_gap = _hold_commits_at_gaps  # type: ignore[method-assign]
     guard = StallGuard(after_s=after_s)
+
+    async def check_internals() -> None:
+        await check_running_internals(app)
+
+    app.task(check_internals)
 
     async def check_stalls() -> None:
         if app.rebalancing or not app.consumer.flow_active:
