@@ -75,6 +75,19 @@ class Person:
     lead_ids: set[str] = field(default_factory=set)
     emails: set[str] = field(default_factory=set)
     phones: set[str] = field(default_factory=set)
+    # Identity-index keys beyond the plain email and phone ones: a phone with its
+    # extension (`+498912340;ext=12`), and the company and corporate-domain keys whose
+    # entries list this person's name beside others'.
+    phone_keys: set[str] = field(default_factory=set)
+    companies: set[str] = field(default_factory=set)
+
+    def index_keys(self) -> list[tuple[str, str]]:
+        """(kind, value) of every identity-index key that may hold this person."""
+        keys = {("email", e) for e in self.emails}
+        keys |= {("phone", p) for p in self.phones | self.phone_keys}
+        keys |= {("company", c) for c in self.companies}
+        keys |= {("domain", e.rpartition("@")[2]) for e in self.emails if "@" in e}
+        return sorted(keys)
 
     def identifiers(self) -> list[str]:
         return sorted(self.lead_ids | self.emails | self.phones)
@@ -202,7 +215,8 @@ async def resolve(clickhouse: ClickHouse, person: Person) -> Person:
     for _ in range(4):  # merges chain at most a few hops
         before = (len(person.lead_ids), len(person.emails), len(person.phones))
         rows = await clickhouse.query(
-            f"SELECT lead_id, merged_into, merged_from, emails, phones FROM {db}.leads FINAL "
+            "SELECT lead_id, merged_into, merged_from, emails, phones, phone, phone_extension, "
+            f"company_key FROM {db}.leads FINAL "
             "WHERE lead_id IN {ids:Array(String)} OR merged_into IN {ids:Array(String)} "
             "OR hasAny(emails, {emails:Array(String)}) OR hasAny(phones, {phones:Array(String)})",
             {
@@ -218,6 +232,10 @@ async def resolve(clickhouse: ClickHouse, person: Person) -> Person:
             person.lead_ids.update(row["merged_from"])
             person.emails.update(e for e in row["emails"] if e)
             person.phones.update(p for p in row["phones"] if p)
+            if row["phone"] and row["phone_extension"]:
+                person.phone_keys.add(f"{row['phone']};ext={row['phone_extension']}")
+            if row["company_key"]:
+                person.companies.add(row["company_key"])
         if (len(person.lead_ids), len(person.emails), len(person.phones)) == before:
             break
     return person
@@ -371,7 +389,7 @@ async def erase_person(
         for k, v in (("email", email), ("phone", phone), ("lead_id", lead_id), ("country", country))
         if v
     }
-    commands = len(person.emails) + len(person.phones) + len(person.lead_ids)
+    commands = len(person.index_keys()) + len(person.lead_ids)
     uploads = settings.data_dir / "uploads"
     if dry_run:
         rows = await delete_rows(clickhouse, person, dry_run=True)
@@ -396,11 +414,20 @@ async def erase_person(
         await producer.send_and_wait(
             topics.privacy_suppressions, record, key=identifier_hash(identifier).encode()
         )
-    for kind, values in (("email", person.emails), ("phone", person.phones)):
-        for value in sorted(values):
-            key = table_key(kind, value)
-            erase = orjson.dumps({"type": "erase", "key": key})
-            await producer.send_and_wait(topics.identity_keys, erase, key=key.encode())
+    for kind, value in person.index_keys():
+        key = table_key(kind, value)
+        # An exact key is the person's; a company or domain key also lists others, so
+        # only the person's names leave it (by lead id, email or phone).
+        erase = orjson.dumps(
+            {
+                "type": "erase",
+                "key": key,
+                "lead_ids": sorted(person.lead_ids),
+                "emails": sorted(person.emails),
+                "phones": sorted(person.phones | person.phone_keys),
+            }
+        )
+        await producer.send_and_wait(topics.identity_keys, erase, key=key.encode())
     for lead in sorted(person.lead_ids):
         erase = orjson.dumps({"type": "erase", "lead_id": lead})
         await producer.send_and_wait(topics.lead_updates, erase, key=lead.encode())

@@ -28,6 +28,29 @@ STAGE = stages.IDENTITY
 ERASE_PREFIX = b'{"type":"erase"'
 
 
+def erase_from_entry(entry: Any, command: dict[str, Any]) -> Any:
+    """What is left of an index entry once a person is erased from it; None: nothing.
+
+    An exact key (email, phone) belongs to one lead: it goes whole. A fuzzy key
+    (company, domain) lists names of several people ([name, lead id, first seen,
+    email, phone key]); only the rows of the erased person go: by lead id, email or
+    phone. A command without lead ids (older servers) drops the whole entry.
+    """
+    if not isinstance(entry, dict) or "names" not in entry or "lead_ids" not in command:
+        return None
+    lead_ids = set(command.get("lead_ids") or ())
+    emails = set(command.get("emails") or ())
+    phones = set(command.get("phones") or ())
+
+    def theirs(item: list[Any]) -> bool:
+        email = item[3] if len(item) >= 5 else None
+        phone = item[4] if len(item) >= 5 else None
+        return item[1] in lead_ids or email in emails or phone in phones
+
+    names = [item for item in entry["names"] if not theirs(item)]
+    return {**entry, "names": names} if names else None
+
+
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = raw_topic(app, topics.identity_keys)
     keys_out = raw_topic(app, topics.identity_keys)
@@ -41,8 +64,14 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     def resolve_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
         if event.value and event.value.startswith(ERASE_PREFIX):
-            # `leadflow erase`: forget the person's match key (Faust tombstones the changelog).
-            staged.pop((event.key or b"").decode())
+            # `leadflow erase`: forget the person under this key (Faust tombstones the
+            # changelog when nothing of the key is left).
+            key = (event.key or b"").decode()
+            kept = erase_from_entry(staged.get(key), orjson.loads(event.value))
+            if kept is None:
+                staged.pop(key)
+            else:
+                staged[key] = kept
             return
         try:
             probe = IdentityProbe.model_validate_json(event.value)

@@ -133,6 +133,54 @@ async def test_erase_then_replay_finds_nothing(stack: Stack) -> None:
     assert all(state[key] is None for key in mine)
 
 
+async def test_erase_leaves_no_trace_in_the_identity_index(stack: Stack) -> None:
+    """The person's exact keys (a phone with its extension included) are tombstoned, and
+    their name leaves the company and domain keys that list colleagues too: a namesake who
+    turns up later at the same company is a new lead, not the erased one come back."""
+    anna = {
+        "name": "Anna Schmidt",
+        "email": "anna@contoso-de.com",
+        "phone": "+49 89 2123 4567 ext 12",
+        "company": "Contoso GmbH",
+    }
+    assert stack.post_json(anna)[0] == 202
+    assert (
+        stack.post_json(
+            {"name": "Bernd Weber", "email": "bernd@contoso-de.com", "company": "Contoso"}
+        )[0]
+        == 202
+    )
+    [erased] = stack.wait_for_leads(1, email="anna@contoso-de.com")
+    stack.wait_for_leads(1, email="bernd@contoso-de.com")
+    wait_for(lambda: pipeline_leads(stack) == 2, "both leads' transitions", stack)
+
+    report = erase(stack, email="anna@contoso-de.com")
+    assert report["lead_ids"] == [erased["lead_id"]]
+
+    changelog = f"{stack.topics.prefix}leadflow-identity_index-changelog"
+
+    def index() -> dict[bytes, bytes | None] | None:
+        latest = latest_by_key(asyncio.run(read_topic(stack.bootstrap, changelog, 1)))
+        gone = [k for k in latest if b"anna@contoso-de.com" in k or b";ext=12" in k]
+        return latest if gone and all(latest[k] is None for k in gone) else None
+
+    latest = await asyncio.to_thread(wait_for, index, "the index tombstones", stack)
+    assert [k for k in latest if b";ext=12" in k], "the extension key was indexed and erased"
+    for key, value in latest.items():
+        text = (value or b"").decode()
+        assert "anna" not in text.lower(), (key, text)
+        assert erased["lead_id"] not in text, (key, text)
+    company = next(v for k, v in latest.items() if b"company:contoso" in k)
+    assert company is not None
+    assert b"bernd@contoso-de.com" in company  # the colleague stays findable
+
+    namesake = {"name": "Anna Schmidt", "phone": "+49 89 7777 1234", "company": "Contoso AG"}
+    assert stack.post_json(namesake)[0] == 202
+    [new] = stack.wait_for_leads(1, phone="+498977771234")
+    assert new["lead_id"] != erased["lead_id"]
+    assert new["merged_from"] == []
+
+
 def test_erase_cli_needs_an_identifier() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "leadflow", "erase", "--url", "http://127.0.0.1:9"],
