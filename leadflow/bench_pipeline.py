@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from leadflow.auth import env_line, new_key
 from leadflow.broker.local import LocalKafka, free_port
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
 from leadflow.samples.generate import generate
@@ -91,6 +92,9 @@ class Run:
             "CLICKHOUSE_FLUSH_INTERVAL_S": "0.2",
         }
         self.env.pop("CLICKHOUSE_DSN", None)
+        # A key of its own for reading back (the server refuses every call without one).
+        self.key, entry = new_key("bench", ["read:pii"])
+        self.env["AUTH_KEYS"] = env_line([entry]).partition("=")[2]
         self.children: list[Child] = []
 
     @property
@@ -186,7 +190,11 @@ class Run:
         return rss / 1024, state / 1e6
 
     def leads(self) -> int:
-        status, answer = http_json("GET", f"{self.base_url}/v1/leads?limit=1")
+        status, answer = http_json(
+            "GET",
+            f"{self.base_url}/v1/leads?limit=1",
+            headers={"Authorization": f"Bearer {self.key}"},
+        )
         return int(answer["total"]) if status == 200 else -1
 
 

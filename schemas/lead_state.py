@@ -250,3 +250,19 @@ class LeadState(BaseModel):
     deal_id: str = ""
     amount: float = 0.0
     currency: str = ""
+
+    def fork(self) -> LeadState:
+        """A copy to change without touching this one. Every item inside the lists and
+        dicts is immutable (frozen models, tuples, text), so copying the containers is a
+        deep copy; `model_copy(deep=True)` did the same through `copy.deepcopy`, at about
+        40% of the lead stage's CPU."""
+        return self.model_copy(
+            update={name: getattr(self, name).copy() for name in _CONTAINER_FIELDS}
+        )
+
+
+_CONTAINER_FIELDS = tuple(
+    name
+    for name, info in LeadState.model_fields.items()
+    if getattr(info.annotation, "__origin__", None) in (list, dict)
+)

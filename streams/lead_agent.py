@@ -429,7 +429,7 @@ def handle_update(
                 f"{update['rep_id']} does not own lead {state.lead_id} ({state.owner} does)",
             )
         if state.accepted_at is None:
-            accepted = state.model_copy(deep=True)
+            accepted = state.fork()
             accepted.accepted_at = update.time("at")
             accepted.updated_at = now
             accepted.version += 1

@@ -112,7 +112,7 @@ def apply_lead(
     if state is None:
         state = LeadState(lead_id=probe.lead_id, first_seen=probe.first_seen, updated_at=now)
     else:
-        state = state.model_copy(deep=True)
+        state = state.fork()
     if lead.event_id in state.event_ids:
         return state
     state.event_ids.append(lead.event_id)
@@ -155,7 +155,7 @@ def absorb(
     if survivor is None:
         survivor = LeadState(lead_id=survivor_id, first_seen=survivor_seen, updated_at=now)
     else:
-        survivor = survivor.model_copy(deep=True)
+        survivor = survivor.fork()
     if loser.lead_id in survivor.merged_from and all(
         e in survivor.event_ids for e in loser.event_ids
     ):
@@ -232,7 +232,7 @@ def detach(survivor: LeadState, loser: LeadState, rules: Rules, now: datetime) -
     undo = next((u for u in survivor.merge_undos if u.lead_id == loser.lead_id), None)
     if undo is None and loser.lead_id not in survivor.merged_from:
         return survivor  # nothing of it here: already detached, or never absorbed
-    survivor = survivor.model_copy(deep=True)
+    survivor = survivor.fork()
     if undo is not None:
         for name, value in undo.previous.items():
             setattr(survivor, name, value)
@@ -265,7 +265,7 @@ def detach(survivor: LeadState, loser: LeadState, rules: Rules, now: datetime) -
 
 def restore(state: LeadState, now: datetime) -> LeadState:
     """`unmerge` on the absorbed lead's side: a lead of its own again, with its own state."""
-    state = state.model_copy(deep=True)
+    state = state.fork()
     # A person said these two are different: no longer suggested as one.
     state.suggested_duplicates = [
         s for s in state.suggested_duplicates if s[0] != state.merged_into
@@ -285,7 +285,7 @@ def add_engagements(
     fresh = [e for e in engagements if e.event_id not in known]
     if not fresh:
         return state
-    state = state.model_copy(deep=True)
+    state = state.fork()
     state.engagements.extend(fresh)
     state.updated_at = now
     state.version += 1
@@ -300,7 +300,7 @@ def mark_merged(
     if state is None:
         state = LeadState(lead_id=lead_id, first_seen=first_seen, updated_at=now)
     else:
-        state = state.model_copy(deep=True)
+        state = state.fork()
     state.merged_into = survivor_id
     state.updated_at = now
     state.version += 1
@@ -326,7 +326,7 @@ def merge_record(
 def apply_assignment(state: LeadState, assignment: Assignment, now: datetime) -> LeadState:
     if state.owner == assignment.owner and state.team == assignment.team:
         return state
-    state = state.model_copy(deep=True)
+    state = state.fork()
     state.team, state.owner, state.owner_name = (
         assignment.team,
         assignment.owner,
@@ -342,7 +342,7 @@ def apply_assignment(state: LeadState, assignment: Assignment, now: datetime) ->
 
 def release_owner(state: LeadState) -> LeadState:
     """Forget the owner, so the lead is routed again (a re-engaged lead)."""
-    state = state.model_copy(deep=True)
+    state = state.fork()
     state.team = state.owner = state.owner_name = None
     state.assignment_rule = state.assignment_reason = None
     state.assigned_at = state.accepted_at = None

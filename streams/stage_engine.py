@@ -93,7 +93,7 @@ def apply_moves(
     transitions: list[StageTransition] = []
     if not moves:
         return state, transitions
-    state = state.model_copy(deep=True)
+    state = state.fork()
     for move in moves:
         if not (move.restore or allowed(state.stage, move.to, rules)):
             continue

@@ -407,3 +407,34 @@ def test_malformed_internal_messages_are_bad_records_not_crashes(rules: Rules) -
         handle_routing({"type": "route", "rule": "nope", "state": state}, {}, rules, T0)
     with pytest.raises(BadRecordError, match="JSON object"):
         Message.parse(b"[1, 2]")
+
+
+def test_a_forked_lead_state_shares_nothing_that_can_change() -> None:
+    """`LeadState.fork` copies only the containers: every item inside them must be immutable,
+    or a change to the fork would show through in the original."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from schemas.lead_state import _CONTAINER_FIELDS, LeadState
+
+    for name, info in LeadState.model_fields.items():
+        origin = typing.get_origin(info.annotation)
+        if origin not in (list, dict):
+            assert name not in _CONTAINER_FIELDS
+            continue
+        assert name in _CONTAINER_FIELDS
+        for item in typing.get_args(info.annotation):
+            inner = typing.get_origin(item) or item
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                assert inner.model_config.get("frozen"), f"{name}: {inner.__name__} is not frozen"
+            else:
+                assert inner in (str, int, float, bool, tuple), f"{name}: {item} may change"
+    state = LeadState(
+        lead_id="a", first_seen="2026-03-01T00:00:00Z", updated_at="2026-03-01T00:00:00Z"
+    )
+    fork = state.fork()
+    fork.emails.append("x@example.com")
+    fork.attributes["k"] = "v"
+    assert state.emails == []
+    assert state.attributes == {}
