@@ -39,12 +39,14 @@ from rich.table import Table
 from leadflow.auth import env_line, new_key
 from leadflow.broker.local import LocalKafka, free_port
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
+from leadflow.oracle import differences, expected_survivors
 from leadflow.samples.generate import generate
-from leadflow.settings import KafkaSettings
+from leadflow.settings import KafkaSettings, Settings
 from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
+from streams.rules import load_rules
 
 
 def _vm_kib(pid: int, field: str) -> int:
@@ -189,6 +191,19 @@ class Run:
         )
         return rss / 1024, state / 1e6
 
+    def people(self, limit: int = 10_000) -> dict[str, set[str]] | None:
+        """Each current lead with the event ids of its touches; None past `limit` leads
+        (the query API answers at most that many at once)."""
+        status, answer = http_json(
+            "GET",
+            f"{self.base_url}/v1/leads?limit={limit}",
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout_s=120,
+        )
+        if status != 200 or answer["total"] > limit:
+            return None
+        return {lead["lead_id"]: set(lead["touch_event_ids"]) for lead in answer["leads"]}
+
     def leads(self) -> int:
         status, answer = http_json(
             "GET",
@@ -234,6 +249,7 @@ def bench_pipeline(
     latency_s: float,
     out: Path | None,
     console: Console,
+    worker_counts: tuple[int, ...] = (1, 2),
 ) -> dict[str, Any]:
     sample = generate(persons, duplicate_share=0.3, seed=11)
     envelopes = sample.envelopes
@@ -243,13 +259,18 @@ def bench_pipeline(
         "partitions": partitions,
         "runs": [],
     }
+    with console.status("the oracle works out the people ..."):
+        expected = expected_survivors(
+            envelopes, load_rules(), Settings().normalize.default_phone_region
+        )
+    report["oracle_people"] = len(expected)
     with tempfile.TemporaryDirectory(prefix="leadflow-bench-pipeline-") as folder:
         home = Path(folder)
         broker = LocalKafka(home / "kafka", port=free_port(), controller_port=free_port())
         with console.status("starting a broker for the run ..."):
             broker.start()
         try:
-            for workers in (1, 2):
+            for workers in worker_counts:
                 run = Run(broker, home / f"w{workers}", f"bench{workers}.", partitions)
                 with console.status(f"{workers} worker(s): starting ..."), run.running(workers):
                     started = time.perf_counter()
@@ -259,6 +280,8 @@ def bench_pipeline(
                     elapsed = finished - started
                     rss_mb, state_mb = run.worker_peaks()
                     people = run.leads()
+                    found = run.people()
+                    problems = None if found is None else differences(expected, found, shown=10**9)
                     bare_s = asyncio.run(
                         bare_drain(
                             broker.bootstrap, run.topics.leads_raw, partitions, len(envelopes)
@@ -275,9 +298,13 @@ def bench_pipeline(
                         "worker_peak_rss_mb": round(rss_mb, 1),
                         "state_mb": round(state_mb, 1),
                         "state_mb_per_million_leads": round(state_mb * 1e6 / max(people, 1), 1),
+                        # None: more leads than one query returns, not checked.
+                        "oracle_differences": None if problems is None else len(problems),
                     }
                     report["runs"].append(entry)
                     console.print(entry)
+                    for problem in (problems or [])[:10]:
+                        console.print(f"[red]differs from the oracle:[/] {problem}")
             run = Run(broker, home / "latency", "latency.", partitions)
             count = int(latency_rate * latency_s)
             steady = generate(count, duplicate_share=0.0, seed=12).envelopes[:count]
@@ -324,7 +351,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         title=f"leads.raw → ClickHouse, {report['envelopes']:,} envelopes "
         f"({report['persons']:,} people), {report['partitions']} partitions"
     )
-    for column in ("workers", "leads/s", "bare consumer", "ratio", "peak RSS", "state / 1M leads"):
+    columns = ("workers", "leads/s", "bare consumer", "ratio", "peak RSS", "state / 1M leads")
+    for column in (*columns, "people (oracle)", "differences"):
         table.add_column(column, justify="right")
     for r in report["runs"]:
         table.add_row(
@@ -334,6 +362,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{r['ratio_to_bare']:.3f}",
             f"{r['worker_peak_rss_mb']} MB",
             f"{r['state_mb_per_million_leads']:,} MB",
+            f"{r['distinct_leads']:,} ({report['oracle_people']:,})",
+            "not checked" if r["oracle_differences"] is None else str(r["oracle_differences"]),
         )
     console.print(table)
     latency = report.get("latency", {})

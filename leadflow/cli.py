@@ -388,6 +388,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
             args.latency_seconds,
             args.out or Path("bench-results/pipeline.json"),
             console,
+            tuple(int(n) for n in args.workers.split(",")),
         )
         return 0
     if args.suite == "ingest":
@@ -621,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--persons", type=int, default=20_000, help="pipeline: generated people (~1.3 leads each)"
     )
     bench.add_argument("--partitions", type=int, default=8, help="pipeline: partitions per topic")
+    bench.add_argument(
+        "--workers",
+        default="1,2",
+        help="pipeline: worker counts to run, comma-separated (each checked against the oracle)",
+    )
     bench.add_argument(
         "--latency-rate", type=float, default=2000.0, help="pipeline: offered leads/s for latency"
     )

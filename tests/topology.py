@@ -1,5 +1,6 @@
-"""Test helpers for the stream core: an independent oracle of who is the same person,
-and an in-memory run of the stage topology under arbitrary interleavings.
+"""Test helpers for the stream core: an independent oracle of who is the same person
+(leadflow/oracle.py, re-exported here), and an in-memory run of the stage topology
+under arbitrary interleavings.
 
 The oracle knows nothing of partitions or merges: it links every pair of
 leads a matching rule links and takes connected components. The simulator
@@ -9,6 +10,8 @@ the next partition at random, as independent Kafka partitions may interleave.
 
 from __future__ import annotations
 
+__all__ = ["NOW", "Topology", "expected_people", "expected_survivors"]
+
 import random
 import zlib
 from collections import defaultdict, deque
@@ -16,89 +19,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from rapidfuzz import fuzz
+from pydantic import BaseModel
 
+from leadflow.oracle import expected_people, expected_survivors
 from leadflow.topics import Topics
-from schemas import Assignment, IdentityProbe, Lead, LeadState, RawLead
-from streams.identity import name_key, start_probe, table_key, visit_key
+from schemas import Assignment, IdentityProbe, Lead, LeadState
+from streams.identity import start_probe, table_key, visit_key
 from streams.lead_agent import handle_assignment, handle_update
-from streams.normalize import normalize_lead, phone_match_key
 from streams.routing_agent import handle_routing
 from streams.rules import Rules
-from streams.scoring import email_domain
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
-
-
-def _disagree(a: Lead, b: Lead) -> bool:
-    """Exact identifiers that say two people: both emails and different, or both phones
-    and different numbers (or one number's two different extensions)."""
-    if a.email and b.email and a.email != b.email:
-        return True
-    if a.phone and b.phone:
-        if a.phone != b.phone:
-            return True
-        return bool(a.phone_extension and b.phone_extension) and (
-            a.phone_extension != b.phone_extension
-        )
-    return False
-
-
-def expected_people(envelopes: list[RawLead], rules: Rules) -> list[set[str]]:
-    """Groups of event ids that the matching rules say are one person."""
-    return [set(group) for group in expected_survivors(envelopes, rules).values()]
-
-
-def expected_survivors(envelopes: list[RawLead], rules: Rules) -> dict[str, set[str]]:
-    """Each person's surviving lead id, with the person's event ids.
-
-    Two leads are one person when an exact key (email; phone with its extension)
-    is equal, or when a fuzzy rule finds their names similar and their exact
-    identifiers do not disagree; people are the connected components. The
-    survivor is the lead that entered leadflow first (`received_at`), then the
-    smaller lead id: never decided by an event's own time."""
-    leads = [normalize_lead(e, default_region="CN") for e in envelopes]
-    parent = list(range(len(leads)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a: int, b: int) -> None:
-        parent[find(a)] = find(b)
-
-    thresholds = {r.key: r.name_threshold for r in rules.identity.rules}
-    for i, a in enumerate(leads):
-        for j in range(i):
-            b = leads[j]
-            same = bool(a.email and a.email == b.email) or bool(
-                a.phone
-                and phone_match_key(a.phone, a.phone_extension)
-                == phone_match_key(b.phone, b.phone_extension)
-            )
-            if not same and a.full_name and b.full_name and not _disagree(a, b):
-                similarity = fuzz.token_sort_ratio(name_key(a.full_name), name_key(b.full_name))
-                if a.company_key and a.company_key == b.company_key:
-                    same = similarity >= (thresholds.get("company") or 101)
-                domain = email_domain(a.email)
-                if (
-                    not same
-                    and domain
-                    and domain == email_domain(b.email)
-                    and domain not in rules.identity.free_mail_domains
-                ):
-                    same = similarity >= (thresholds.get("domain") or 101)
-            if same:
-                union(i, j)
-    groups: dict[int, list[Lead]] = defaultdict(list)
-    for i, lead in enumerate(leads):
-        groups[find(i)].append(lead)
-    return {
-        min(group, key=lambda x: (x.received_at, x.lead_id)).lead_id: {x.event_id for x in group}
-        for group in groups.values()
-    }
 
 
 class Topology:
@@ -136,8 +67,13 @@ class Topology:
             self.topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode()
         )
 
-    def publish_update(self, update: dict[str, Any]) -> None:
-        self.send(self.topics.lead_updates, update["lead_id"], orjson.dumps(update))
+    def publish_update(self, update: dict[str, Any] | BaseModel) -> None:
+        """A message for the lead stage, keyed as its producer keys it: the lead it names
+        (`lead_id`), or for a merge the lead to absorb (`loser`)."""
+        if isinstance(update, BaseModel):
+            update = update.model_dump(mode="json")
+        key = update["loser"] if update.get("type") == "merge" else update["lead_id"]
+        self.send(self.topics.lead_updates, key, orjson.dumps(update))
 
     def run(self, max_steps: int = 1_000_000) -> None:
         for _ in range(max_steps):
