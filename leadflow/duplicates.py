@@ -36,7 +36,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from ingest_adapters.publisher import Publisher
@@ -45,6 +44,8 @@ from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.topics import Topics
+from schemas import MergeRecord
+from schemas.messages import MergeCommand, UnmergeCommand
 from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.query_api import _deep_jsonable, _limit, json_answer
@@ -110,9 +111,9 @@ def _problem(status: int, error: BadRecordError) -> web.Response:
     )
 
 
-def _iso(moment: datetime) -> str:
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat()
+def _aware(moment: datetime) -> datetime:
+    """A time read from ClickHouse (UTC columns) as an aware datetime."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class DuplicateRoutes:
@@ -226,18 +227,17 @@ class DuplicateRoutes:
         # The lead that entered leadflow first survives, as in any merge.
         survivor, loser = sorted(found, key=lambda r: (r["first_seen"], r["lead_id"]))
         event_id = f"manual-merge:{uuid.uuid4()}"
-        command = {
-            "type": "merge",
-            "loser": loser["lead_id"],
-            "survivor": survivor["lead_id"],
-            "survivor_seen": _iso(survivor["first_seen"]),
-            "rule": "manual",
-            "score": 100.0,
-            "event_id": event_id,
-            "at": datetime.now(UTC).isoformat(),
-        }
+        command = MergeCommand(
+            loser=loser["lead_id"],
+            survivor=survivor["lead_id"],
+            survivor_seen=_aware(survivor["first_seen"]),
+            rule="manual",
+            score=100.0,
+            event_id=event_id,
+            at=datetime.now(UTC),
+        )
         await self._publisher.publish(
-            self._topics.lead_updates, loser["lead_id"], orjson.dumps(command)
+            self._topics.lead_updates, loser["lead_id"], command.model_dump_json().encode()
         )
         await audit.record(
             self._clickhouse,
@@ -289,19 +289,18 @@ class DuplicateRoutes:
             {"id": lead_id, "survivor": lead["merged_into"]},
         )
         event_id = f"manual-unmerge:{uuid.uuid4()}"
-        command: dict[str, Any] = {
-            "type": "unmerge",
-            "lead_id": lead_id,
-            "event_id": event_id,
-            "at": datetime.now(UTC).isoformat(),
-        }
+        merge = None
         if merges:
-            command["merge"] = {
-                **merges[0],
-                "score": float(merges[0]["score"]),
-                "merged_at": _iso(merges[0]["merged_at"]),
-            }
-        await self._publisher.publish(self._topics.lead_updates, lead_id, orjson.dumps(command))
+            row = merges[0]
+            merge = MergeRecord(
+                **{**row, "score": float(row["score"]), "merged_at": _aware(row["merged_at"])}
+            )
+        command = UnmergeCommand(
+            lead_id=lead_id, event_id=event_id, at=datetime.now(UTC), merge=merge
+        )
+        await self._publisher.publish(
+            self._topics.lead_updates, lead_id, command.model_dump_json().encode()
+        )
         await audit.record(
             self._clickhouse,
             audit.Actor.of(request),

@@ -60,6 +60,7 @@ from leadflow.privacy import identifier_hash
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter
+from schemas.messages import EraseKey, EraseLead
 from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.writer import LEAD_ID_PREDICATES
@@ -418,19 +419,18 @@ async def erase_person(
         key = table_key(kind, value)
         # An exact key is the person's; a company or domain key also lists others, so
         # only the person's names leave it (by lead id, email or phone).
-        erase = orjson.dumps(
-            {
-                "type": "erase",
-                "key": key,
-                "lead_ids": sorted(person.lead_ids),
-                "emails": sorted(person.emails),
-                "phones": sorted(person.phones | person.phone_keys),
-            }
+        erase = EraseKey(
+            key=key,
+            lead_ids=sorted(person.lead_ids),
+            emails=sorted(person.emails),
+            phones=sorted(person.phones | person.phone_keys),
         )
-        await producer.send_and_wait(topics.identity_keys, erase, key=key.encode())
+        await producer.send_and_wait(
+            topics.identity_keys, erase.model_dump_json().encode(), key=key.encode()
+        )
     for lead in sorted(person.lead_ids):
-        erase = orjson.dumps({"type": "erase", "lead_id": lead})
-        await producer.send_and_wait(topics.lead_updates, erase, key=lead.encode())
+        forget = EraseLead(lead_id=lead).model_dump_json().encode()
+        await producer.send_and_wait(topics.lead_updates, forget, key=lead.encode())
     deleted = await delete_rows(clickhouse, person)
     # Records already past the suppression check when it was published may still land.
     await asyncio.sleep(SETTLE_S)

@@ -49,8 +49,24 @@ __all__ = [
 
 
 def json_schemas() -> dict[str, dict[str, object]]:
-    """JSON Schema of every message model, for producers outside Python."""
-    return {
-        model.__name__: model.model_json_schema()
-        for model in (RawLead, Lead, LeadState, Assignment, MergeRecord, DeadLetter)
-    }
+    """JSON Schema of every message: what adapters and outside systems publish (`RawLead`,
+    the events), what the stages pass each other (one union per internal topic), and what
+    they emit (`LeadState`, `Assignment`, `MergeRecord`, `StageTransition`, `DeadLetter`)."""
+    from schemas.messages import TOPIC_UNIONS
+
+    models = (
+        RawLead,
+        EngagementEvent,
+        CallEvent,
+        CrmEvent,
+        Lead,
+        LeadState,
+        Assignment,
+        MergeRecord,
+        StageTransition,
+        DeadLetter,
+    )
+    found: dict[str, dict[str, object]] = {m.__name__: m.model_json_schema() for m in models}
+    for name, adapter in TOPIC_UNIONS.items():
+        found[name] = adapter.json_schema()
+    return found

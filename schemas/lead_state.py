@@ -74,6 +74,7 @@ class IdentityProbe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    type: Literal["probe"] = Field(default="probe", description="Its kind on `identity.keys`.")
     lead: Lead
     lead_id: str = Field(description="The lead id resolved so far (the survivor).")
     first_seen: datetime = Field(

@@ -16,10 +16,10 @@ person already is, and never takes that lead, its owner or its assignment away.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from leadflow.errors import BadRecordError
 from schemas import CallEvent, CrmEvent, Engagement, EngagementEvent, IdentityProbe, Lead
+from schemas.messages import AcceptUpdate, CrmUpdate, EngagementUpdate
 from streams.identity import start_probe
 from streams.normalize import lead_id_for, normalize_email, normalize_phone_parts
 from streams.rules import IdentityRules
@@ -78,15 +78,11 @@ def engagement_update(
     rules: IdentityRules,
     region: str,
     now: datetime | None = None,
-) -> IdentityProbe | dict[str, Any]:
+) -> IdentityProbe | EngagementUpdate:
     """A probe for the identity chain, or (for a lead id) an update for the lead stage."""
     engagement = Engagement(event_id=event.event_id, kind=event.kind, at=event.occurred_at)
     if event.lead_id:
-        return {
-            "type": "engagement",
-            "lead_id": event.lead_id,
-            "engagements": [engagement.model_dump(mode="json")],
-        }
+        return EngagementUpdate(lead_id=event.lead_id, engagements=[engagement])
     lead = _lead(
         event.event_id,
         "web",
@@ -101,17 +97,16 @@ def engagement_update(
     return probe.model_copy(update={"engagements": [engagement], "creates_touch": False})
 
 
-def crm_update(event: CrmEvent) -> dict[str, Any]:
+def crm_update(event: CrmEvent) -> AcceptUpdate | CrmUpdate:
     """A rep's action, for the lead stage (keyed by the lead id it names)."""
     if event.action == "accept":
-        return {
-            "type": "accept",
-            "lead_id": event.lead_id,
-            "rep_id": event.rep_id,
-            "at": event.occurred_at.isoformat(),
-            "event_id": event.event_id,
-        }
-    return {"type": "crm", "lead_id": event.lead_id, "event": event.model_dump(mode="json")}
+        return AcceptUpdate(
+            lead_id=event.lead_id,
+            rep_id=event.rep_id,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    return CrmUpdate(lead_id=event.lead_id, event=event)
 
 
 def call_probe(

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-import orjson
 from pydantic import ValidationError
 
 from leadflow import stages
@@ -26,6 +25,7 @@ from leadflow.privacy import SuppressionList
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
+from schemas.messages import AcceptUpdate, CrmUpdate, EngagementUpdate
 from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import table_key
 from streams.normalize_agent import raw_identifiers, suppressed_letter
@@ -68,7 +68,7 @@ def register(
         await run_batches(stream, settings.worker, take_one)
 
     def take_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
-        result: IdentityProbe | dict[str, Any]
+        result: IdentityProbe | EngagementUpdate | AcceptUpdate | CrmUpdate
         try:
             if event.message.topic == topics.events_crm:
                 result = crm_update(CrmEvent.model_validate_json(event.value))
@@ -88,7 +88,7 @@ def register(
             if isinstance(result, IdentityProbe):
                 named += [value for _, value, _ in result.keys]
             else:
-                named.append(result.get("lead_id"))
+                named.append(result.lead_id)
             hashes = suppressed.matching(named)
             if hashes:
                 out.add(dlq, *suppressed_letter(event, hashes, STAGE).record())
@@ -97,6 +97,6 @@ def register(
             kind, value, _ = result.keys[0]
             out.add(keys_out, table_key(kind, value), result.model_dump_json().encode())
         else:
-            out.add(updates, result["lead_id"], orjson.dumps(result))
+            out.add(updates, result.lead_id, result.model_dump_json().encode())
 
     return app.agent(source, name=STAGE, concurrency=1)(take_events)

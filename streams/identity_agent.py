@@ -13,22 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-import orjson
 from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import IdentityProbe
+from schemas.messages import IDENTITY_MESSAGE, EraseKey, NewLead
 from streams.identity import table_key, visit_key
 from streams.rules import Rules
 from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
 
 STAGE = stages.IDENTITY
-ERASE_PREFIX = b'{"type":"erase"'
 
 
-def erase_from_entry(entry: Any, command: dict[str, Any]) -> Any:
+def erase_from_entry(entry: Any, command: EraseKey) -> Any:
     """What is left of an index entry once a person is erased from it; None: nothing.
 
     An exact key (email, phone) belongs to one lead: it goes whole. A fuzzy key
@@ -36,11 +35,9 @@ def erase_from_entry(entry: Any, command: dict[str, Any]) -> Any:
     email, phone key]); only the rows of the erased person go: by lead id, email or
     phone. A command without lead ids (older servers) drops the whole entry.
     """
-    if not isinstance(entry, dict) or "names" not in entry or "lead_ids" not in command:
+    if not isinstance(entry, dict) or "names" not in entry or command.lead_ids is None:
         return None
-    lead_ids = set(command.get("lead_ids") or ())
-    emails = set(command.get("emails") or ())
-    phones = set(command.get("phones") or ())
+    lead_ids, emails, phones = set(command.lead_ids), set(command.emails), set(command.phones)
 
     def theirs(item: list[Any]) -> bool:
         email = item[3] if len(item) >= 5 else None
@@ -63,23 +60,24 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
 
     def resolve_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
-        if event.value and event.value.startswith(ERASE_PREFIX):
+        try:
+            message = IDENTITY_MESSAGE.validate_json(event.value or b"")
+            if isinstance(message, IdentityProbe) and not message.keys:
+                raise ValueError("probe has no key left to visit")
+        except (ValidationError, ValueError) as exc:
+            out.dead_letter(dlq, STAGE, event, exc)
+            return
+        if isinstance(message, EraseKey):
             # `leadflow erase`: forget the person under this key (Faust tombstones the
             # changelog when nothing of the key is left).
             key = (event.key or b"").decode()
-            kept = erase_from_entry(staged.get(key), orjson.loads(event.value))
+            kept = erase_from_entry(staged.get(key), message)
             if kept is None:
                 staged.pop(key)
             else:
                 staged[key] = kept
             return
-        try:
-            probe = IdentityProbe.model_validate_json(event.value)
-            if not probe.keys:
-                raise ValueError("probe has no key left to visit")
-        except (ValidationError, ValueError) as exc:
-            out.dead_letter(dlq, STAGE, event, exc)
-            return
+        probe = message
         kind, value, _ = probe.keys[0]
         key = table_key(kind, value)
         entry = staged.get(key)
@@ -90,7 +88,6 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
             kind, value, _ = probe.keys[0]
             out.add(keys_out, table_key(kind, value), probe.model_dump_json().encode())
         else:
-            update = {"type": "lead", "probe": probe.model_dump(mode="json")}
-            out.add(updates, probe.lead_id, orjson.dumps(update))
+            out.add(updates, probe.lead_id, NewLead(probe=probe).model_dump_json().encode())
 
     return app.agent(source, name=STAGE, concurrency=1)(resolve_identity)

@@ -21,21 +21,35 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import Assignment, CrmEvent, Engagement, IdentityProbe, LeadState, MergeRecord
+from schemas import Assignment, CrmEvent, LeadState
+from schemas.messages import (
+    LEAD_UPDATE,
+    AbsorbCommand,
+    AcceptedNotice,
+    AcceptUpdate,
+    CrmUpdate,
+    DetachCommand,
+    EngagementUpdate,
+    EraseLead,
+    LeadEvent,
+    LeadUpdate,
+    MergeCommand,
+    NewLead,
+    RouteRequest,
+    UnmergeCommand,
+)
 from streams import leads
-from streams.identity_agent import ERASE_PREFIX
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
-from streams.wiring import Message, Outbox, StagedTable, json_table, raw_topic, run_batches
+from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
 
 STAGE = stages.LEAD
 _DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
@@ -111,13 +125,10 @@ def _after_change(
     _emit_state(effects, topics, state)
     if leads.needs_routing(state):
         rule = choose_team(state, rules.routing)
-        request = {
-            "type": "route",
-            "rule": rule.name,
-            "team": rule.team,
-            "state": state.model_dump(mode="json"),
-        }
-        effects.sends.append((topics.routing_requests, rule.team, orjson.dumps(request)))
+        request = RouteRequest(rule=rule.name, team=rule.team, state=state)
+        effects.sends.append(
+            (topics.routing_requests, rule.team, request.model_dump_json().encode())
+        )
 
 
 def crm_moves(event: CrmEvent, state: LeadState, rules: Rules) -> list[Move]:
@@ -149,7 +160,7 @@ def crm_moves(event: CrmEvent, state: LeadState, rules: Rules) -> list[Move]:
 
 
 def _known(
-    update: dict[str, Any], state: LeadState | None, topics: Topics, effects: Effects
+    update: LeadEvent, state: LeadState | None, topics: Topics, effects: Effects
 ) -> LeadState | None:
     """The state an event about an existing lead applies to; None when it was forwarded.
 
@@ -157,16 +168,16 @@ def _known(
     to its survivor's partition.
     """
     if state is None:
-        raise BadRecordError("unknown_lead", f"no lead {update['lead_id']} for {update['type']}")
+        raise BadRecordError("unknown_lead", f"no lead {update.lead_id} for {update.type}")
     if state.merged_into:
-        forwarded = orjson.dumps({**update, "lead_id": state.merged_into})
-        effects.sends.append((topics.lead_updates, state.merged_into, forwarded))
+        forwarded = update.model_copy(update={"lead_id": state.merged_into})
+        effects.sends.append(_update(topics, state.merged_into, forwarded))
         return None
     return state
 
 
 def _unmerge(
-    update: Message, state: LeadState | None, topics: Topics, rules: Rules, now: datetime
+    update: UnmergeCommand, state: LeadState | None, topics: Topics, rules: Rules, now: datetime
 ) -> Effects:
     """`unmerge` on the absorbed lead's partition: it becomes a lead of its own again, in the
     stage it had, and its survivor gives back what it brought (`detach`). A lead that is not
@@ -175,7 +186,7 @@ def _unmerge(
     if state is None or not state.merged_into:
         return effects
     survivor = state.merged_into
-    at = update.time("at")
+    at = update.at
     restored = leads.restore(state, now)
     back_to = state.stage_before_merge or "new"
     restored, transitions = apply_moves(
@@ -184,7 +195,7 @@ def _unmerge(
             Move(
                 to=back_to,
                 at=at,
-                cause=f"unmerge:{update['event_id']}",
+                cause=f"unmerge:{update.event_id}",
                 reason=f"unmerged from {survivor}",
                 restore=True,
             )
@@ -196,42 +207,37 @@ def _unmerge(
         effects.sends.append(
             (topics.lead_transitions, state.lead_id, transition.model_dump_json().encode())
         )
-    merge = update.get("merge")
-    if isinstance(merge, dict):
-        record = MergeRecord.model_validate({**merge, "unmerged_at": at.isoformat()})
+    if update.merge is not None:
+        record = update.merge.model_copy(update={"unmerged_at": at})
         effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
-    detach = {
-        "type": "detach",
-        "lead_id": survivor,
-        "event_id": update["event_id"],
-        "loser_state": restored.model_dump(mode="json"),
-    }
-    effects.sends.append((topics.lead_updates, survivor, orjson.dumps(detach)))
+    detach = DetachCommand(lead_id=survivor, event_id=update.event_id, loser_state=restored)
+    effects.sends.append(_update(topics, survivor, detach))
     _after_change(effects, topics, state, restored, rules, now)  # routed again if it has no rep
     return effects
 
 
+def _update(topics: Topics, lead_id: str, message: BaseModel) -> tuple[str, str, bytes]:
+    """A message for the lead stage's partition of `lead_id`."""
+    return topics.lead_updates, lead_id, message.model_dump_json().encode()
+
+
 def handle_update(
-    update: Message | dict[str, Any],
+    update: LeadUpdate | dict[str, Any] | bytes,
     state: LeadState | None,
     topics: Topics,
     rules: Rules,
     now: datetime,
 ) -> Effects:
     effects = Effects()
-    update = update if isinstance(update, Message) else Message(update)
-    kind = update.get("type")
-    if kind == "lead":
-        probe = IdentityProbe.model_validate(update["probe"])
+    if isinstance(update, bytes):
+        update = LEAD_UPDATE.validate_json(update)
+    elif isinstance(update, dict):
+        update = LEAD_UPDATE.validate_python(update)
+    if isinstance(update, NewLead):
+        probe = update.probe
         if state is not None and state.merged_into:
             redirected = probe.model_copy(update={"lead_id": state.merged_into})
-            effects.sends.append(
-                (
-                    topics.lead_updates,
-                    state.merged_into,
-                    orjson.dumps({"type": "lead", "probe": redirected.model_dump(mode="json")}),
-                )
-            )
+            effects.sends.append(_update(topics, state.merged_into, NewLead(probe=redirected)))
             return effects
         new = leads.apply_lead(state, probe, rules, now)
         moves: list[Move] = []
@@ -278,47 +284,46 @@ def handle_update(
         for absorbed_id, rule in probe.absorbed:
             if absorbed_id == probe.lead_id:
                 continue
-            merge = {
-                "type": "merge",
-                "loser": absorbed_id,
-                "survivor": probe.lead_id,
-                "survivor_seen": probe.first_seen.isoformat(),
-                "rule": rule,
-                "score": scores.get(absorbed_id, 100.0),
-                "event_id": lead.event_id,
-                "at": lead.received_at.isoformat(),
-            }
-            if absorbed_id == lead.lead_id:
+            merge = MergeCommand(
+                loser=absorbed_id,
+                survivor=probe.lead_id,
+                survivor_seen=probe.first_seen,
+                rule=rule,
+                score=scores.get(absorbed_id, 100.0),
+                event_id=lead.event_id,
+                at=lead.received_at,
                 # The new lead lost, but keys it claimed on earlier hops point at its id
                 # and other leads may land there: its partition must redirect them too.
                 # Its merge row is the one written above.
-                merge["recorded"] = True
-            effects.sends.append((topics.lead_updates, absorbed_id, orjson.dumps(merge)))
+                recorded=absorbed_id == lead.lead_id,
+            )
+            effects.sends.append(_update(topics, absorbed_id, merge))
         return effects
-    if kind == "merge":
-        loser, survivor = update["loser"], update["survivor"]
-        survivor_seen = update.time("survivor_seen")
+    if isinstance(update, MergeCommand):
+        loser, survivor = update.loser, update.survivor
+        survivor_seen = update.survivor_seen
         if loser == survivor or (state is not None and state.merged_into == survivor):
             return effects
         if state is not None and state.merged_into:
-            onward = {**update, "loser": state.merged_into, "recorded": False}
-            effects.sends.append((topics.lead_updates, state.merged_into, orjson.dumps(onward)))
+            onward = update.model_copy(update={"loser": state.merged_into, "recorded": False})
+            effects.sends.append(_update(topics, state.merged_into, onward))
             return effects
         if state is not None and (state.first_seen, loser) < (survivor_seen, survivor):
             # The "loser" is the earlier lead: it survives instead.
-            reverse = {
-                **update,
-                "loser": survivor,
-                "survivor": loser,
-                "survivor_seen": state.first_seen.isoformat(),
-                "recorded": False,  # another pair: its own row
-            }
-            effects.sends.append((topics.lead_updates, survivor, orjson.dumps(reverse)))
+            reverse = update.model_copy(
+                update={
+                    "loser": survivor,
+                    "survivor": loser,
+                    "survivor_seen": state.first_seen,
+                    "recorded": False,  # another pair: its own row
+                }
+            )
+            effects.sends.append(_update(topics, survivor, reverse))
             return effects
-        merged_at = update.time("at") if "at" in update else survivor_seen
-        if not update.get("recorded"):
+        merged_at = update.at or survivor_seen
+        if not update.recorded:
             record = leads.merge_record(
-                survivor, loser, update["rule"], update["score"], update["event_id"], merged_at
+                survivor, loser, update.rule, update.score, update.event_id, merged_at
             )
             effects.sends.append((topics.lead_merges, survivor, record.model_dump_json().encode()))
         marked = leads.mark_merged(state, loser, survivor, survivor_seen, now)
@@ -345,25 +350,17 @@ def handle_update(
             effects.sends.append(
                 (topics.leads_identified, loser, marked.model_dump_json().encode())
             )
-            absorb = {
-                "type": "absorb",
-                "survivor": survivor,
-                "survivor_seen": survivor_seen.isoformat(),
-                "loser_state": state.model_dump(mode="json"),
-            }
-            effects.sends.append((topics.lead_updates, survivor, orjson.dumps(absorb)))
+            absorb = AbsorbCommand(
+                survivor=survivor, survivor_seen=survivor_seen, loser_state=state
+            )
+            effects.sends.append(_update(topics, survivor, absorb))
         effects.state = marked
         return effects
-    if kind == "absorb":
-        loser_state = LeadState.model_validate(update["loser_state"])
+    if isinstance(update, AbsorbCommand):
+        loser_state = update.loser_state
         if state is not None and state.merged_into:
-            effects.sends.append(
-                (
-                    topics.lead_updates,
-                    state.merged_into,
-                    orjson.dumps({**update, "survivor": state.merged_into}),
-                )
-            )
+            onward_absorb = update.model_copy(update={"survivor": state.merged_into})
+            effects.sends.append(_update(topics, state.merged_into, onward_absorb))
             return effects
         moves = []
         if state is None:
@@ -371,8 +368,8 @@ def handle_update(
             moves.append(
                 Move(
                     to="new",
-                    at=update.time("survivor_seen"),
-                    cause=f"first-seen:{update['survivor']}",
+                    at=update.survivor_seen,
+                    cause=f"first-seen:{update.survivor}",
                 )
             )
         if loser_state.stage and loser_state.stage_at:
@@ -387,50 +384,49 @@ def handle_update(
         new = leads.absorb(
             state,
             loser_state,
-            update["survivor"],
-            update.time("survivor_seen"),
+            update.survivor,
+            update.survivor_seen,
             rules,
             now,
         )
         if new.version != (state.version if state else 0):
             _after_change(effects, topics, state, new, rules, now, moves)
         return effects
-    if kind == "unmerge":
+    if isinstance(update, UnmergeCommand):
         return _unmerge(update, state, topics, rules, now)
-    if kind == "detach":
+    if isinstance(update, DetachCommand):
         if state is None or state.merged_into:
             # The survivor was merged on since: its own survivor holds the events now.
             if state is not None and state.merged_into:
-                onward = {**update, "lead_id": state.merged_into}
-                effects.sends.append((topics.lead_updates, state.merged_into, orjson.dumps(onward)))
+                onward_detach = update.model_copy(update={"lead_id": state.merged_into})
+                effects.sends.append(_update(topics, state.merged_into, onward_detach))
             return effects
-        new = leads.detach(state, LeadState.model_validate(update["loser_state"]), rules, now)
+        new = leads.detach(state, update.loser_state, rules, now)
         if new is not state:
             _after_change(effects, topics, state, new, rules, now)
         return effects
-    if kind == "engagement":
+    if isinstance(update, EngagementUpdate):
         state = _known(update, state, topics, effects)
         if state is None:
             return effects
-        engagements = [Engagement.model_validate(e) for e in update["engagements"]]
-        new = leads.add_engagements(state, engagements, rules, now)
+        new = leads.add_engagements(state, update.engagements, rules, now)
         if new is not state:
             _after_change(effects, topics, state, new, rules, now)
         return effects
-    if kind == "accept":
+    if isinstance(update, AcceptUpdate):
         state = _known(update, state, topics, effects)
         if state is None:
             return effects
         if not state.owner or state.owner.startswith("queue:"):
             raise BadRecordError("not_assigned", f"lead {state.lead_id} has no rep to accept it")
-        if update.get("rep_id") and update["rep_id"] != state.owner:
+        if update.rep_id and update.rep_id != state.owner:
             raise BadRecordError(
                 "not_owner",
-                f"{update['rep_id']} does not own lead {state.lead_id} ({state.owner} does)",
+                f"{update.rep_id} does not own lead {state.lead_id} ({state.owner} does)",
             )
         if state.accepted_at is None:
             accepted = state.fork()
-            accepted.accepted_at = update.time("at")
+            accepted.accepted_at = update.at
             accepted.updated_at = now
             accepted.version += 1
             _emit_state(effects, topics, accepted)
@@ -438,17 +434,17 @@ def handle_update(
                 (
                     topics.routing_requests,
                     state.team or "",
-                    orjson.dumps(
-                        {"type": "accepted", "team": state.team, "lead_id": state.lead_id}
-                    ),
+                    AcceptedNotice(team=state.team, lead_id=state.lead_id)
+                    .model_dump_json()
+                    .encode(),
                 )
             )
         return effects
-    if kind == "crm":
+    if isinstance(update, CrmUpdate):
         state = _known(update, state, topics, effects)
         if state is None:
             return effects
-        moves = crm_moves(CrmEvent.model_validate(update["event"]), state, rules)
+        moves = crm_moves(update.event, state, rules)
         if not allowed(state.stage, moves[0].to, rules.stages):
             raise BadRecordError(
                 "stage_not_allowed",
@@ -457,7 +453,8 @@ def handle_update(
             )
         _after_change(effects, topics, state, state, rules, now, moves)
         return effects
-    raise ValueError(f"unknown lead update type {kind!r}")
+    # EraseLead: the agent forgets the state before it gets here (see `register`).
+    raise BadRecordError("unexpected_message", f"the lead stage does not fold {update.type!r}")
 
 
 def handle_assignment(
@@ -505,10 +502,6 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     def fold_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
         key = (event.key or b"").decode()
-        if event.value and event.value.startswith(ERASE_PREFIX):
-            # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
-            staged.pop(key)
-            return
         stored = staged.get(key)
         state = LeadState.model_validate(stored) if stored else None
         now = datetime.now(UTC)
@@ -518,7 +511,12 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
                     Assignment.model_validate_json(event.value), state, topics, rules, now
                 )
             else:
-                effects = handle_update(Message.parse(event.value), state, topics, rules, now)
+                update = LEAD_UPDATE.validate_json(event.value or b"")
+                if isinstance(update, EraseLead):
+                    # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
+                    staged.pop(key)
+                    return
+                effects = handle_update(update, state, topics, rules, now)
         except (BadRecordError, ValidationError, ValueError) as exc:
             # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
             # stage raises anything else and stops the worker before its offset commits.

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-import orjson
 from pydantic import ValidationError
 
 from leadflow import stages
@@ -25,9 +24,10 @@ from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Assignment, LeadState
+from schemas.messages import ROUTING_MESSAGE, AcceptedNotice, RouteRequest, SlaTick
 from streams.routing import TeamView, account_key, assign_owner
 from streams.rules import AssignmentRule, Rules
-from streams.wiring import Message, Outbox, StagedTable, json_table, raw_topic, run_batches
+from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
 
 STAGE = stages.ROUTE
 
@@ -54,10 +54,10 @@ def _pending_state_key(team: str, lead_id: str) -> str:
     return f"{team}|pending|{lead_id}"
 
 
-def route_lead(request: dict[str, Any], table: Any, rules: Rules, now: datetime) -> Assignment:
+def route_lead(request: RouteRequest, table: Any, rules: Rules, now: datetime) -> Assignment:
     """Decide one routing request against the team's table entries and update them."""
-    state = LeadState.model_validate(request["state"])
-    rule = _rule_named(rules, request["rule"])
+    state = request.state
+    rule = _rule_named(rules, request.rule)
     team = rules.routing.teams[rule.team]
     counters = table.get(f"{rule.team}|counters") or {"turn": 0, "loads": {}}
     account = account_key(state, rules.identity.free_mail_domains)
@@ -80,18 +80,19 @@ def route_lead(request: dict[str, Any], table: Any, rules: Rules, now: datetime)
             "deadline": (now + timedelta(minutes=team.sla_minutes)).isoformat(),
         }
         table[_pending_key(rule.team)] = pending
-        table[_pending_state_key(rule.team, state.lead_id)] = request["state"]
+        table[_pending_state_key(rule.team, state.lead_id)] = state.model_dump(mode="json")
     if account and after.account_owner and view.account_owner is None:
         table[f"{rule.team}|account|{account}"] = after.account_owner
     return assignment
 
 
-def accept_lead(message: dict[str, Any], table: Any) -> None:
+def accept_lead(message: AcceptedNotice, table: Any) -> None:
     """The owner accepted the lead: its SLA clock stops."""
-    pending = dict(table.get(_pending_key(message["team"])) or {})
-    if pending.pop(message["lead_id"], None) is not None:
-        table[_pending_key(message["team"])] = pending
-        table.pop(_pending_state_key(message["team"], message["lead_id"]), None)
+    team = message.team or ""
+    pending = dict(table.get(_pending_key(team)) or {})
+    if pending.pop(message.lead_id, None) is not None:
+        table[_pending_key(team)] = pending
+        table.pop(_pending_state_key(team, message.lead_id), None)
 
 
 def expire_pending(team_name: str, table: Any, rules: Rules, now: datetime) -> list[Assignment]:
@@ -144,19 +145,22 @@ def expire_pending(team_name: str, table: Any, rules: Rules, now: datetime) -> l
 
 
 def handle_routing(
-    message: dict[str, Any], table: Any, rules: Rules, now: datetime
+    message: RouteRequest | AcceptedNotice | SlaTick | dict[str, Any] | bytes,
+    table: Any,
+    rules: Rules,
+    now: datetime,
 ) -> list[Assignment]:
     """One message of `routing.requests`: a lead to route, an acceptance, or an SLA tick."""
-    message = message if isinstance(message, Message) else Message(message)
-    kind = message.get("type")
-    if kind == "route":
+    if isinstance(message, bytes):
+        message = ROUTING_MESSAGE.validate_json(message)
+    elif isinstance(message, dict):
+        message = ROUTING_MESSAGE.validate_python(message)
+    if isinstance(message, RouteRequest):
         return [route_lead(message, table, rules, now)]
-    if kind == "accepted":
+    if isinstance(message, AcceptedNotice):
         accept_lead(message, table)
         return []
-    if kind == "tick":
-        return expire_pending(message["team"], table, rules, now)
-    raise ValueError(f"unknown routing message type {kind!r}")
+    return expire_pending(message.team, table, rules, now)
 
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
@@ -170,9 +174,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
 
     def assign_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         try:
-            assignments = handle_routing(
-                Message.parse(event.value), staged, rules, datetime.now(UTC)
-            )
+            assignments = handle_routing(event.value or b"", staged, rules, datetime.now(UTC))
         except (BadRecordError, ValidationError, ValueError) as exc:
             # Bad input only; a bug in the stage stops the worker uncommitted.
             out.dead_letter(dlq, STAGE, event, exc)
@@ -184,7 +186,8 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
         # Every worker ticks every team; the team's own partition decides, so extra
         # ticks cost a lookup and nothing else.
         for team in rules.routing.teams:
-            await source.send(key=team.encode(), value=orjson.dumps({"type": "tick", "team": team}))
+            tick = SlaTick(team=team).model_dump_json().encode()
+            await source.send(key=team.encode(), value=tick)
 
     app.timer(interval=settings.worker.sla_check_interval_s)(tick_teams)
     return app.agent(source, name=STAGE, concurrency=1)(assign_owners)

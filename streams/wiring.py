@@ -26,43 +26,17 @@ import logging
 import os
 import weakref
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import faust
 import faust.streams
-import orjson
 from aiokafka.errors import KafkaError
 
 from leadflow.dead_letters import dead_letter_for_record
-from leadflow.errors import BadRecordError
 from leadflow.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 EXIT_STAGE_FAILED = 70  # EX_SOFTWARE
-
-
-class Message(dict[str, Any]):
-    """An internal JSON message. A field it lacks is a bad record (dead-lettered), not a
-    crash; a KeyError from leadflow's own state stays what it is, a bug."""
-
-    @classmethod
-    def parse(cls, value: bytes | None) -> Message:
-        data = orjson.loads(value or b"")
-        if not isinstance(data, dict):
-            raise BadRecordError("malformed_message", "expected a JSON object")
-        return cls(data)
-
-    def __missing__(self, key: str) -> Any:
-        raise BadRecordError("malformed_message", f"message has no {key!r}", {key: "required"})
-
-    def time(self, key: str) -> datetime:
-        try:
-            return datetime.fromisoformat(self[key])
-        except (TypeError, ValueError) as exc:
-            raise BadRecordError(
-                "malformed_message", f"{key} is not an ISO time", {key: "ISO 8601 time"}
-            ) from exc
 
 
 def raw_topic(app: faust.App, name: str) -> Any:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from leadflow.errors import BadRecordError
 from schemas import CallEvent, EngagementEvent, Lead, LeadState, RawLead
+from schemas.messages import EngagementUpdate
 from streams.events import call_probe, engagement_update
 from streams.lead_agent import handle_update
 from streams.normalize import normalize_lead
@@ -123,11 +124,11 @@ def test_lead_id_events_need_a_known_lead(known: tuple[Topology, Lead], rules: R
     update = engagement_update(
         engagement("email_click", T0, lead_id=person.lead_id), rules.identity, "CN"
     )
-    assert isinstance(update, dict)
+    assert isinstance(update, EngagementUpdate)
     topology.publish_update(update)
     topology.run()
     assert [e.kind for e in only_person(topology).engagements] == ["email_click"]
-    unknown = {**update, "lead_id": "no-such-lead"}
+    unknown = update.model_copy(update={"lead_id": "no-such-lead"})
     with pytest.raises(BadRecordError, match="no lead"):
         handle_update(unknown, None, topology.topics, rules, NOW)
 
@@ -182,7 +183,7 @@ def test_a_forged_crm_update_is_refused_by_the_lead_stage(
     update = {"type": "crm", "lead_id": person.lead_id, "event": event}
     with pytest.raises(ValidationError) as caught:
         handle_update(update, person, topology.topics, rules, NOW)
-    assert [e["loc"][0] for e in caught.value.errors()] == [field]
+    assert [e["loc"][2] for e in caught.value.errors()] == [field]  # ("crm", "event", field)
 
 
 @pytest.mark.parametrize("year", [1000, 1900, 2500, 9999])

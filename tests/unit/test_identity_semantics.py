@@ -485,7 +485,6 @@ def test_a_suggested_duplicate_merged_and_unmerged_gives_both_leads_back(
     # A person decides they are one: the later lead is absorbed by the earlier.
     merge = {
         "type": "merge",
-        "lead_id": anne.lead_id,
         "loser": anne.lead_id,
         "survivor": anna.lead_id,
         "survivor_seen": before[anna.lead_id].first_seen.isoformat(),
@@ -528,7 +527,8 @@ def test_a_suggested_duplicate_merged_and_unmerged_gives_both_leads_back(
             )
             assert [t.event_id for t in now.touches] == [t.event_id for t in was.touches]
             assert [n.text for n in now.notes] == [n.text for n in was.notes]
-            assert now.merged_from == [] and now.merge_undos == []
+            assert now.merged_from == []
+            assert now.merge_undos == []
         assert after[anne.lead_id].stage == before[anne.lead_id].stage
         # A person said they are two: neither is suggested as the other's duplicate again.
         assert after[anne.lead_id].suggested_duplicates == []

@@ -101,4 +101,4 @@ def test_only_the_owner_can_accept(routed: Topology, rules: Rules) -> None:
     with pytest.raises(BadRecordError, match="does not own"):
         handle_update(wrong, lead, routed.topics, rules, T0)
     with pytest.raises(BadRecordError, match="no lead"):
-        handle_update({**wrong, "lead_id": "nope"}, None, routed.topics, rules, T0)
+        handle_update(wrong.model_copy(update={"lead_id": "nope"}), None, routed.topics, rules, T0)

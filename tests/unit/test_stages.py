@@ -387,26 +387,38 @@ def test_rep_time_zone_is_checked() -> None:
 
 
 def test_malformed_internal_messages_are_bad_records_not_crashes(rules: Rules) -> None:
+    """Every internal message is parsed into its topic's typed union: a malformed one is a
+    ValidationError naming the field (the agents dead-letter it), never a crash."""
+    from pydantic import ValidationError
+
     from leadflow.topics import Topics
+    from schemas.messages import IDENTITY_MESSAGE, LEAD_UPDATE, ROUTING_MESSAGE
     from streams.lead_agent import handle_update
     from streams.routing_agent import handle_routing
-    from streams.wiring import Message
 
-    with pytest.raises(BadRecordError, match="'loser'"):
+    with pytest.raises(ValidationError, match=r"merge\.loser"):
         handle_update({"type": "merge", "survivor": "s"}, None, Topics(), rules, T0)
-    with pytest.raises(BadRecordError, match="ISO time"):
+    with pytest.raises(ValidationError, match=r"merge\.survivor_seen"):
         handle_update(
-            {"type": "merge", "loser": "l", "survivor": "s", "survivor_seen": 5},
+            {"type": "merge", "loser": "l", "survivor": "s", "survivor_seen": "yesterday"},
             None,
             Topics(),
             rules,
             T0,
         )
+    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+        handle_update({"type": "gossip", "lead_id": "l"}, None, Topics(), rules, T0)
     state = LeadState(lead_id="l1", first_seen=T0, updated_at=T0).model_dump(mode="json")
     with pytest.raises(BadRecordError, match="no routing rule"):
-        handle_routing({"type": "route", "rule": "nope", "state": state}, {}, rules, T0)
-    with pytest.raises(BadRecordError, match="JSON object"):
-        Message.parse(b"[1, 2]")
+        handle_routing(
+            {"type": "route", "rule": "nope", "team": "t", "state": state}, {}, rules, T0
+        )
+    for adapter in (IDENTITY_MESSAGE, LEAD_UPDATE, ROUTING_MESSAGE):
+        with pytest.raises(ValidationError):
+            adapter.validate_json(b"[1, 2]")
+    # An erase command is recognised by its type wherever its keys sit, not by a prefix.
+    erase = IDENTITY_MESSAGE.validate_json(b'{"key": "email:a@b.c", "type": "erase"}')
+    assert erase.type == "erase"
 
 
 def test_a_forked_lead_state_shares_nothing_that_can_change() -> None:
@@ -438,3 +450,34 @@ def test_a_forked_lead_state_shares_nothing_that_can_change() -> None:
     fork.attributes["k"] = "v"
     assert state.emails == []
     assert state.attributes == {}
+
+
+def test_leadflow_schemas_exports_every_message_of_every_topic(tmp_path: Path) -> None:
+    """What outside producers need: the events they publish and each internal topic's union,
+    with every kind of message in it."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "leadflow", "schemas", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.returncode == 0
+    written = {
+        p.name.removesuffix(".schema.json"): json.loads(p.read_text())
+        for p in tmp_path.glob("*.schema.json")
+    }
+    for name in ("RawLead", "CallEvent", "EngagementEvent", "CrmEvent", "LeadState"):
+        assert name in written, sorted(written)
+    kinds = {
+        name: set(written[name]["discriminator"]["mapping"])
+        for name in ("IdentityKeysMessage", "LeadUpdatesMessage", "RoutingRequestsMessage")
+    }
+    assert kinds["IdentityKeysMessage"] == {"probe", "erase"}
+    assert kinds["LeadUpdatesMessage"] == {
+        "lead", "merge", "absorb", "unmerge", "detach", "engagement", "accept", "crm", "erase"
+    }  # fmt: skip
+    assert kinds["RoutingRequestsMessage"] == {"route", "accepted", "tick"}

@@ -1,0 +1,202 @@
+"""The internal messages of the stream core: one typed union per topic.
+
+Each message names its kind in `type`, and each topic's union is
+discriminated by it, so an agent parses a record once into exactly one
+model (or dead-letters it naming what is wrong), and a producer outside
+Python finds every shape in `leadflow schemas`.
+
+- `identity.keys` (key: the match key): `IdentityProbe` (a lead or event
+  visiting its keys) or `EraseKey` (`leadflow erase`).
+- `lead.updates` (key: the lead id the message is for): `NewLead`,
+  `MergeCommand`, `AbsorbCommand`, `UnmergeCommand`, `DetachCommand`,
+  `EngagementUpdate`, `AcceptUpdate`, `CrmUpdate`, `EraseLead`.
+- `routing.requests` (key: the team): `RouteRequest`, `AcceptedNotice`,
+  `SlaTick`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.events import CrmEvent
+from schemas.lead_state import Engagement, IdentityProbe, LeadState, MergeRecord
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- identity.keys -------------------------------------------------------------------------
+
+
+class EraseKey(_Message):
+    """Forget a person under one index key (the Kafka key). An exact key goes whole; a
+    company or domain key loses only the rows of these lead ids, emails or phones."""
+
+    type: Literal["erase"] = "erase"
+    key: str
+    lead_ids: list[str] | None = Field(
+        default=None, description="None (older servers): the whole entry goes."
+    )
+    emails: list[str] = Field(default_factory=list)
+    phones: list[str] = Field(default_factory=list, description="E.164, or with `;ext=`.")
+
+
+IdentityMessage = Annotated[IdentityProbe | EraseKey, Field(discriminator="type")]
+
+
+# --- lead.updates --------------------------------------------------------------------------
+
+
+class NewLead(_Message):
+    """A lead or event whose keys are all visited: fold it into `probe.lead_id`."""
+
+    type: Literal["lead"] = "lead"
+    probe: IdentityProbe
+
+
+class MergeCommand(_Message):
+    """To the partition of `loser`: it is the same person as `survivor` (unless it entered
+    leadflow first, then the roles swap)."""
+
+    type: Literal["merge"] = "merge"
+    loser: str
+    survivor: str
+    survivor_seen: datetime = Field(description="When the survivor entered leadflow.")
+    rule: str
+    score: float
+    event_id: str = Field(description="The event that found the match (or a manual merge).")
+    at: datetime | None = Field(default=None, description="The merge row's `merged_at`.")
+    recorded: bool = Field(default=False, description="True: its merge row is written already.")
+
+
+class AbsorbCommand(_Message):
+    """To the survivor's partition: take the merged lead's state."""
+
+    type: Literal["absorb"] = "absorb"
+    survivor: str
+    survivor_seen: datetime
+    loser_state: LeadState
+
+
+class UnmergeCommand(_Message):
+    """To a merged lead's partition: become a lead of its own again."""
+
+    type: Literal["unmerge"] = "unmerge"
+    lead_id: str
+    event_id: str
+    at: datetime
+    merge: MergeRecord | None = Field(
+        default=None, description="The merge row to mark undone (`unmerged_at`)."
+    )
+
+
+class DetachCommand(_Message):
+    """To the survivor's partition: give back what the unmerged lead brought."""
+
+    type: Literal["detach"] = "detach"
+    lead_id: str
+    event_id: str
+    loser_state: LeadState
+
+
+class EngagementUpdate(_Message):
+    """Engagement for a lead named by its id (no identity lookup needed)."""
+
+    type: Literal["engagement"] = "engagement"
+    lead_id: str
+    engagements: list[Engagement]
+
+
+class AcceptUpdate(_Message):
+    """The owner took the lead (the SLA is met)."""
+
+    type: Literal["accept"] = "accept"
+    lead_id: str
+    rep_id: str | None = None
+    at: datetime
+    event_id: str
+
+
+class CrmUpdate(_Message):
+    """Any other CRM action on the lead (convert, set_stage, won, lost, disqualify)."""
+
+    type: Literal["crm"] = "crm"
+    lead_id: str
+    event: CrmEvent
+
+
+class EraseLead(_Message):
+    """`leadflow erase`: forget this lead's state."""
+
+    type: Literal["erase"] = "erase"
+    lead_id: str
+
+
+LeadUpdate = Annotated[
+    NewLead
+    | MergeCommand
+    | AbsorbCommand
+    | UnmergeCommand
+    | DetachCommand
+    | EngagementUpdate
+    | AcceptUpdate
+    | CrmUpdate
+    | EraseLead,
+    Field(discriminator="type"),
+]
+# Updates that name the lead they are about and follow it when it was merged.
+LeadEvent = EngagementUpdate | AcceptUpdate | CrmUpdate
+
+
+# --- routing.requests ----------------------------------------------------------------------
+
+
+class RouteRequest(_Message):
+    """A lead without an owner, for its team's partition."""
+
+    type: Literal["route"] = "route"
+    rule: str
+    team: str
+    state: LeadState
+
+
+class AcceptedNotice(_Message):
+    """The owner accepted: the team's SLA clock for the lead stops."""
+
+    type: Literal["accepted"] = "accepted"
+    team: str | None
+    lead_id: str
+
+
+class SlaTick(_Message):
+    """Check the team's leads waiting for acceptance against its SLA."""
+
+    type: Literal["tick"] = "tick"
+    team: str
+
+
+RoutingMessage = Annotated[RouteRequest | AcceptedNotice | SlaTick, Field(discriminator="type")]
+
+IDENTITY_MESSAGE: TypeAdapter[IdentityProbe | EraseKey] = TypeAdapter(IdentityMessage)
+LEAD_UPDATE: TypeAdapter[
+    NewLead
+    | MergeCommand
+    | AbsorbCommand
+    | UnmergeCommand
+    | DetachCommand
+    | EngagementUpdate
+    | AcceptUpdate
+    | CrmUpdate
+    | EraseLead
+] = TypeAdapter(LeadUpdate)
+ROUTING_MESSAGE: TypeAdapter[RouteRequest | AcceptedNotice | SlaTick] = TypeAdapter(RoutingMessage)
+
+TOPIC_UNIONS: dict[str, TypeAdapter[Any]] = {
+    "IdentityKeysMessage": IDENTITY_MESSAGE,
+    "LeadUpdatesMessage": LEAD_UPDATE,
+    "RoutingRequestsMessage": ROUTING_MESSAGE,
+}
