@@ -155,13 +155,55 @@ LeadEvent = EngagementUpdate | AcceptUpdate | CrmUpdate
 # --- routing.requests ----------------------------------------------------------------------
 
 
+class RoutingSubject(_Message):
+    """What routing decides on and what an assignment tells the rep: a few hundred bytes,
+    not the whole person. The route stage keeps it while the rep has not accepted."""
+
+    lead_id: str
+    channel: str = Field(default="", description="Of the first touch.")
+    source: str = Field(default="", description="Of the first touch.")
+    last_touch_at: datetime | None = Field(
+        default=None, description="Working hours are checked at this moment."
+    )
+    country: str | None = None
+    industry: str | None = None
+    company_size: int | None = None
+    company_key: str | None = None
+    score: float = 0.0
+    grade: str = "D"
+    full_name: str | None = None
+    company: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+    @classmethod
+    def of(cls, state: LeadState) -> RoutingSubject:
+        first = state.touches[0] if state.touches else None
+        return cls(
+            lead_id=state.lead_id,
+            channel=first.channel if first else "",
+            source=first.source if first else "",
+            last_touch_at=state.touches[-1].at if state.touches else None,
+            country=state.country,
+            industry=state.industry,
+            company_size=state.company_size,
+            company_key=state.company_key,
+            score=state.score,
+            grade=state.grade,
+            full_name=state.full_name,
+            company=state.company,
+            email=state.email,
+            phone=state.phone,
+        )
+
+
 class RouteRequest(_Message):
     """A lead without an owner, for its team's partition."""
 
     type: Literal["route"] = "route"
     rule: str
     team: str
-    state: LeadState
+    lead: RoutingSubject
 
 
 class AcceptedNotice(_Message):

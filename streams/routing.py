@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from leadflow.ids import stable_id
 from schemas import Assignment, LeadState
+from schemas.messages import RoutingSubject
 from streams.rules import AssignmentRule, Criteria, Rep, RoutingRules, Team, working_hours
 from streams.scoring import email_domain
 
@@ -30,9 +31,13 @@ _ASSIGNMENT_NAMESPACE = uuid.UUID("c4a1f9e2-5b3d-4c7a-8e6f-0a9b8c7d6e5f")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def criteria_hold(criteria: Criteria, lead: LeadState) -> bool:
-    source = lead.touches[0].source if lead.touches else ""
-    channel = lead.touches[0].channel if lead.touches else ""
+def subject(lead: LeadState | RoutingSubject) -> RoutingSubject:
+    """What routing reads of a lead."""
+    return lead if isinstance(lead, RoutingSubject) else RoutingSubject.of(lead)
+
+
+def criteria_hold(criteria: Criteria, lead: RoutingSubject) -> bool:
+    source, channel = lead.source, lead.channel
     checks: list[bool] = []
     if criteria.country is not None:
         checks.append((lead.country or "") in criteria.country)
@@ -54,11 +59,12 @@ def criteria_hold(criteria: Criteria, lead: LeadState) -> bool:
     return all(checks)
 
 
-def choose_team(lead: LeadState, rules: RoutingRules) -> AssignmentRule:
-    return next(rule for rule in rules.rules if criteria_hold(rule.when, lead))
+def choose_team(lead: LeadState | RoutingSubject, rules: RoutingRules) -> AssignmentRule:
+    about = subject(lead)
+    return next(rule for rule in rules.rules if criteria_hold(rule.when, about))
 
 
-def account_key(lead: LeadState, free_mail: frozenset[str]) -> str | None:
+def account_key(lead: LeadState | RoutingSubject, free_mail: frozenset[str]) -> str | None:
     if lead.company_key:
         return f"company:{lead.company_key}"
     domain = email_domain(lead.email)
@@ -104,7 +110,7 @@ def assignment_id(lead_id: str, team: str, owner: str) -> str:
 
 
 def assign_owner(
-    lead: LeadState,
+    lead: LeadState | RoutingSubject,
     rule: AssignmentRule,
     team: Team,
     view: TeamView,
@@ -116,6 +122,7 @@ def assign_owner(
 
     `exclude` names reps who may not take it (a re-route after a missed SLA).
     """
+    lead = subject(lead)
     reps = {rep.id: rep for rep in team.reps}
     loads = dict(view.loads)
     turn = view.turn
@@ -151,7 +158,6 @@ def assign_owner(
     if owner is not None and view.lead_owner is None:
         loads[owner.id] = loads.get(owner.id, 0) + 1
     owner_id = owner.id if owner else f"queue:{rule.team}"
-    touch = lead.touches[0] if lead.touches else None
     assignment = Assignment(
         assignment_id=assignment_id(lead.lead_id, rule.team, owner_id),
         lead_id=lead.lead_id,
@@ -168,7 +174,7 @@ def assign_owner(
         company=lead.company,
         email=lead.email,
         phone=lead.phone,
-        source=touch.source if touch else "",
+        source=lead.source,
     )
     new_view = TeamView(
         turn=turn,

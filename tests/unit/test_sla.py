@@ -102,3 +102,55 @@ def test_only_the_owner_can_accept(routed: Topology, rules: Rules) -> None:
         handle_update(wrong, lead, routed.topics, rules, T0)
     with pytest.raises(BadRecordError, match="no lead"):
         handle_update(wrong.model_copy(update={"lead_id": "nope"}), None, routed.topics, rules, T0)
+
+
+def test_the_sla_clock_of_many_waiting_leads_never_rewrites_a_growing_value(
+    rules: Rules,
+) -> None:
+    """600 leads (all the team's reps can hold between them) wait for acceptance: every
+    table value stays small (one minute's shard at most), accepted leads leave, and a tick
+    re-routes exactly the others."""
+    from schemas.messages import AcceptedNotice, RouteRequest, RoutingSubject
+    from streams.routing_agent import accept_lead, expire_pending, route_lead
+
+    rule = next(r for r in rules.routing.rules if r.team == "global_inbound")
+    sla = rules.routing.teams[rule.team].sla_minutes
+    table: dict[str, object] = {}
+    for n in range(600):
+        lead = RoutingSubject(lead_id=f"lead-{n:04d}", country="US", last_touch_at=T0)
+        request = RouteRequest(rule=rule.name, team=rule.team, lead=lead)
+        route_lead(request, table, rules, T0 + timedelta(seconds=n * 0.2))  # two minutes
+    largest = max(len(orjson.dumps(v)) for v in table.values())
+    assert largest < 2_000, largest  # no index of every waiting lead
+    assert len(table[f"{rule.team}|sla-minutes"]) <= 3  # type: ignore[arg-type]
+    waiting = {k.rpartition("|")[2] for k in table if "|sla|" in k}
+    assert len(waiting) == 600
+
+    for n in range(0, 600, 2):
+        accept_lead(AcceptedNotice(team=rule.team, lead_id=f"lead-{n:04d}"), table)
+    moved = expire_pending(rule.team, table, rules, T0 + timedelta(minutes=sla, seconds=200))
+    assert sorted(a.lead_id for a in moved) == [f"lead-{n:04d}" for n in range(1, 600, 2)]
+    assert all(a.reason.startswith("re-routed:") for a in moved)
+    # Re-routed leads wait again (for their new rep); accepted ones are gone for good.
+    waiting_again = {a.lead_id for a in moved if not a.owner.startswith("queue:")}
+    assert waiting_again  # some found another rep
+    assert {k.rpartition("|")[2] for k in table if "|sla|" in k} == waiting_again
+    assert not expire_pending(rule.team, table, rules, T0 + timedelta(minutes=sla, seconds=201))
+
+
+def test_waiting_leads_of_an_older_worker_move_to_the_sla_keys(rules: Rules) -> None:
+    from streams.routing_agent import expire_pending
+
+    team = "global_inbound"
+    state = LeadState(lead_id="old-1", first_seen=T0, updated_at=T0, country="US")
+    table: dict[str, object] = {
+        f"{team}|pending": {
+            "old-1": {"owner": "sam.o", "rule": "global_inbound", "deadline": T0.isoformat()}
+        },
+        f"{team}|pending|old-1": state.model_dump(mode="json"),
+    }
+    [moved] = expire_pending(team, table, rules, T0 + timedelta(seconds=1))
+    assert moved.lead_id == "old-1"
+    assert moved.owner != "sam.o"
+    assert f"{team}|pending" not in table
+    assert f"{team}|pending|old-1" not in table

@@ -408,11 +408,9 @@ def test_malformed_internal_messages_are_bad_records_not_crashes(rules: Rules) -
         )
     with pytest.raises(ValidationError, match="does not match any of the expected tags"):
         handle_update({"type": "gossip", "lead_id": "l"}, None, Topics(), rules, T0)
-    state = LeadState(lead_id="l1", first_seen=T0, updated_at=T0).model_dump(mode="json")
+    lead = {"lead_id": "l1"}
     with pytest.raises(BadRecordError, match="no routing rule"):
-        handle_routing(
-            {"type": "route", "rule": "nope", "team": "t", "state": state}, {}, rules, T0
-        )
+        handle_routing({"type": "route", "rule": "nope", "team": "t", "lead": lead}, {}, rules, T0)
     for adapter in (IDENTITY_MESSAGE, LEAD_UPDATE, ROUTING_MESSAGE):
         with pytest.raises(ValidationError):
             adapter.validate_json(b"[1, 2]")
