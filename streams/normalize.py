@@ -13,6 +13,7 @@ may write to `leads.raw`.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 import uuid
@@ -172,10 +173,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u20
 _SPACES = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=4096)  # a file's few column names, asked once per cell
 def fold_field_name(name: str) -> str:
     """The key a submitted field is looked up by: NFKC, trimmed, lower case, `_` for `-`/space."""
     folded = unicodedata.normalize("NFKC", name).strip().lower()
-    return re.sub(r"[\s\-]+", "_", folded)
+    return _FOLD_SEPARATORS.sub("_", folded)
 
 
 def clean_note(value: str) -> str:
@@ -228,6 +230,8 @@ def normalize_email(value: str) -> str:
     return checked.normalized.lower()
 
 
+_FOLD_SEPARATORS = re.compile(r"[\s\-]+")
+_PUNCTUATION = re.compile(r"[^\w\s]")
 _SCIENTIFIC = re.compile(r"^\d(\.\d+)?[eE]\+?\d+$")
 
 
@@ -241,6 +245,13 @@ def normalize_phone(value: str, region: str) -> str:
 
 def normalize_phone_parts(value: str, region: str) -> tuple[str, str | None]:
     """(E.164, extension or None): `+49 89 1234-0 ext 12` gives (`+498912340`, `12`)."""
+    e164, extension, _ = phone_parts_and_region(value, region)
+    return e164, extension
+
+
+@functools.lru_cache(maxsize=16_384)  # an upload checks a row's number, then normalizes it
+def phone_parts_and_region(value: str, region: str) -> tuple[str, str | None, str | None]:
+    """`normalize_phone_parts` and the region the number belongs to, from one parse."""
     candidate = unicodedata.normalize("NFKC", value).strip()
     if _SCIENTIFIC.match(candidate):
         raise ValueError(
@@ -256,7 +267,7 @@ def normalize_phone_parts(value: str, region: str) -> tuple[str, str | None]:
     if not phonenumbers.is_valid_number(number):
         raise ValueError(f"not a valid phone number for region {region}")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return e164, number.extension or None
+    return e164, number.extension or None, phonenumbers.region_code_for_number(number) or None
 
 
 def phone_match_key(phone: str | None, extension: str | None) -> str | None:
@@ -285,6 +296,7 @@ def normalize_country(value: str) -> str | None:
     return str(country.alpha_2)
 
 
+@functools.lru_cache(maxsize=16_384)  # the same companies come back row after row
 def company_key(value: str) -> str | None:
     """The company for matching: `Fabrikam, S.A.` and `FABRIKAM` give `fabrikam`.
 
@@ -293,7 +305,7 @@ def company_key(value: str) -> str | None:
     """
     text = _BRACKETED.sub(" ", unicodedata.normalize("NFKC", value).lower())
     text = text.replace(".", "").replace("&", " and ")
-    text = re.sub(r"[^\w\s]", " ", text)
+    text = _PUNCTUATION.sub(" ", text)
     tokens = text.split()
     while len(tokens) > 1 and tokens[-1] in _LEGAL_SUFFIXES:
         tokens.pop()
@@ -366,7 +378,7 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
         if country is None:
             extra["country_raw"] = canonical["country"]
 
-    email = phone = phone_extension = None
+    email = phone = phone_extension = phone_region = None
     if "email" in canonical:
         try:
             email = normalize_email(canonical["email"])
@@ -374,7 +386,7 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
             problems["email"] = str(exc)
     if "phone" in canonical:
         try:
-            phone, phone_extension = normalize_phone_parts(
+            phone, phone_extension, phone_region = phone_parts_and_region(
                 canonical["phone"], country or default_region
             )
         except ValueError as exc:
@@ -392,7 +404,7 @@ def normalize_lead(raw: RawLead, *, default_region: str, now: datetime | None = 
     consent = None
     if country is None and phone is not None:
         # A number with a country code says where the person is when the form did not.
-        country = phonenumbers.region_code_for_number(phonenumbers.parse(phone)) or None
+        country = phone_region
 
     if "consent" in canonical:
         consent = parse_consent(canonical["consent"])
