@@ -49,6 +49,9 @@ _LATENCY_KEYS = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
 _CPU_ROLES = ("server", "broker", "load generator", "other programs")
 HEALTHZ = "GET /healthz"
 WEB_FORM = "POST /v1/leads/web"
+BENCH_FORM = "contact-us"  # of the bundled config/forms.yaml
+BENCH_FORM_TOKEN = "pk_contact_us_3f9a"  # noqa: S105 - a form's public token, in its page
+BENCH_FORM_ORIGIN = "https://www.example.com"
 
 _EN_GIVEN = ("Ada", "Grace", "Alan", "Margaret", "Edsger", "Barbara", "Ken", "Frances", "Donald")
 _EN_FAMILY = ("Lovelace", "Hopper", "Turing", "Hamilton", "Dijkstra", "Liskov", "Thompson", "Allen")
@@ -311,12 +314,17 @@ def _run_phase(
     headers = (
         {
             "Content-Type": "application/json",
-            "Origin": "https://www.example.com",
+            # A browser's post from the form's page: its public token and an origin the
+            # form lists in config/forms.yaml (without them every answer is a 401).
+            "Origin": BENCH_FORM_ORIGIN,
+            "X-Form-Token": BENCH_FORM_TOKEN,
             "User-Agent": "leadflow-bench",
         }
         if forms
         else {"User-Agent": "leadflow-bench"}
     )
+    if forms:
+        path += f"?form_id={BENCH_FORM}"
     pipes: list[Connection] = []
     workers: list[BaseProcess] = []
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]

@@ -126,3 +126,15 @@ def test_bodies_mix_chinese_and_english_names_and_labels() -> None:
     assert {lead.country for lead in leads} >= {"CN", "US", "SG", "DE"}
     raw_labels = {key for b in BODIES for key in json.loads(b.body)}
     assert {"姓名", "手机", "邮箱", "Email", "mobile", "utm_campaign"} <= raw_labels
+
+
+def test_the_bench_posts_as_a_browser_the_bundled_form_accepts() -> None:
+    """Without the form's token and origin every post is a 401, and the bench would measure
+    refusals (it did, for a while)."""
+    from ingest_adapters.form_guard import check_credentials
+    from leadflow.bench_ingest import BENCH_FORM, BENCH_FORM_ORIGIN, BENCH_FORM_TOKEN
+    from streams.rules import load_rules
+
+    headers = {"X-Form-Token": BENCH_FORM_TOKEN, "Origin": BENCH_FORM_ORIGIN}
+    forms = load_rules().forms
+    assert check_credentials(BENCH_FORM, headers, {}, forms, keyed=False) == f"token:{BENCH_FORM}"
