@@ -17,6 +17,8 @@ def check(rows: list[dict[str, Any]]) -> None:
     print("\n" + table(rows))  # the drill's report, shown with -s
     out = os.environ.get("CHAOS_REPORT")
     if out:
+        # Written before the checks, so a failed drill still leaves its report.
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
         assert row["lost"] == 0, row
