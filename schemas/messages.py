@@ -19,7 +19,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
 
 from schemas.events import CrmEvent
 from schemas.lead_state import Engagement, IdentityProbe, LeadState, MergeRecord
@@ -45,7 +53,17 @@ class EraseKey(_Message):
     phones: list[str] = Field(default_factory=list, description="E.164, or with `;ext=`.")
 
 
-IdentityMessage = Annotated[IdentityProbe | EraseKey, Field(discriminator="type")]
+def _identity_kind(value: Any) -> str:
+    """A probe written before probes named their type has none: it is a probe."""
+    if isinstance(value, dict):
+        return str(value.get("type", "probe"))
+    return str(getattr(value, "type", "probe"))
+
+
+IdentityMessage = Annotated[
+    Annotated[IdentityProbe, Tag("probe")] | Annotated[EraseKey, Tag("erase")],
+    Discriminator(_identity_kind),
+]
 
 
 # --- lead.updates --------------------------------------------------------------------------
@@ -204,6 +222,17 @@ class RouteRequest(_Message):
     rule: str
     team: str
     lead: RoutingSubject
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_whole_state(cls, data: Any) -> Any:
+        """A request an older worker wrote carries the whole lead state: routing takes
+        what it decides on from it, so requests in flight over an upgrade still route."""
+        if isinstance(data, dict) and "state" in data and "lead" not in data:
+            state = LeadState.model_validate(data["state"])
+            data = {k: v for k, v in data.items() if k != "state"}
+            data["lead"] = RoutingSubject.of(state)
+        return data
 
 
 class AcceptedNotice(_Message):
