@@ -214,6 +214,9 @@ async def test_resending_the_same_events_changes_no_number(loaded: ClickHouse) -
     assert after == before
 
 
+NOTE = "<b>call</b> after 3pm\n想看演示"  # markup that must stay text on the page
+
+
 @pytest.fixture
 async def dashboard_stack(stack: Stack) -> Stack:
     """A running stack with three leads, one converted to a deal at `proposal`."""
@@ -224,6 +227,8 @@ async def dashboard_stack(stack: Stack) -> Stack:
 async def play_three_leads(stack: Stack) -> None:
     for n, country in enumerate(("US", "CN", "GB")):
         fields = {"name": f"Lead {n}", "email": f"lead{n}@example.com", "country": country}
+        if n == 1:
+            fields["message"] = NOTE
         assert stack.post_json(fields)[0] == 202
     for _ in range(120):
         leads = stack.leads()["leads"]
@@ -367,6 +372,18 @@ def test_dashboard_renders_what_the_api_returns(dashboard_stack: Stack) -> None:
         assert f'<td class="weighted">{row["weighted_amount"]:,.0f}</td>' in dom, row
     filtered = render(f"{dashboard_stack.base_url}/dashboard?{query}&owner=nobody{key}")
     assert '<tr data-stage="new">' not in filtered  # a filter keeps only its group
+
+    # Latest leads and their notes: personal data, shown only to a key with read:pii.
+    assert "a key with read:pii shows the latest leads" in dom
+    assert "data-lead=" not in dom
+    personal = render(f"{dashboard_stack.base_url}/dashboard?{query}#key={KEYS['admin']}")
+    assert 'data-loaded="yes"' in personal
+    leads = dashboard_stack.leads()["leads"]
+    for lead in leads:
+        assert f'data-lead="{lead["lead_id"]}"' in personal
+    # The note's markup is text (escaped by the DOM), its line break kept.
+    assert "&lt;b&gt;call&lt;/b&gt; after 3pm\n想看演示" in personal
+    assert "<b>call</b>" not in personal
 
 
 def test_query_bench_compares_views_with_the_raw_table(tmp_path: Path) -> None:
