@@ -294,22 +294,31 @@ def cmd_duplicates(settings: Settings, args: argparse.Namespace, console: Consol
     return 0
 
 
-def _post_server(
-    settings: Settings, args: argparse.Namespace, path: str, body: dict[str, Any] | None
-) -> tuple[int, dict[str, Any]]:
+def _post_command(
+    settings: Settings,
+    args: argparse.Namespace,
+    verb: str,
+    body: dict[str, Any] | None,
+    console: Console,
+) -> dict[str, Any] | None:
+    """POST `/v1/leads/{args.lead_id}/{verb}` to the running server: its 202 answer, or
+    None once the refusal was printed."""
     from leadflow.stack import http_json
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    path = f"/v1/leads/{urllib.parse.quote(args.lead_id, safe='')}/{verb}"
     headers = {"Content-Type": "application/json", **_key_header(settings)}
     data = json.dumps(body).encode() if body is not None else None
-    return http_json("POST", base + path, data, headers)
+    status, answer = http_json("POST", base + path, data, headers)
+    if status != 202:
+        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+        return None
+    return answer
 
 
 def cmd_merge(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    path = f"/v1/leads/{urllib.parse.quote(args.lead_id, safe='')}/merge"
-    status, answer = _post_server(settings, args, path, {"with": args.other})
-    if status != 202:
-        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+    answer = _post_command(settings, args, "merge", {"with": args.other}, console)
+    if answer is None:
         return 1
     console.print(
         f"merging {answer['merged_id']} into {answer['survivor_id']} (the lead that came "
@@ -319,10 +328,8 @@ def cmd_merge(settings: Settings, args: argparse.Namespace, console: Console) ->
 
 
 def cmd_unmerge(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    path = f"/v1/leads/{urllib.parse.quote(args.lead_id, safe='')}/unmerge"
-    status, answer = _post_server(settings, args, path, None)
-    if status != 202:
-        console.print(f"[red]{status}[/] {answer.get('message', answer)}")
+    answer = _post_command(settings, args, "unmerge", None, console)
+    if answer is None:
         return 1
     console.print(
         f"unmerging {answer['lead_id']} from {answer['survivor_id']}: both leads come back "

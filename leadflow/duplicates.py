@@ -48,7 +48,7 @@ from schemas import MergeRecord
 from schemas.messages import MergeCommand, UnmergeCommand
 from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
-from sinks.clickhouse.query_api import _deep_jsonable, _limit, json_answer
+from sinks.clickhouse.query_api import deep_jsonable, json_answer, limit_param
 
 _PERSON = "lead_id, full_name, email, phone, company, first_seen, owner, stage"
 MAX_LEAD_ID_CHARS = 200
@@ -131,7 +131,7 @@ class DuplicateRoutes:
             app.router.add_post("/v1/leads/{lead_id}/unmerge", self.post_unmerge)
 
     async def get_duplicates(self, request: web.Request) -> web.Response:
-        limit = _limit(request)
+        limit = limit_param(request)
         pairs = await suggested_pairs(self._clickhouse, limit)
         await audit.record(
             self._clickhouse,
@@ -142,7 +142,7 @@ class DuplicateRoutes:
             lead_ids=sorted({p[side]["lead_id"] for p in pairs for side in ("lead", "other")}),
             rows=len(pairs),
         )
-        return json_answer({"duplicates": _deep_jsonable(pairs)})
+        return json_answer({"duplicates": deep_jsonable(pairs)})
 
     async def _refuse(
         self, request: web.Request, status: int, error: BadRecordError, body: bytes

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from aiohttp import web
@@ -38,16 +38,7 @@ Action = Literal[
     "merge",
     "unmerge",
 ]
-ACTIONS: tuple[Action, ...] = (
-    "erase",
-    "erase_dry_run",
-    "read_leads",
-    "read_explain",
-    "read_dead_letters",
-    "read_duplicates",
-    "merge",
-    "unmerge",
-)
+ACTIONS: tuple[Action, ...] = get_args(Action)
 COLUMNS = [
     "audit_id", "at", "key_id", "key_name", "action", "route", "target", "lead_hashes", "rows",
     "detail",

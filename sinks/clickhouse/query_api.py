@@ -52,11 +52,11 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _iso_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
-def _deep_jsonable(value: Any) -> Any:
+def deep_jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _deep_jsonable(v) for k, v in value.items()}
+        return {k: deep_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_deep_jsonable(v) for v in value]
+        return [deep_jsonable(v) for v in value]
     if isinstance(value, datetime):
         return _iso_utc(value)
     return value
@@ -96,7 +96,7 @@ def _whole(request: web.Request, name: str, default: int, low: int, high: int) -
     return int(raw)
 
 
-def _limit(request: web.Request) -> int:
+def limit_param(request: web.Request) -> int:
     return _whole(request, "limit", 100, 1, 10_000)
 
 
@@ -128,7 +128,7 @@ class QueryRoutes:
 
     async def get_leads(self, request: web.Request) -> web.Response:
         email, phone = _text(request, "email"), _text(request, "phone")
-        lead_id, limit = _text(request, "lead_id"), _limit(request)
+        lead_id, limit = _text(request, "lead_id"), limit_param(request)
         rows = await queries.find_leads(
             self._clickhouse, email=email, phone=phone, lead_id=lead_id, limit=limit
         )
@@ -147,7 +147,7 @@ class QueryRoutes:
             lead_ids=[r["lead_id"] for r in rows],
             rows=len(rows),
         )
-        return json_answer({"total": total, "leads": [_deep_jsonable(r) for r in rows]})
+        return json_answer({"total": total, "leads": [deep_jsonable(r) for r in rows]})
 
     async def get_explain(self, request: web.Request) -> web.Response:
         requested = request.match_info["lead_id"]
@@ -164,7 +164,7 @@ class QueryRoutes:
         )
         if explained is None:
             raise web.HTTPNotFound(reason="no lead with this id")
-        return json_answer(_deep_jsonable(explained))
+        return json_answer(deep_jsonable(explained))
 
     async def get_funnel(self, request: web.Request) -> web.Response:
         """?from=&to= (ISO times, to exclusive) [&by=source] [&mode=any|strict]
@@ -188,22 +188,22 @@ class QueryRoutes:
                 window_days=window,
                 by=by,
             )
-        return json_answer(_deep_jsonable(answer))
+        return json_answer(deep_jsonable(answer))
 
     async def get_pipeline(self, request: web.Request) -> web.Response:
         """[?as_of=ISO time] [&by=owner]"""
         answer = await funnel.pipeline(
             self._clickhouse, as_of=_time(request, "as_of"), by=_by(request)
         )
-        return json_answer(_deep_jsonable(answer))
+        return json_answer(deep_jsonable(answer))
 
     async def get_stagnant(self, request: web.Request) -> web.Response:
         """?days=N: open leads whose latest move is older than N days."""
         days = _whole(request, "days", 14, 1, 3650)
         rows = await funnel.stagnant(
-            self._clickhouse, days=days, now=datetime.now(UTC), limit=_limit(request)
+            self._clickhouse, days=days, now=datetime.now(UTC), limit=limit_param(request)
         )
-        return json_answer({"days": days, "leads": [_deep_jsonable(r) for r in rows]})
+        return json_answer({"days": days, "leads": [deep_jsonable(r) for r in rows]})
 
     async def get_dashboard(self, _: web.Request) -> web.Response:
         """The funnel and pipeline page for people; it reads the two JSON routes above."""
@@ -211,7 +211,7 @@ class QueryRoutes:
         return web.Response(text=page, content_type="text/html")
 
     async def get_dead_letters(self, request: web.Request) -> web.Response:
-        stage, limit = _text(request, "stage", 100), _limit(request)
+        stage, limit = _text(request, "stage", 100), limit_param(request)
         rows = await queries.recent_dead_letters(self._clickhouse, stage=stage, limit=limit)
         await audit.record(
             self._clickhouse,
@@ -237,6 +237,6 @@ class QueryRoutes:
             identifier=_text(request, "identifier"),
             start=_time(request, "from"),
             end=_time(request, "to"),
-            limit=_limit(request),
+            limit=limit_param(request),
         )
         return json_answer({"entries": [_jsonable(r) for r in rows]})

@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from leadflow.erase import EraseRequest, parse_erase_request
 from leadflow.errors import BadRecordError
-from sinks.clickhouse.query_api import _limit, _whole, finite, json_answer
+from sinks.clickhouse.query_api import _whole, finite, json_answer, limit_param
 
 
 def request(query: str) -> web.Request:
@@ -40,17 +40,17 @@ def request(query: str) -> web.Request:
 )
 def test_limit_refuses_anything_but_ascii_digits_in_range(raw: str) -> None:
     with pytest.raises(web.HTTPBadRequest) as refused:
-        _limit(request(f"limit={raw}"))
+        limit_param(request(f"limit={raw}"))
     assert "limit must be a whole number from 1 to 10000" in refused.value.reason
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("10000", 10000), ("0042", 42)])
 def test_limit_takes_ascii_whole_numbers(raw: str, expected: int) -> None:
-    assert _limit(request(f"limit={raw}")) == expected
+    assert limit_param(request(f"limit={raw}")) == expected
 
 
 def test_limit_defaults_to_100() -> None:
-    assert _limit(request("")) == 100
+    assert limit_param(request("")) == 100
 
 
 @pytest.mark.parametrize("raw", ["²", "１４", "-3", "3651", "1" * 40])
