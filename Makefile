@@ -62,7 +62,7 @@ bench: $(STAMP)         ## benchmarks (figures printed and written to bench-resu
 	$(BIN)/leadflow bench queries
 	$(BIN)/leadflow bench upload
 	$(BIN)/leadflow bench ingest --out bench-results/ingest.json
-	$(BIN)/leadflow bench pipeline --persons 8000 --latency-seconds 5 --out bench-results/pipeline.json
+	$(BIN)/leadflow bench pipeline --persons 8000 --frames on,off --latency-seconds 5 --out bench-results/pipeline.json
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start

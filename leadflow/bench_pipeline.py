@@ -9,6 +9,10 @@ Runs on a broker of its own and the real processes (worker(s) and a
    has committed to the log end gives leads/s with every stage on. Beside it,
    in the same run, a bare aiokafka consumer drains the same topic.
 2. **Scale-out**: the same with 2 workers (fresh topics and state).
+   `--frames on,off` runs each worker count twice, with the stream core's
+   own topics carrying frames of records (streams/frames.py) and with every
+   record a message of its own; the Kafka messages written per lead (every
+   topic but `leads.raw`, changelogs included) are counted from the log ends.
 3. **Latency**: envelopes published at a steady offered rate, stamped when
    sent; a lead's latency is its first row's `inserted_at` minus that stamp.
 4. **State**: the worker's peak RSS and the size of its RocksDB folder,
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
@@ -76,7 +81,14 @@ def percentile(values: list[float], share: float) -> float:
 class Run:
     """A broker-backed stack on its own topics: `workers` workers and one sink server."""
 
-    def __init__(self, broker: LocalKafka, home: Path, prefix: str, partitions: int) -> None:
+    def __init__(
+        self,
+        broker: LocalKafka,
+        home: Path,
+        prefix: str,
+        partitions: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.broker = broker
         self.home = home
         self.prefix = prefix
@@ -92,6 +104,7 @@ class Run:
             "LEADFLOW_DATA_DIR": str(home),
             "HTTP_PORT": str(self.port),
             "CLICKHOUSE_FLUSH_INTERVAL_S": "0.2",
+            **(extra_env or {}),
         }
         self.env.pop("CLICKHOUSE_DSN", None)
         # A key of its own for reading back (the server refuses every call without one).
@@ -183,6 +196,34 @@ class Run:
             time.sleep(0.5)
         raise RuntimeError("the pipeline did not drain")
 
+    async def messages_written(self) -> dict[str, int]:
+        """Messages in each of the run's topics (log end offsets summed over partitions)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith(self.prefix)]
+            described = await admin.describe_topics(names)
+        finally:
+            await admin.close()
+        parts = [
+            TopicPartition(topic["topic"], part["partition"])
+            for topic in described
+            for part in topic["partitions"]
+        ]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.broker.bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(parts) if parts else {}
+        finally:
+            await consumer.stop()
+        written: dict[str, int] = {}
+        for tp, end in ends.items():
+            name = tp.topic[len(self.prefix) :]
+            written[name] = written.get(name, 0) + end
+        return written
+
     def worker_peaks(self) -> tuple[float, float]:
         """(peak RSS MB of the largest worker, RocksDB MB over all workers)."""
         rss = max(_vm_kib(c.process.pid, "VmHWM") for c in self.children if "worker" in c.name)
@@ -250,6 +291,7 @@ def bench_pipeline(
     out: Path | None,
     console: Console,
     worker_counts: tuple[int, ...] = (1, 2),
+    frame_modes: tuple[bool, ...] = (True,),
 ) -> dict[str, Any]:
     sample = generate(persons, duplicate_share=0.3, seed=11)
     envelopes = sample.envelopes
@@ -270,8 +312,15 @@ def bench_pipeline(
         with console.status("starting a broker for the run ..."):
             broker.start()
         try:
-            for workers in worker_counts:
-                run = Run(broker, home / f"w{workers}", f"bench{workers}.", partitions)
+            for workers, framed in [(w, f) for w in worker_counts for f in frame_modes]:
+                mode = "frames" if framed else "no-frames"
+                run = Run(
+                    broker,
+                    home / f"w{workers}-{mode}",
+                    f"bench{workers}{mode}.",
+                    partitions,
+                    None if framed else {"WORKER_FRAME_MAX_BYTES": "0"},
+                )
                 with console.status(f"{workers} worker(s): starting ..."), run.running(workers):
                     started = time.perf_counter()
                     with console.status(f"{workers} worker(s): {len(envelopes):,} leads ..."):
@@ -279,6 +328,8 @@ def bench_pipeline(
                         finished = run.wait_drained()
                     elapsed = finished - started
                     rss_mb, state_mb = run.worker_peaks()
+                    written = asyncio.run(run.messages_written())
+                    written.pop("leads.raw", None)
                     people = run.leads()
                     found = run.people()
                     problems = None if found is None else differences(expected, found, shown=10**9)
@@ -289,6 +340,9 @@ def bench_pipeline(
                     )
                     entry = {
                         "workers": workers,
+                        "frames": framed,
+                        "messages_per_lead": round(sum(written.values()) / len(envelopes), 2),
+                        "messages_by_topic": written,
                         "leads_per_s": round(len(envelopes) / elapsed),
                         "seconds": round(elapsed, 1),
                         "publish_seconds": round(publish_s, 1),
@@ -351,13 +405,24 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         title=f"leads.raw → ClickHouse, {report['envelopes']:,} envelopes "
         f"({report['persons']:,} people), {report['partitions']} partitions"
     )
-    columns = ("workers", "leads/s", "bare consumer", "ratio", "peak RSS", "state / 1M leads")
+    columns = (
+        "workers",
+        "frames",
+        "leads/s",
+        "messages / lead",
+        "bare consumer",
+        "ratio",
+        "peak RSS",
+        "state / 1M leads",
+    )
     for column in (*columns, "people (oracle)", "differences"):
         table.add_column(column, justify="right")
     for r in report["runs"]:
         table.add_row(
             str(r["workers"]),
+            "on" if r.get("frames", True) else "off",
             f"{r['leads_per_s']:,}",
+            str(r.get("messages_per_lead", "")),
             f"{r['bare_consumer_leads_per_s']:,}/s",
             f"{r['ratio_to_bare']:.3f}",
             f"{r['worker_peak_rss_mb']} MB",

@@ -388,6 +388,10 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
     if args.suite == "pipeline":
         from leadflow.bench_pipeline import bench_pipeline
 
+        modes = [mode.strip() for mode in args.frames.split(",")]
+        if not modes or set(modes) - {"on", "off"}:
+            console.print(f"[red]--frames takes on, off or on,off; not {args.frames!r}[/]")
+            return 2
         bench_pipeline(
             args.persons,
             args.partitions,
@@ -396,6 +400,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
             args.out or Path("bench-results/pipeline.json"),
             console,
             tuple(int(n) for n in args.workers.split(",")),
+            tuple(mode == "on" for mode in modes),
         )
         return 0
     if args.suite == "ingest":
@@ -633,6 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         default="1,2",
         help="pipeline: worker counts to run, comma-separated (each checked against the oracle)",
+    )
+    bench.add_argument(
+        "--frames",
+        default="on",
+        help="pipeline: `on`, `off` or `on,off`: records of the stream core's own topics in "
+        "frames, or each a message of its own (side by side in one run)",
     )
     bench.add_argument(
         "--latency-rate", type=float, default=2000.0, help="pipeline: offered leads/s for latency"

@@ -316,6 +316,11 @@ class WorkerSettings(_Section):
     batch_within_s: Annotated[float, Field(gt=0)] = Field(
         default=0.02, description="How long an agent waits to fill a batch before it works."
     )
+    frame_max_bytes: Annotated[int, Field(ge=0, le=900_000)] = Field(
+        default=262_144,
+        description="Largest frame of records an agent sends to one partition of the stream "
+        "core's own topics (streams/frames.py); 0 sends every record as its own message.",
+    )
 
 
 class Settings(BaseSettings):

@@ -12,6 +12,10 @@ Python finds every shape in `leadflow schemas`.
   `EngagementUpdate`, `AcceptUpdate`, `CrmUpdate`, `EraseLead`.
 - `routing.requests` (key: the team): `RouteRequest`, `AcceptedNotice`,
   `SlaTick`.
+
+On these three topics a Kafka message may also be a frame of several such
+records for one partition (`streams/frames.py`); each record inside is one of
+the messages above, byte for byte.
 """
 
 from __future__ import annotations

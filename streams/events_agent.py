@@ -65,7 +65,7 @@ def register(
 
     async def take_events(stream: Any) -> None:
         await suppressed.wait_loaded()
-        await run_batches(stream, settings.worker, take_one)
+        await run_batches(stream, settings, take_one)
 
     def take_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
         result: IdentityProbe | EngagementUpdate | AcceptUpdate | CrmUpdate

@@ -56,7 +56,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     index = json_table(app, "identity_index", settings.kafka.partitions)
 
     async def resolve_identity(stream: Any) -> None:
-        await run_batches(stream, settings.worker, resolve_one, index)
+        await run_batches(stream, settings, resolve_one, index)
 
     def resolve_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None

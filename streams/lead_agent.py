@@ -499,7 +499,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     table = json_table(app, "lead_state", settings.kafka.partitions)
 
     async def fold_leads(stream: Any) -> None:
-        await run_batches(stream, settings.worker, fold_one, table)
+        await run_batches(stream, settings, fold_one, table)
 
     def fold_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None

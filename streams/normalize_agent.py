@@ -84,7 +84,7 @@ def register(
 
     async def normalize_leads(stream: Any) -> None:
         await suppressed.wait_loaded()
-        await run_batches(stream, settings.worker, normalize_one)
+        await run_batches(stream, settings, normalize_one)
 
     def normalize_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
         message = event.message

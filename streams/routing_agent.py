@@ -237,7 +237,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     table = json_table(app, "team_state", settings.kafka.partitions)
 
     async def assign_owners(stream: Any) -> None:
-        await run_batches(stream, settings.worker, assign_one, table)
+        await run_batches(stream, settings, assign_one, table)
 
     def assign_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         try:

@@ -33,7 +33,9 @@ import faust.streams
 from aiokafka.errors import KafkaError
 
 from leadflow.dead_letters import dead_letter_for_record
-from leadflow.settings import WorkerSettings
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from streams.frames import FrameBuilder, partition_for, records_of
 
 log = logging.getLogger(__name__)
 EXIT_STAGE_FAILED = 70  # EX_SOFTWARE
@@ -55,14 +57,57 @@ def json_table(app: faust.App, name: str, partitions: int) -> Any:
     return app.Table(name, default=None, partitions=partitions)
 
 
-class Outbox:
-    """The messages one batch sends, in the order its events asked for them."""
+class Framing:
+    """Which topics carry frames (`streams.frames`), their partition count, and how
+    large a frame may grow. `max_bytes` 0 sends every record alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, topics: frozenset[str], partitions: int, max_bytes: int) -> None:
+        self.topics = topics if max_bytes > 0 else frozenset()
+        self.partitions = partitions
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def of(cls, settings: Settings) -> Framing:
+        """The stream core's own topics; Faust refuses to start when one of them has
+        another partition count than its table, so `KAFKA_PARTITIONS` is theirs."""
+        topics = Topics(settings.kafka.topic_prefix)
+        return cls(
+            frozenset((topics.identity_keys, topics.lead_updates, topics.routing_requests)),
+            settings.kafka.partitions,
+            settings.worker.frame_max_bytes,
+        )
+
+
+class Outbox:
+    """The messages one batch sends, in the order its events asked for them.
+
+    Records for a framed topic are gathered per partition into frames; a frame
+    that would pass `max_bytes` is closed and the next one opened behind it."""
+
+    def __init__(self, framing: Framing | None = None) -> None:
         self.sends: list[tuple[Any, bytes, bytes]] = []
+        self.frames: list[FrameBuilder] = []
+        self._framing = framing
+        self._open: dict[tuple[str, int], FrameBuilder] = {}
 
     def add(self, topic: Any, key: str | bytes, value: bytes) -> None:
-        self.sends.append((topic, key.encode() if isinstance(key, str) else key, value))
+        key = key.encode() if isinstance(key, str) else key
+        framing = self._framing
+        if framing is not None and framing.topics:
+            name = topic.get_topic_name()
+            if name in framing.topics:
+                partition = partition_for(key, framing.partitions)
+                frame = self._open.get((name, partition))
+                if frame is None or not frame.fits(key, value, framing.max_bytes):
+                    frame = FrameBuilder(topic, partition)
+                    self._open[(name, partition)] = frame
+                    self.frames.append(frame)
+                frame.add(key, value)
+                return
+        self.sends.append((topic, key, value))
+
+    def __len__(self) -> int:
+        return len(self.sends) + sum(frame.count for frame in self.frames)
 
     def dead_letter(self, dlq: Any, stage: str, event: Any, error: Exception) -> None:
         """The event's dead letter; Faust's message carries the raw key and value."""
@@ -89,6 +134,14 @@ class Outbox:
             producer = topic.app.producer
             pending.append(
                 await producer.send(topic.get_topic_name(), key, value, None, None, None)
+            )
+        for frame in self.frames:
+            key, value = frame.message()
+            producer = frame.topic.app.producer
+            pending.append(
+                await producer.send(
+                    frame.topic.get_topic_name(), key, value, frame.partition, None, None
+                )
             )
         await asyncio.gather(*pending)
 
@@ -155,23 +208,31 @@ class StagedTable:
 
 async def run_batches(
     stream: Any,
-    worker: WorkerSettings,
+    settings: Settings,
     step: Callable[[Any, StagedTable | None, Outbox], None],
     table: Any = None,
 ) -> None:
-    """The body of a batched agent: `step(event, staged_table, outbox)` for each event,
-    then deliver the outbox, then write the table (see the module's docstring)."""
+    """The body of a batched agent: `step(record, staged_table, outbox)` for each record
+    (each event, or each record of a frame), then deliver the outbox, then write the
+    table (see the module's docstring)."""
+    worker = settings.worker
+    framing = Framing.of(settings)
     # noack_take: Faust's take_events acknowledges a batch when its generator closes,
     # even if the agent was cancelled (a SIGTERM, a rebalance) halfway through sending;
     # here a batch is acknowledged only below, once its outputs and state are in.
     async for events in stream.noack_take(worker.batch_size, worker.batch_within_s):
         staged = StagedTable(table) if table is not None else None
-        outbox = Outbox()
+        outbox = Outbox(framing)
         try:
             for event in events:
                 if staged is not None:
+                    # Every record of a frame belongs to the frame's partition.
                     staged.event = event
-                step(event, staged, outbox)
+                if event.message.topic in framing.topics:
+                    for record in records_of(event):
+                        step(record, staged, outbox)
+                else:
+                    step(event, staged, outbox)
         except Exception:
             # A bug, not bad input (steps dead-letter that). Faust would acknowledge the
             # batch and commit past it; dying like a kill -9 leaves it uncommitted, and
@@ -203,7 +264,7 @@ async def deliver_until_acknowledged(outbox: Outbox, backoff_max_s: float = 10.0
         except KafkaError as exc:
             log.warning(
                 "sending a batch's %d outputs failed (%r); again in %.1fs",
-                len(outbox.sends),
+                len(outbox),
                 exc,
                 backoff,
             )

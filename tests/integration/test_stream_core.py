@@ -25,6 +25,7 @@ from leadflow.kafka_clients import make_producer
 from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
 from schemas import CallEvent, CrmEvent, DeadLetter, EngagementEvent
+from streams.frames import MAGIC, partition_for, unframe
 from streams.rules import Rules, load_rules
 from tests.integration.processes import Stack, read_topic, start_stack
 from tests.keys import ADMIN_KEY
@@ -108,6 +109,12 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
 
     leads = settled_leads(two_workers, len(groups))
     check(leads, groups, rules)
+    # The identity hops travelled in frames, each on the partition of its records' keys.
+    hops = await read_topic(two_workers.bootstrap, two_workers.topics.identity_keys, 1)
+    frames = [m for m in hops if m.value.startswith(MAGIC)]
+    assert frames, "no frame on identity.keys"
+    for message in frames:
+        assert {partition_for(k, 4) for k, _ in unframe(message.value)} == {message.partition}
     # Chinese leads reach the China teams, others the global ones.
     by_country = {(lead["country"], lead["team"]) for lead in leads}
     assert all(team.startswith("china") for country, team in by_country if country == "CN")

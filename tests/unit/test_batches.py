@@ -13,7 +13,7 @@ import faust.streams
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from leadflow.settings import WorkerSettings
+from leadflow.settings import Settings
 from streams.app import CLEAN_STOP_MARK, prepare_state_dir
 from streams.stall_guard import StallGuard, never_committed
 from streams.wiring import EXIT_STAGE_FAILED, Outbox, StagedTable, run_batches
@@ -138,7 +138,7 @@ def test_a_batch_writes_its_state_only_after_every_output_was_acknowledged() -> 
         [_event(0, b"a"), _event(1, b"b"), _event(0, b"a")],
         [_event(1, b"b")],
     ]
-    worker = WorkerSettings()
+    worker = Settings()
     asyncio.run(run_batches(FakeStream(batches, journal), worker, step, table))
 
     assert table == {"a": 2, "b": 2}
@@ -169,7 +169,7 @@ def test_a_stateless_batch_delivers_in_order_and_dead_letters_travel_with_it() -
             out.add(topic, event.key, b"ok")
 
     batch = [_event(0, b"one"), _event(0, b"two", b"bad"), _event(0, b"three")]
-    asyncio.run(run_batches(FakeStream([batch]), WorkerSettings(), step))
+    asyncio.run(run_batches(FakeStream([batch]), Settings(), step))
     assert journal[0] == "acked one"
     assert journal[2] == "acked three"
     assert journal[1].startswith("acked ")
@@ -218,7 +218,7 @@ def test_outputs_that_kafka_refused_are_sent_again_before_the_state_is_written()
         out.add(topic, event.key, b"v")
 
     batch = [_event(0, b"a"), _event(0, b"b")]
-    asyncio.run(run_batches(FakeStream([batch]), WorkerSettings(), step, table))
+    asyncio.run(run_batches(FakeStream([batch]), Settings(), step, table))
     assert journal[0] == "failed a"
     assert journal[-2:] == ["write a", "write b"]
     assert "acked a" in journal
@@ -248,7 +248,7 @@ def test_a_stage_bug_stops_the_worker_before_anything_is_sent_or_written(
 
     batch = [_event(0, b"a"), _event(0, b"b")]
     with pytest.raises(SystemExit):
-        asyncio.run(run_batches(FakeStream([batch], journal), WorkerSettings(), step, table))
+        asyncio.run(run_batches(FakeStream([batch], journal), Settings(), step, table))
     assert exits == [EXIT_STAGE_FAILED]
     # Nothing sent, written or acknowledged: the batch replays on the next start.
     assert journal == []
@@ -271,7 +271,7 @@ def test_a_batch_cancelled_while_sending_is_not_acknowledged() -> None:
 
     async def stop_midway() -> None:
         agent = asyncio.create_task(
-            run_batches(FakeStream([[_event(0, b"a")]], journal), WorkerSettings(), step, table)
+            run_batches(FakeStream([[_event(0, b"a")]], journal), Settings(), step, table)
         )
         await asyncio.sleep(0.05)
         agent.cancel()  # what a SIGTERM or a rebalance does to an agent
