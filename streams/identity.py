@@ -31,7 +31,7 @@ import unicodedata
 from datetime import datetime
 from typing import Any
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from schemas import IdentityProbe, Lead, MatchRecord
 from schemas.lead_state import MAX_SUGGESTIONS, MatchKey
@@ -153,7 +153,8 @@ def visit_key(
         return resolved.model_copy(update={"keys": rest}), entry
 
     # Entries: [name, lead id, first seen, email, phone key] (older ones lack the last two).
-    names: list[list[Any]] = [list(n) for n in (entry or {}).get("names", [])]
+    # The entry may be the batch's own staged value: rows are copied before they change.
+    names: list[list[Any]] = list((entry or {}).get("names", []))
     mine = name_key(probe.lead.full_name or "")
     my_email = probe.lead.email
     my_phone = phone_match_key(probe.lead.phone, probe.lead.phone_extension)
@@ -162,12 +163,18 @@ def visit_key(
     adopted: list[int] = []
     suggestions: list[MatchRecord] = []
     duplicate = False
-    for index, item in enumerate(names):
+    # Only the similar names, compared in rapidfuzz's own loop, then taken in stored order.
+    similar = process.extract(
+        mine,
+        [item[0] for item in names],
+        scorer=fuzz.token_sort_ratio,
+        score_cutoff=threshold,
+        limit=None,
+    )
+    for _, similarity, index in sorted(similar, key=lambda found: found[2]):
+        item = names[index]
         other_name, other_id, other_seen = item[0], item[1], item[2]
         other_email, other_phone = (item[3], item[4]) if len(item) >= 5 else (None, None)
-        similarity = fuzz.token_sort_ratio(mine, other_name)
-        if similarity < threshold:
-            continue
         score = round(similarity, 1)
         if identifiers_disagree(my_email, my_phone, other_email, other_phone):
             suggestions.append(
@@ -188,7 +195,7 @@ def visit_key(
     # Every name this person went by points at the survivor: the earliest of them all.
     resolved_seen = resolved.first_seen.isoformat()
     for index in adopted:
-        names[index][1], names[index][2] = resolved.lead_id, resolved_seen
+        names[index] = [names[index][0], resolved.lead_id, resolved_seen, *names[index][3:]]
     if not duplicate:
         names.append([mine, resolved.lead_id, resolved_seen, my_email, my_phone])
     suggested = {r.matched_lead_id for r in suggestions} - {resolved.lead_id}
