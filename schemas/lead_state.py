@@ -20,6 +20,12 @@ MAX_SUGGESTIONS = 20
 MAX_NOTES = 50  # the newest kept; a person with more notes has a CRM record for them
 MAX_WARNINGS = 20  # the newest kept
 MAX_UNDOS = 50  # merges a survivor can still undo (`unmerge`); older ones stay merged
+# What a lead keeps of its history (docs/architecture.md, "Bounds"): the first touch and
+# the newest after it, the newest engagement (older points have decayed to nothing), and
+# the newest event ids (the window in which a replayed event is recognised).
+MAX_TOUCHES = 100
+MAX_ENGAGEMENTS = 200
+MAX_EVENT_IDS = 500
 
 
 class Touch(BaseModel):
@@ -209,9 +215,21 @@ class LeadState(BaseModel):
     field_channels: dict[str, str] = Field(
         default_factory=dict, description="Channel that supplied each merged field."
     )
-    event_ids: list[str] = Field(default_factory=list)
-    touches: list[Touch] = Field(default_factory=list)
-    engagements: list[Engagement] = Field(default_factory=list)
+    event_ids: list[str] = Field(
+        default_factory=list,
+        description="Events folded in, in processing order; the newest MAX_EVENT_IDS kept.",
+    )
+    touches: list[Touch] = Field(
+        default_factory=list,
+        description="Oldest first by occurred_at: the first touch and the newest "
+        "MAX_TOUCHES - 1 after it.",
+    )
+    touches_dropped: int = Field(
+        default=0, description="Touches left out between the first and the kept newest."
+    )
+    engagements: list[Engagement] = Field(
+        default_factory=list, description="The newest MAX_ENGAGEMENTS (by time)."
+    )
     notes: list[Note] = Field(
         default_factory=list, description="Free text, oldest first; the newest MAX_NOTES kept."
     )

@@ -137,7 +137,7 @@ class LeadRow(_Row):
             last_touch_source=last.source if last else "",
             last_touch_medium=last.medium if last else "",
             last_touch_campaign=last.campaign if last else "",
-            touch_count=len(state.touches),
+            touch_count=len(state.touches) + state.touches_dropped,
             touch_event_ids=[t.event_id for t in state.touches],
             touch_channels=[t.channel for t in state.touches],
             touch_sources=[t.source for t in state.touches],

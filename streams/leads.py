@@ -13,7 +13,17 @@ from datetime import datetime
 
 from leadflow.ids import stable_id
 from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
-from schemas.lead_state import MAX_NOTES, MAX_SUGGESTIONS, MAX_UNDOS, MAX_WARNINGS, MergeUndo, Note
+from schemas.lead_state import (
+    MAX_ENGAGEMENTS,
+    MAX_EVENT_IDS,
+    MAX_NOTES,
+    MAX_SUGGESTIONS,
+    MAX_TOUCHES,
+    MAX_UNDOS,
+    MAX_WARNINGS,
+    MergeUndo,
+    Note,
+)
 from streams.rules import Rules
 from streams.scoring import score_lead
 from streams.tagging import tag_source
@@ -88,6 +98,19 @@ def _add_warnings(state: LeadState, warnings: list[str]) -> None:
         state.warnings = [*state.warnings, *fresh][-MAX_WARNINGS:]
 
 
+def bound_history(state: LeadState) -> None:
+    """Keep the lists that grow with a person's activity within their bounds."""
+    if len(state.event_ids) > MAX_EVENT_IDS:
+        state.event_ids = state.event_ids[-MAX_EVENT_IDS:]
+    if len(state.touches) > MAX_TOUCHES:
+        dropped = len(state.touches) - MAX_TOUCHES
+        state.touches = [state.touches[0], *state.touches[dropped + 1 :]]
+        state.touches_dropped += dropped
+    if len(state.engagements) > MAX_ENGAGEMENTS:
+        newest = sorted(state.engagements, key=lambda e: (e.at, e.event_id))
+        state.engagements = newest[-MAX_ENGAGEMENTS:]
+
+
 def lead_notes(lead: Lead) -> list[Note]:
     """The free text a lead event brings (its message / note / comment field)."""
     if not lead.message:
@@ -139,6 +162,7 @@ def apply_lead(
     state.first_seen = min(state.first_seen, probe.first_seen)
     state.updated_at = now
     state.version += 1
+    bound_history(state)
     _rescore(state, rules)
     return state
 
@@ -216,6 +240,7 @@ def absorb(
     survivor.first_seen = min(survivor.first_seen, loser.first_seen)
     survivor.updated_at = now
     survivor.version += 1
+    bound_history(survivor)
     _rescore(survivor, rules)
     return survivor
 
@@ -289,6 +314,7 @@ def add_engagements(
     state.engagements.extend(fresh)
     state.updated_at = now
     state.version += 1
+    bound_history(state)
     _rescore(state, rules)
     return state
 

@@ -11,6 +11,8 @@ import yaml
 
 from leadflow.errors import BadRecordError, ConfigurationError
 from schemas import Engagement, Lead, LeadState, RawLead
+from schemas.lead_state import MAX_ENGAGEMENTS, MAX_EVENT_IDS, MAX_TOUCHES
+from schemas.rows import LeadRow
 from streams.identity import start_probe, visit_key
 from streams.leads import absorb, apply_lead
 from streams.normalize import company_key, normalize_lead
@@ -244,6 +246,44 @@ def test_first_non_empty_wins_and_replays_change_nothing(
     assert merged.title == "Engineer"  # calls may not override titles
     assert [t.event_id for t in merged.touches] == ["e1", "e2"]
     assert apply_lead(merged, probe, rules, T0) == merged  # a redelivery is a no-op
+
+
+def test_a_busy_person_keeps_a_bounded_history_and_the_first_touch(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    events = 700
+    state = None
+    for n in range(events):
+        visit = lead(
+            {"email": "busy@example.com", "utm_source": f"s{n}"},
+            event_id=f"e{n:04d}",
+            received_at=T0 + timedelta(minutes=n),
+        )
+        probe = start_probe(visit, rules.identity)
+        if state is not None:
+            probe = probe.model_copy(update={"lead_id": state.lead_id})
+        probe = probe.model_copy(
+            update={
+                "engagements": [
+                    Engagement(event_id=f"g{n}", kind="email_click", at=T0 + timedelta(minutes=n))
+                ]
+            }
+        )
+        state = apply_lead(state, probe, rules, T0 + timedelta(minutes=n))
+    assert state is not None
+    assert len(state.event_ids) == MAX_EVENT_IDS
+    assert state.event_ids[-1] == f"e{events - 1:04d}"
+    assert len(state.touches) == MAX_TOUCHES
+    assert state.touches[0].event_id == "e0000"  # the first touch stays
+    assert [t.event_id for t in state.touches[1:]] == [
+        f"e{n:04d}" for n in range(events - MAX_TOUCHES + 1, events)
+    ]
+    assert LeadRow.from_state(state, 0, 0).touch_count == events
+    assert len(state.engagements) == MAX_ENGAGEMENTS
+    assert state.engagements[0].event_id == f"g{events - MAX_ENGAGEMENTS}"
+    # The newest event, delivered again, is still recognised.
+    assert apply_lead(state, probe, rules, T0 + timedelta(days=1)) == state
+    assert len(state.model_dump_json(exclude_defaults=True)) < 60_000
 
 
 def test_absorb_takes_touches_and_owner(lead: Callable[..., Lead], rules: Rules) -> None:
