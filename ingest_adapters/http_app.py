@@ -32,7 +32,7 @@ from leadflow.metrics import Metrics
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent
-from streams.normalize import normalize_lead
+from streams.normalize import envelope_bytes, normalize_lead
 from streams.rules import load_rules
 
 log = logging.getLogger(__name__)
@@ -345,13 +345,17 @@ class IngestRoutes:
             )
             self._metrics.quarantined.labels(reason=spam).inc()
             return web.json_response({"status": "accepted", "event_id": raw.event_id}, status=202)
+        region = self._settings.normalize.default_phone_region
         try:
-            # The stream checks again; checking here lets the sender fix the form at once.
-            normalize_lead(raw, default_region=self._settings.normalize.default_phone_region)
+            # Checked here so the sender can fix the form at once; the envelope carries the
+            # result, so the stream does not normalize it again.
+            lead = normalize_lead(raw, default_region=region)
         except BadRecordError as exc:
             return await self._refuse_web_form(request, exc, body, form_id)
         await self._publisher.publish(
-            self._topics.leads_raw, raw.event_id, raw.model_dump_json().encode()
+            self._topics.leads_raw,
+            raw.event_id,
+            envelope_bytes(raw, lead, default_region=region),
         )
         return web.json_response({"status": "accepted", "event_id": raw.event_id}, status=202)
 

@@ -63,7 +63,7 @@ from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_producer, replay_topic
 from leadflow.settings import LimitsSettings, Settings
 from leadflow.topics import Topics
-from streams.normalize import MAX_FIELD_CHARS, normalize_lead
+from streams.normalize import MAX_FIELD_CHARS, envelope_bytes, normalize_lead
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +305,11 @@ class _Reading:
             return
         self._seen.add(fingerprint)
         try:
-            normalize_lead(raw, default_region=self._region)
+            lead = normalize_lead(raw, default_region=self._region)
         except BadRecordError as exc:
             self._reject(exc, row, detail, chunk)
             return
-        value = raw.model_dump_json().encode()
+        value = envelope_bytes(raw, lead, default_region=self._region)
         if len(value) > ROW_MAX_BYTES:
             error = BadRecordError(
                 "row_too_large",

@@ -8,11 +8,14 @@ who sent what, when, and under which idempotency key.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.limits import EventTime
+
+if TYPE_CHECKING:
+    from schemas.lead import Lead
 
 Channel = Literal["web", "social", "tradeshow", "call", "api"]
 
@@ -44,4 +47,13 @@ class RawLead(BaseModel):
     context: dict[str, str] = Field(
         default_factory=dict,
         description="Request facts: origin, referrer, user agent, content type.",
+    )
+    normalized: Lead | None = Field(
+        default=None,
+        description="The lead as the adapter normalized it before answering; the stream uses it "
+        "instead of normalizing again when `normalized_with` names its own normalization.",
+    )
+    normalized_with: str | None = Field(
+        default=None,
+        description="`<normalization version>/<default phone region>` that made `normalized`.",
     )

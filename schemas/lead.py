@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.envelope import Channel
+from schemas.envelope import Channel, RawLead
 
 
 class Lead(BaseModel):
@@ -64,3 +64,7 @@ class Lead(BaseModel):
     def touched_at(self) -> datetime:
         """The moment attribution uses: when the person acted, else when it arrived."""
         return self.occurred_at or self.received_at
+
+
+# `RawLead.normalized` names this model; the envelope module cannot import it first.
+RawLead.model_rebuild(_types_namespace={"Lead": Lead})

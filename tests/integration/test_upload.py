@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from schemas import DeadLetter
+from schemas import DeadLetter, RawLead
+from streams.normalize import normalized_with
 from tests.integration.processes import Stack, read_topic
 
 
@@ -64,6 +65,13 @@ async def test_upload_publishes_rows_dead_letters_bad_ones_and_only_once(
     assert "already uploaded at" in again.stdout
     raw = await read_topic(stack.bootstrap, stack.topics.leads_raw, 2, timeout_s=3)
     assert len(raw) == 2  # nothing new published
+    # Normalized once, by the upload: the stream takes each envelope's lead as it is.
+    envelopes = [RawLead.model_validate_json(m.value or b"") for m in raw]
+    assert {e.normalized.phone for e in envelopes if e.normalized} == {
+        "+8613800138000",
+        "+8613912345678",
+    }
+    assert {e.normalized_with for e in envelopes} == {normalized_with("CN")}
 
     unreadable = tmp_path / "notes.csv"
     unreadable.write_text("just,some\nwords,here\n")
