@@ -43,6 +43,7 @@ from rich.table import Table
 
 from leadflow.auth import env_line, new_key
 from leadflow.broker.local import LocalKafka, free_port
+from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
 from leadflow.oracle import differences, expected_survivors
 from leadflow.samples.generate import generate
@@ -51,6 +52,7 @@ from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
+from streams.normalize import envelope_bytes, normalize_lead
 from streams.rules import load_rules
 
 
@@ -67,6 +69,19 @@ def _vm_kib(pid: int, field: str) -> int:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def as_published(envelope: RawLead, region: str) -> bytes:
+    """The bytes an adapter publishes: the web form and the upload check each lead before
+    answering and send it normalized (normalize once); the social and API paths do not."""
+    if envelope.channel in ("web", "tradeshow"):
+        try:
+            lead = normalize_lead(envelope, default_region=region)
+        except BadRecordError:
+            pass  # refused by the adapter in real life; the stream dead-letters it here
+        else:
+            return envelope_bytes(envelope, lead, default_region=region)
+    return envelope.model_dump_json().encode()
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -95,6 +110,7 @@ class Run:
         self.partitions = partitions
         self.topics = Topics(prefix)
         self.kafka = KafkaSettings(topic_prefix=prefix, partitions=partitions)
+        self.region = Settings().normalize.default_phone_region
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -163,7 +179,7 @@ class Run:
                 pending.append(
                     await producer.send(
                         self.topics.leads_raw,
-                        envelope.model_dump_json().encode(),
+                        as_published(envelope, self.region),
                         key=envelope.event_id.encode(),
                     )
                 )
