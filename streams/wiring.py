@@ -160,18 +160,27 @@ class StagedTable:
     def __init__(self, table: Any) -> None:
         self._table = table
         self._writes: dict[str, tuple[Any, Any]] = {}
+        # What the batch read from the table, decoded once: a routing team's counters or a
+        # company key are read by many records of one batch. Steps never change a value
+        # they read in place (they build a new one and write it).
+        self._reads: dict[str, Any] = {}
         self.event: Any = None
 
+    def _read(self, key: str) -> Any:
+        try:
+            return self._reads[key]
+        except KeyError:
+            value = self._reads[key] = self._table.get(key, _DELETED)
+            return value
+
     def get(self, key: str, default: Any = None) -> Any:
-        if key in self._writes:
-            value = self._writes[key][1]
-            return default if value is _DELETED else value
-        return self._table.get(key, default)
+        value = self._writes[key][1] if key in self._writes else self._read(key)
+        return default if value is _DELETED else value
 
     def __contains__(self, key: object) -> bool:
         if key in self._writes:
             return self._writes[key][1] is not _DELETED
-        return key in self._table
+        return isinstance(key, str) and self._read(key) is not _DELETED
 
     def __getitem__(self, key: str) -> Any:
         if key not in self:
@@ -204,6 +213,7 @@ class StagedTable:
             finally:
                 faust.streams._current_event.reset(token)
         self._writes.clear()
+        self._reads.clear()
 
 
 async def run_batches(
