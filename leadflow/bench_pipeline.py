@@ -13,7 +13,8 @@ Runs on a broker of its own and the real processes (worker(s) and a
    own topics carrying frames of records (streams/frames.py) and with every
    record a message of its own; the Kafka messages written per lead (every
    topic but `leads.raw`, changelogs included) are counted from the log ends.
-3. **Latency**: envelopes published at a steady offered rate, stamped when
+3. **Latency**: after 5 s of warm-up at the same rate (drained, not counted),
+   envelopes published at a steady offered rate, stamped when
    sent; a lead's latency is its first row's `inserted_at` minus that stamp.
 4. **State**: the worker's peak RSS and the size of its RocksDB folder,
    scaled to 1,000,000 distinct leads.
@@ -292,10 +293,11 @@ async def bare_drain(bootstrap: str, topic: str, partitions: int, expected: int)
         await consumer.stop()
 
 
-def _latency_sql(db: str) -> str:
+def _latency_sql(db: str, since: datetime) -> str:
     return (
         "SELECT toFloat64(dateDiff('millisecond', first_seen, min(inserted_at))) AS ms "
-        f"FROM {db}.leads GROUP BY lead_id, first_seen"
+        f"FROM {db}.leads WHERE first_seen >= toDateTime64('{since:%Y-%m-%d %H:%M:%S.%f}', 3, "
+        "'UTC') GROUP BY lead_id, first_seen"
     )
 
 
@@ -377,13 +379,19 @@ def bench_pipeline(
                         console.print(f"[red]differs from the oracle:[/] {problem}")
             run = Run(broker, home / "latency", "latency.", partitions)
             count = int(latency_rate * latency_s)
-            steady = generate(count, duplicate_share=0.0, seed=12).envelopes[:count]
+            warm = max(int(latency_rate * 5), 20)  # 5 s at the rate, before measuring
+            steady = generate(count + warm, duplicate_share=0.0, seed=12).envelopes
             label = f"latency run: {latency_rate:,.0f} leads/s for {latency_s:.0f} s ..."
             with console.status(label), run.running(1):
-                asyncio.run(run.publish(steady, rate=latency_rate))
+                # A worker's first batches wait for its tables and the writer's first
+                # inserts: warm it up at the same rate, then measure the steady state.
+                asyncio.run(run.publish(steady[:warm], rate=latency_rate))
+                run.wait_drained()
+                since = datetime.now(UTC)
+                asyncio.run(run.publish(steady[warm : warm + count], rate=latency_rate))
                 run.wait_drained()
             # The server has stopped: its embedded ClickHouse can be opened here.
-            values = asyncio.run(latencies_ms(run.home / "clickhouse"))
+            values = asyncio.run(latencies_ms(run.home / "clickhouse", since))
             report["latency"] = latency_figures(values, latency_rate)
         finally:
             broker.stop()
@@ -395,11 +403,12 @@ def bench_pipeline(
     return report
 
 
-async def latencies_ms(chdb_dir: Path) -> list[float]:
-    """Per lead: its first row's insert time minus the moment its envelope was sent."""
+async def latencies_ms(chdb_dir: Path, since: datetime) -> list[float]:
+    """Per lead sent from `since` on: its first row's insert time minus the moment its
+    envelope was sent."""
     clickhouse = ClickHouse(f"chdb://{chdb_dir}", "leadflow")
     try:
-        rows = await clickhouse.query(_latency_sql("leadflow"))
+        rows = await clickhouse.query(_latency_sql("leadflow", since))
     finally:
         await clickhouse.close()
     return [float(r["ms"]) for r in rows]
