@@ -30,7 +30,7 @@ from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import table_key
 from streams.normalize_agent import raw_identifiers, suppressed_letter
 from streams.rules import Rules
-from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
+from streams.wiring import Outbox, Outputs, StagedTable, run_batches
 
 STAGE = stages.EVENTS
 
@@ -38,6 +38,46 @@ STAGE = stages.EVENTS
 def event_key(event: Any) -> str | None:
     key = event.key
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+
+
+def events_step(
+    record: Any,
+    out: Outputs,
+    *,
+    topics: Topics,
+    rules: Rules,
+    region: str,
+    suppressed: SuppressionList,
+) -> None:
+    """One event of `events.engagement`, `events.calls` or `events.crm`."""
+    result: IdentityProbe | EngagementUpdate | AcceptUpdate | CrmUpdate
+    try:
+        if record.message.topic == topics.events_crm:
+            result = crm_update(CrmEvent.model_validate_json(record.value))
+        elif record.message.topic == topics.events_calls:
+            result = call_probe(CallEvent.model_validate_json(record.value), rules.identity, region)
+        else:
+            result = engagement_update(
+                EngagementEvent.model_validate_json(record.value), rules.identity, region
+            )
+    except (BadRecordError, ValidationError, ValueError) as exc:
+        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        return
+    if len(suppressed):  # reading every field costs: only once someone was erased
+        named: list[str | None] = [*raw_identifiers(record.value, region), event_key(record)]
+        if isinstance(result, IdentityProbe):
+            named += [value for _, value, _ in result.keys]
+        else:
+            named.append(result.lead_id)
+        hashes = suppressed.matching(named)
+        if hashes:
+            out.add(topics.dlq(STAGE), *suppressed_letter(record, hashes, STAGE).record())
+            return
+    if isinstance(result, IdentityProbe):
+        kind, value, _ = result.keys[0]
+        out.add(topics.identity_keys, table_key(kind, value), result.model_dump_json().encode())
+    else:
+        out.add(topics.lead_updates, result.lead_id, result.model_dump_json().encode())
 
 
 def register(
@@ -56,47 +96,15 @@ def register(
         key_serializer="raw",
         value_serializer="raw",
     )
-    keys_out = raw_topic(app, topics.identity_keys)
-    updates = raw_topic(app, topics.lead_updates)
-    dlq = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
     # (an empty list is falsy: test for None)
     suppressed = SuppressionList.none_loaded() if suppressions is None else suppressions
 
+    def take_one(record: Any, unused: StagedTable | None, out: Outbox) -> None:
+        events_step(record, out, topics=topics, rules=rules, region=region, suppressed=suppressed)
+
     async def take_events(stream: Any) -> None:
         await suppressed.wait_loaded()
-        await run_batches(stream, settings, take_one)
-
-    def take_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
-        result: IdentityProbe | EngagementUpdate | AcceptUpdate | CrmUpdate
-        try:
-            if event.message.topic == topics.events_crm:
-                result = crm_update(CrmEvent.model_validate_json(event.value))
-            elif event.message.topic == topics.events_calls:
-                result = call_probe(
-                    CallEvent.model_validate_json(event.value), rules.identity, region
-                )
-            else:
-                result = engagement_update(
-                    EngagementEvent.model_validate_json(event.value), rules.identity, region
-                )
-        except (BadRecordError, ValidationError, ValueError) as exc:
-            out.dead_letter(dlq, STAGE, event, exc)
-            return
-        if len(suppressed):  # reading every field costs: only once someone was erased
-            named: list[str | None] = [*raw_identifiers(event.value, region), event_key(event)]
-            if isinstance(result, IdentityProbe):
-                named += [value for _, value, _ in result.keys]
-            else:
-                named.append(result.lead_id)
-            hashes = suppressed.matching(named)
-            if hashes:
-                out.add(dlq, *suppressed_letter(event, hashes, STAGE).record())
-                return
-        if isinstance(result, IdentityProbe):
-            kind, value, _ = result.keys[0]
-            out.add(keys_out, table_key(kind, value), result.model_dump_json().encode())
-        else:
-            out.add(updates, result.lead_id, result.model_dump_json().encode())
+        await run_batches(app, stream, settings, take_one)
 
     return app.agent(source, name=STAGE, concurrency=1)(take_events)

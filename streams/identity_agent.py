@@ -22,7 +22,15 @@ from schemas import IdentityProbe
 from schemas.messages import IDENTITY_MESSAGE, EraseKey, NewLead
 from streams.identity import table_key, visit_key
 from streams.rules import Rules
-from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
+from streams.wiring import (
+    Outbox,
+    Outputs,
+    StagedTable,
+    Table,
+    json_table,
+    raw_topic,
+    run_batches,
+)
 
 STAGE = stages.IDENTITY
 
@@ -48,46 +56,48 @@ def erase_from_entry(entry: Any, command: EraseKey) -> Any:
     return {**entry, "names": names} if names else None
 
 
+def resolve_step(record: Any, index: Table, out: Outputs, *, topics: Topics, rules: Rules) -> None:
+    """One record of `identity.keys` against the index (its key's partition)."""
+    try:
+        message = IDENTITY_MESSAGE.validate_json(record.value or b"")
+        if isinstance(message, IdentityProbe) and not message.keys:
+            raise ValueError("probe has no key left to visit")
+    except (ValidationError, ValueError) as exc:
+        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        return
+    if isinstance(message, EraseKey):
+        # `leadflow erase`: forget the person under this key (Faust tombstones the
+        # changelog when nothing of the key is left).
+        key = (record.key or b"").decode()
+        kept = erase_from_entry(index.get(key), message)
+        if kept is None:
+            index.pop(key, None)
+        else:
+            index[key] = kept
+        return
+    probe = message
+    kind, value, _ = probe.keys[0]
+    key = table_key(kind, value)
+    entry = index.get(key)
+    probe, new_entry = visit_key(probe, entry, rules.identity)
+    if new_entry != entry:
+        index[key] = new_entry
+    if probe.keys:
+        kind, value, _ = probe.keys[0]
+        out.add(topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode())
+    else:
+        out.add(topics.lead_updates, probe.lead_id, NewLead(probe=probe).model_dump_json().encode())
+
+
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = raw_topic(app, topics.identity_keys)
-    keys_out = raw_topic(app, topics.identity_keys)
-    updates = raw_topic(app, topics.lead_updates)
-    dlq = raw_topic(app, topics.dlq(STAGE))
     index = json_table(app, "identity_index", settings.kafka.partitions)
 
-    async def resolve_identity(stream: Any) -> None:
-        await run_batches(stream, settings, resolve_one, index)
-
-    def resolve_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+    def resolve_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
-        try:
-            message = IDENTITY_MESSAGE.validate_json(event.value or b"")
-            if isinstance(message, IdentityProbe) and not message.keys:
-                raise ValueError("probe has no key left to visit")
-        except (ValidationError, ValueError) as exc:
-            out.dead_letter(dlq, STAGE, event, exc)
-            return
-        if isinstance(message, EraseKey):
-            # `leadflow erase`: forget the person under this key (Faust tombstones the
-            # changelog when nothing of the key is left).
-            key = (event.key or b"").decode()
-            kept = erase_from_entry(staged.get(key), message)
-            if kept is None:
-                staged.pop(key)
-            else:
-                staged[key] = kept
-            return
-        probe = message
-        kind, value, _ = probe.keys[0]
-        key = table_key(kind, value)
-        entry = staged.get(key)
-        probe, new_entry = visit_key(probe, entry, rules.identity)
-        if new_entry != entry:
-            staged[key] = new_entry
-        if probe.keys:
-            kind, value, _ = probe.keys[0]
-            out.add(keys_out, table_key(kind, value), probe.model_dump_json().encode())
-        else:
-            out.add(updates, probe.lead_id, NewLead(probe=probe).model_dump_json().encode())
+        resolve_step(record, staged, out, topics=topics, rules=rules)
+
+    async def resolve_identity(stream: Any) -> None:
+        await run_batches(app, stream, settings, resolve_one, index)
 
     return app.agent(source, name=STAGE, concurrency=1)(resolve_identity)

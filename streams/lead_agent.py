@@ -50,7 +50,7 @@ from streams import leads
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
-from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
+from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
 
 STAGE = stages.LEAD
 _DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
@@ -476,6 +476,37 @@ def handle_assignment(
     return effects
 
 
+def fold_step(
+    record: Any, table: Table, out: Outputs, *, topics: Topics, rules: Rules, now: datetime
+) -> None:
+    """One record of `lead.updates` or `leads.assigned` against the lead's state."""
+    key = (record.key or b"").decode()
+    stored = table.get(key)
+    state = LeadState.model_validate(stored) if stored else None
+    try:
+        if record.message.topic == topics.leads_assigned:
+            effects = handle_assignment(
+                Assignment.model_validate_json(record.value), state, topics, rules, now
+            )
+        else:
+            update = LEAD_UPDATE.validate_json(record.value or b"")
+            if isinstance(update, EraseLead):
+                # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
+                table.pop(key, None)
+                return
+            effects = handle_update(update, state, topics, rules, now)
+    except (BadRecordError, ValidationError, ValueError) as exc:
+        # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
+        # stage raises anything else and stops the worker before its offset commits.
+        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        return
+    if effects.state is not None:
+        # Defaults left out: a third less to store, read and replicate per lead.
+        table[key] = effects.state.model_dump(mode="json", exclude_defaults=True)
+    for topic, out_key, value in effects.sends:
+        out.add(topic, out_key, value)
+
+
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = app.topic(
         topics.lead_updates,
@@ -485,49 +516,13 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
         key_serializer="raw",
         value_serializer="raw",
     )
-    outputs = {
-        name: raw_topic(app, name)
-        for name in (
-            topics.leads_identified,
-            topics.routing_requests,
-            topics.lead_merges,
-            topics.lead_transitions,
-            topics.lead_updates,
-        )
-    }
-    dlq = raw_topic(app, topics.dlq(STAGE))
     table = json_table(app, "lead_state", settings.kafka.partitions)
 
-    async def fold_leads(stream: Any) -> None:
-        await run_batches(stream, settings, fold_one, table)
-
-    def fold_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
+    def fold_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
-        key = (event.key or b"").decode()
-        stored = staged.get(key)
-        state = LeadState.model_validate(stored) if stored else None
-        now = datetime.now(UTC)
-        try:
-            if event.message.topic == topics.leads_assigned:
-                effects = handle_assignment(
-                    Assignment.model_validate_json(event.value), state, topics, rules, now
-                )
-            else:
-                update = LEAD_UPDATE.validate_json(event.value or b"")
-                if isinstance(update, EraseLead):
-                    # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
-                    staged.pop(key)
-                    return
-                effects = handle_update(update, state, topics, rules, now)
-        except (BadRecordError, ValidationError, ValueError) as exc:
-            # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
-            # stage raises anything else and stops the worker before its offset commits.
-            out.dead_letter(dlq, STAGE, event, exc)
-            return
-        if effects.state is not None:
-            # Defaults left out: a third less to store, read and replicate per lead.
-            staged[key] = effects.state.model_dump(mode="json", exclude_defaults=True)
-        for topic, out_key, value in effects.sends:
-            out.add(outputs[topic], out_key, value)
+        fold_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
+
+    async def fold_leads(stream: Any) -> None:
+        await run_batches(app, stream, settings, fold_one, table)
 
     return app.agent(source, name=STAGE, concurrency=1)(fold_leads)

@@ -31,7 +31,7 @@ from schemas import DeadLetter, Lead
 from streams.identity import start_probe, table_key
 from streams.normalize import STAGE, normalize_message
 from streams.rules import Rules
-from streams.wiring import Outbox, StagedTable, raw_topic, run_batches
+from streams.wiring import Outbox, Outputs, StagedTable, raw_topic, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,45 @@ def suppressed_letter(event: Any, hashes: list[str], stage: str) -> DeadLetter:
     )
 
 
+def normalize_step(
+    record: Any,
+    out: Outputs,
+    *,
+    topics: Topics,
+    rules: Rules,
+    region: str,
+    suppressed: SuppressionList,
+) -> None:
+    """One envelope of `leads.raw`: its lead's first identity hop, or a dead letter."""
+    message = record.message
+    result = normalize_message(
+        record.value,
+        default_region=region,
+        key=record.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+    hashes = suppressed_hashes(record.value, result, region, suppressed)
+    if hashes:
+        # An erased person: not a lead, and a dead letter that keeps none of their data.
+        out.add(topics.dlq(STAGE), *suppressed_letter(record, hashes, STAGE).record())
+        return
+    if isinstance(result, Lead):
+        probe = start_probe(result, rules.identity)
+        kind, value, _ = probe.keys[0]
+        out.add(topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode())
+    else:
+        log.warning(
+            "dead-lettered %s@%s/%s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            result.message,
+        )
+        out.add(topics.dlq(STAGE), *result.record())
+
+
 def register(
     app: faust.App,
     topics: Topics,
@@ -78,41 +117,15 @@ def register(
     source = raw_topic(app, topics.leads_raw)
     # (an empty list is falsy: test for None)
     suppressed = SuppressionList.none_loaded() if suppressions is None else suppressions
-    keys_out = raw_topic(app, topics.identity_keys)
-    dead_letters = raw_topic(app, topics.dlq(STAGE))
     region = settings.normalize.default_phone_region
+
+    def normalize_one(record: Any, unused: StagedTable | None, out: Outbox) -> None:
+        normalize_step(
+            record, out, topics=topics, rules=rules, region=region, suppressed=suppressed
+        )
 
     async def normalize_leads(stream: Any) -> None:
         await suppressed.wait_loaded()
-        await run_batches(stream, settings, normalize_one)
-
-    def normalize_one(event: Any, unused: StagedTable | None, out: Outbox) -> None:
-        message = event.message
-        result = normalize_message(
-            event.value,
-            default_region=region,
-            key=event.key,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
-        hashes = suppressed_hashes(event.value, result, region, suppressed)
-        if hashes:
-            # An erased person: not a lead, and a dead letter that keeps none of their data.
-            out.add(dead_letters, *suppressed_letter(event, hashes, STAGE).record())
-            return
-        if isinstance(result, Lead):
-            probe = start_probe(result, rules.identity)
-            kind, value, _ = probe.keys[0]
-            out.add(keys_out, table_key(kind, value), probe.model_dump_json().encode())
-        else:
-            log.warning(
-                "dead-lettered %s@%s/%s: %s",
-                message.topic,
-                message.partition,
-                message.offset,
-                result.message,
-            )
-            out.add(dead_letters, *result.record())
+        await run_batches(app, stream, settings, normalize_one)
 
     return app.agent(source, name=STAGE, concurrency=1)(normalize_leads)

@@ -28,7 +28,15 @@ from schemas import Assignment, LeadState
 from schemas.messages import ROUTING_MESSAGE, AcceptedNotice, RouteRequest, RoutingSubject, SlaTick
 from streams.routing import TeamView, account_key, assign_owner
 from streams.rules import AssignmentRule, Rules
-from streams.wiring import Outbox, StagedTable, json_table, raw_topic, run_batches
+from streams.wiring import (
+    Outbox,
+    Outputs,
+    StagedTable,
+    Table,
+    json_table,
+    raw_topic,
+    run_batches,
+)
 
 STAGE = stages.ROUTE
 
@@ -230,24 +238,30 @@ def handle_routing(
     return expire_pending(message.team, table, rules, now)
 
 
+def assign_step(
+    record: Any, table: Table, out: Outputs, *, topics: Topics, rules: Rules, now: datetime
+) -> None:
+    """One record of `routing.requests` against its team's entries."""
+    try:
+        assignments = handle_routing(record.value or b"", table, rules, now)
+    except (BadRecordError, ValidationError, ValueError) as exc:
+        # Bad input only; a bug in the stage stops the worker uncommitted.
+        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        return
+    for assignment in assignments:
+        out.add(topics.leads_assigned, assignment.lead_id, assignment.model_dump_json().encode())
+
+
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = raw_topic(app, topics.routing_requests)
-    assigned = raw_topic(app, topics.leads_assigned)
-    dlq = raw_topic(app, topics.dlq(STAGE))
     table = json_table(app, "team_state", settings.kafka.partitions)
 
-    async def assign_owners(stream: Any) -> None:
-        await run_batches(stream, settings, assign_one, table)
+    def assign_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        assign_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
 
-    def assign_one(event: Any, staged: StagedTable | None, out: Outbox) -> None:
-        try:
-            assignments = handle_routing(event.value or b"", staged, rules, datetime.now(UTC))
-        except (BadRecordError, ValidationError, ValueError) as exc:
-            # Bad input only; a bug in the stage stops the worker uncommitted.
-            out.dead_letter(dlq, STAGE, event, exc)
-            return
-        for assignment in assignments:
-            out.add(assigned, assignment.lead_id, assignment.model_dump_json().encode())
+    async def assign_owners(stream: Any) -> None:
+        await run_batches(app, stream, settings, assign_one, table)
 
     async def tick_teams() -> None:
         # Every worker ticks every team; the team's own partition decides, so extra

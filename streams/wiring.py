@@ -26,7 +26,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 import faust.streams
@@ -78,50 +78,62 @@ class Framing:
         )
 
 
+class Table(Protocol):
+    """What a step may do with its state: a `StagedTable` in the worker, a dict in tests."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __setitem__(self, key: str, value: Any) -> None: ...
+
+    def pop(self, key: str, default: Any = None) -> Any: ...
+
+
+class Outputs(Protocol):
+    """Where a step puts what it sends: (topic name, key, value) and dead letters.
+    The worker's `Outbox` sends them to Kafka; the tests' topology to its own queues."""
+
+    def add(self, topic: str, key: str | bytes, value: bytes) -> None: ...
+
+    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None: ...
+
+
 class Outbox:
-    """The messages one batch sends, in the order its events asked for them.
+    """The messages one batch sends, in the order its events asked for them, through
+    the app's producer.
 
     Records for a framed topic are gathered per partition into frames; a frame
     that would pass `max_bytes` is closed and the next one opened behind it."""
 
-    def __init__(self, framing: Framing | None = None) -> None:
-        self.sends: list[tuple[Any, bytes, bytes]] = []
+    def __init__(self, app: Any, framing: Framing | None = None) -> None:
+        self.sends: list[tuple[str, bytes, bytes]] = []
         self.frames: list[FrameBuilder] = []
+        self._app = app
         self._framing = framing
         self._open: dict[tuple[str, int], FrameBuilder] = {}
 
-    def add(self, topic: Any, key: str | bytes, value: bytes) -> None:
+    def add(self, topic: str, key: str | bytes, value: bytes) -> None:
         key = key.encode() if isinstance(key, str) else key
         framing = self._framing
-        if framing is not None and framing.topics:
-            name = topic.get_topic_name()
-            if name in framing.topics:
-                partition = partition_for(key, framing.partitions)
-                frame = self._open.get((name, partition))
-                if frame is None or not frame.fits(key, value, framing.max_bytes):
-                    frame = FrameBuilder(topic, partition)
-                    self._open[(name, partition)] = frame
-                    self.frames.append(frame)
-                frame.add(key, value)
-                return
+        if framing is not None and topic in framing.topics:
+            partition = partition_for(key, framing.partitions)
+            frame = self._open.get((topic, partition))
+            if frame is None or not frame.fits(key, value, framing.max_bytes):
+                frame = FrameBuilder(topic, partition)
+                self._open[(topic, partition)] = frame
+                self.frames.append(frame)
+            frame.add(key, value)
+            return
         self.sends.append((topic, key, value))
 
     def __len__(self) -> int:
         return len(self.sends) + sum(frame.count for frame in self.frames)
 
-    def dead_letter(self, dlq: Any, stage: str, event: Any, error: Exception) -> None:
+    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
         """The event's dead letter; Faust's message carries the raw key and value."""
-        message = event.message
-        letter = dead_letter_for_record(error, message, stage=stage)
-        log.warning(
-            "dead-lettered %s@%s/%s in %s: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            stage,
-            letter.message,
-        )
-        key, value = letter.record()
+        log_dead_letter(stage, event, error)
+        key, value = dead_letter_for_record(error, event.message, stage=stage).record()
         self.add(dlq, key, value)
 
     async def deliver(self) -> None:
@@ -129,21 +141,28 @@ class Outbox:
         # Straight to the app's producer: not attached to the source offset (Faust would
         # hold attached messages until its next commit, after the table writes), and
         # without the per-message layers of Topic.send; sent now, in order.
+        producer = self._app.producer
         pending = []
         for topic, key, value in self.sends:
-            producer = topic.app.producer
-            pending.append(
-                await producer.send(topic.get_topic_name(), key, value, None, None, None)
-            )
+            pending.append(await producer.send(topic, key, value, None, None, None))
         for frame in self.frames:
             key, value = frame.message()
-            producer = frame.topic.app.producer
             pending.append(
-                await producer.send(
-                    frame.topic.get_topic_name(), key, value, frame.partition, None, None
-                )
+                await producer.send(frame.topic, key, value, frame.partition, None, None)
             )
         await asyncio.gather(*pending)
+
+
+def log_dead_letter(stage: str, event: Any, error: Exception) -> None:
+    message = event.message
+    log.warning(
+        "dead-lettered %s@%s/%s in %s: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        stage,
+        error,
+    )
 
 
 _DELETED = object()
@@ -217,6 +236,7 @@ class StagedTable:
 
 
 async def run_batches(
+    app: Any,
     stream: Any,
     settings: Settings,
     step: Callable[[Any, StagedTable | None, Outbox], None],
@@ -232,7 +252,7 @@ async def run_batches(
     # here a batch is acknowledged only below, once its outputs and state are in.
     async for events in stream.noack_take(worker.batch_size, worker.batch_within_s):
         staged = StagedTable(table) if table is not None else None
-        outbox = Outbox(framing)
+        outbox = Outbox(app, framing)
         try:
             for event in events:
                 if staged is not None:

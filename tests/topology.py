@@ -4,8 +4,10 @@ under arbitrary interleavings.
 
 The oracle knows nothing of partitions or merges: it links every pair of
 leads a matching rule links and takes connected components. The simulator
-runs the real pure stage functions with per-partition FIFO queues and picks
-the next partition at random, as independent Kafka partitions may interleave.
+calls the very step functions the agents call (`resolve_step`, `fold_step`,
+`assign_step`), with plain dicts for tables and per-partition FIFO queues,
+and picks the next partition at random, as independent Kafka partitions may
+interleave.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pydantic import BaseModel
 from leadflow.oracle import expected_people, expected_survivors
 from leadflow.topics import Topics
 from schemas import Assignment, IdentityProbe, Lead, LeadState
-from streams.identity import start_probe, table_key, visit_key
-from streams.lead_agent import handle_assignment, handle_update
-from streams.routing_agent import handle_routing
+from streams.frames import FramedEvent, RecordInFrame
+from streams.identity import start_probe, table_key
+from streams.identity_agent import resolve_step
+from streams.lead_agent import fold_step
+from streams.routing_agent import assign_step
 from streams.rules import Rules
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
@@ -49,6 +53,18 @@ class Topology:
         self.merges: list[dict[str, Any]] = []
         self.transitions: list[dict[str, Any]] = []
         self.now = NOW  # the wall clock the routing stage sees; tests move it
+        self.dead_letters: list[tuple[str, Exception]] = []
+        self.offsets: dict[tuple[str, int], int] = defaultdict(int)
+
+    def add(self, topic: str, key: str | bytes, value: bytes) -> None:
+        """A step's output (the `Outputs` of streams.wiring)."""
+        if topic == self.topics.leads_assigned:
+            self.assignments.append(Assignment.model_validate_json(value))
+        self.send(topic, key.decode() if isinstance(key, bytes) else key, value)
+
+    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
+        # The simulator feeds only messages the stages must take: a dead letter is a bug.
+        raise AssertionError(f"{stage} dead-lettered {event.value[:200]!r}: {error}")
 
     def send(self, topic: str, key: str, value: bytes) -> None:
         partition = zlib.crc32(key.encode()) % self.partitions
@@ -87,40 +103,18 @@ class Topology:
 
     def _dispatch(self, topic: str, key: str, value: bytes) -> None:
         t = self.topics
+        partition = zlib.crc32(key.encode()) % self.partitions
+        offset = self.offsets[(topic, partition)]
+        self.offsets[(topic, partition)] += 1
+        record = FramedEvent(
+            key.encode(), value, RecordInFrame(topic, partition, offset, key.encode(), value, 0)
+        )
         if topic == t.identity_keys:
-            probe = IdentityProbe.model_validate_json(value)
-            probe, entry = visit_key(probe, self.identity.get(key), self.rules.identity)
-            self.identity[key] = entry
-            if probe.keys:
-                kind, next_value, _ = probe.keys[0]
-                self.send(
-                    t.identity_keys, table_key(kind, next_value), probe.model_dump_json().encode()
-                )
-            else:
-                self.send(
-                    t.lead_updates,
-                    probe.lead_id,
-                    orjson.dumps({"type": "lead", "probe": probe.model_dump(mode="json")}),
-                )
+            resolve_step(record, self.identity, self, topics=t, rules=self.rules)
         elif topic in (t.lead_updates, t.leads_assigned):
-            stored = self.lead_table.get(key)
-            state = LeadState.model_validate(stored) if stored else None
-            if topic == t.leads_assigned:
-                effects = handle_assignment(
-                    Assignment.model_validate_json(value), state, t, self.rules, self.now
-                )
-            else:
-                effects = handle_update(orjson.loads(value), state, t, self.rules, self.now)
-            if effects.state is not None:
-                self.lead_table[key] = effects.state.model_dump(mode="json")
-            for out_topic, out_key, out_value in effects.sends:
-                self.send(out_topic, out_key, out_value)
+            fold_step(record, self.lead_table, self, topics=t, rules=self.rules, now=self.now)
         elif topic == t.routing_requests:
-            for assignment in handle_routing(orjson.loads(value), self.teams, self.rules, self.now):
-                self.assignments.append(assignment)
-                self.send(
-                    t.leads_assigned, assignment.lead_id, assignment.model_dump_json().encode()
-                )
+            assign_step(record, self.teams, self, topics=t, rules=self.rules, now=self.now)
         elif topic == t.leads_identified:
             state = LeadState.model_validate_json(value)
             known = self.states.get(state.lead_id)

@@ -159,14 +159,14 @@ def test_a_batch_writes_its_state_only_after_every_output_was_acknowledged() -> 
         assert staged is not None
         key = event.key.decode()
         staged[key] = (staged.get(key) or 0) + 1
-        out.add(topic, f"{key}{staged[key]}", b"v")
+        out.add("out", f"{key}{staged[key]}", b"v")
 
     batches = [
         [_event(0, b"a"), _event(1, b"b"), _event(0, b"a")],
         [_event(1, b"b")],
     ]
     worker = Settings()
-    asyncio.run(run_batches(FakeStream(batches, journal), worker, step, table))
+    asyncio.run(run_batches(topic.app, FakeStream(batches, journal), worker, step, table))
 
     assert table == {"a": 2, "b": 2}
     assert journal == [
@@ -191,12 +191,12 @@ def test_a_stateless_batch_delivers_in_order_and_dead_letters_travel_with_it() -
     def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is None
         if event.value == b"bad":
-            out.dead_letter(topic, "normalize", event, ValueError("unreadable"))
+            out.dead_letter("out", "normalize", event, ValueError("unreadable"))
         else:
-            out.add(topic, event.key, b"ok")
+            out.add("out", event.key, b"ok")
 
     batch = [_event(0, b"one"), _event(0, b"two", b"bad"), _event(0, b"three")]
-    asyncio.run(run_batches(FakeStream([batch]), Settings(), step))
+    asyncio.run(run_batches(topic.app, FakeStream([batch]), Settings(), step))
     assert journal[0] == "acked one"
     assert journal[2] == "acked three"
     assert journal[1].startswith("acked ")
@@ -242,10 +242,10 @@ def test_outputs_that_kafka_refused_are_sent_again_before_the_state_is_written()
     def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
         staged[event.key.decode()] = True
-        out.add(topic, event.key, b"v")
+        out.add("out", event.key, b"v")
 
     batch = [_event(0, b"a"), _event(0, b"b")]
-    asyncio.run(run_batches(FakeStream([batch]), Settings(), step, table))
+    asyncio.run(run_batches(topic.app, FakeStream([batch]), Settings(), step, table))
     assert journal[0] == "failed a"
     assert journal[-2:] == ["write a", "write b"]
     assert "acked a" in journal
@@ -269,13 +269,13 @@ def test_a_stage_bug_stops_the_worker_before_anything_is_sent_or_written(
     def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
         staged[event.key.decode()] = True
-        out.add(topic, event.key, b"v")
+        out.add("out", event.key, b"v")
         if event.key == b"b":
             raise KeyError("a bug")
 
     batch = [_event(0, b"a"), _event(0, b"b")]
     with pytest.raises(SystemExit):
-        asyncio.run(run_batches(FakeStream([batch], journal), Settings(), step, table))
+        asyncio.run(run_batches(topic.app, FakeStream([batch], journal), Settings(), step, table))
     assert exits == [EXIT_STAGE_FAILED]
     # Nothing sent, written or acknowledged: the batch replays on the next start.
     assert journal == []
@@ -294,11 +294,13 @@ def test_a_batch_cancelled_while_sending_is_not_acknowledged() -> None:
     def step(event: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
         staged[event.key.decode()] = True
-        out.add(topic, event.key, b"v")
+        out.add("out", event.key, b"v")
 
     async def stop_midway() -> None:
         agent = asyncio.create_task(
-            run_batches(FakeStream([[_event(0, b"a")]], journal), Settings(), step, table)
+            run_batches(
+                topic.app, FakeStream([[_event(0, b"a")]], journal), Settings(), step, table
+            )
         )
         await asyncio.sleep(0.05)
         agent.cancel()  # what a SIGTERM or a rebalance does to an agent

@@ -28,15 +28,6 @@ class Producer:
         return future
 
 
-class Topic:
-    def __init__(self, name: str, producer: Producer) -> None:
-        self.name = name
-        self.app = SimpleNamespace(producer=producer)
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-
 def consumed(topic: str, partition: int, offset: int, key: bytes, value: bytes) -> Any:
     message = SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key, value=value)
     return SimpleNamespace(key=key, value=value, message=message)
@@ -53,8 +44,11 @@ def deliver(outbox: Outbox) -> None:
 
 def test_records_of_one_partition_travel_in_one_frame_in_order() -> None:
     producer = Producer()
-    keys, other = Topic("keys", producer), Topic("out", producer)
-    outbox = Outbox(Framing(frozenset({"keys"}), partitions=4, max_bytes=10_000))
+    keys, other = "keys", "out"
+    outbox = Outbox(
+        SimpleNamespace(producer=producer),
+        Framing(frozenset({"keys"}), partitions=4, max_bytes=10_000),
+    )
     records = [(f"email:p{i}@x.com".encode(), f'{{"n":{i}}}'.encode()) for i in range(40)]
     for key, value in records:
         outbox.add(keys, key, value)
@@ -80,8 +74,11 @@ def test_records_of_one_partition_travel_in_one_frame_in_order() -> None:
 
 def test_a_full_frame_is_closed_and_the_next_follows_it() -> None:
     producer = Producer()
-    keys = Topic("keys", producer)
-    outbox = Outbox(Framing(frozenset({"keys"}), partitions=1, max_bytes=300))
+    keys = "keys"
+    outbox = Outbox(
+        SimpleNamespace(producer=producer),
+        Framing(frozenset({"keys"}), partitions=1, max_bytes=300),
+    )
     for i in range(20):
         outbox.add(keys, b"k", b"v" * 40 + str(i).encode())
     deliver(outbox)
@@ -94,8 +91,11 @@ def test_a_full_frame_is_closed_and_the_next_follows_it() -> None:
 
 def test_a_record_larger_than_a_frame_still_goes_alone() -> None:
     producer = Producer()
-    keys = Topic("keys", producer)
-    outbox = Outbox(Framing(frozenset({"keys"}), partitions=2, max_bytes=100))
+    keys = "keys"
+    outbox = Outbox(
+        SimpleNamespace(producer=producer),
+        Framing(frozenset({"keys"}), partitions=2, max_bytes=100),
+    )
     outbox.add(keys, b"a", b"x" * 500)
     deliver(outbox)
     assert producer.sent == [("keys", b"a", b"x" * 500, partition_for(b"a", 2))]
@@ -103,8 +103,10 @@ def test_a_record_larger_than_a_frame_still_goes_alone() -> None:
 
 def test_framing_off_sends_every_record_alone() -> None:
     producer = Producer()
-    keys = Topic("keys", producer)
-    outbox = Outbox(Framing(frozenset({"keys"}), partitions=4, max_bytes=0))
+    keys = "keys"
+    outbox = Outbox(
+        SimpleNamespace(producer=producer), Framing(frozenset({"keys"}), partitions=4, max_bytes=0)
+    )
     for i in range(5):
         outbox.add(keys, f"k{i}", b"{}")
     deliver(outbox)
@@ -113,9 +115,12 @@ def test_framing_off_sends_every_record_alone() -> None:
 
 def test_a_frame_is_read_back_as_records_at_its_coordinates() -> None:
     producer = Producer()
-    outbox = Outbox(Framing(frozenset({"keys"}), partitions=1, max_bytes=10_000))
-    outbox.add(Topic("keys", producer), b"a", b'{"x":1}')
-    outbox.add(Topic("keys", producer), b"b", b'{"x":2}')
+    outbox = Outbox(
+        SimpleNamespace(producer=producer),
+        Framing(frozenset({"keys"}), partitions=1, max_bytes=10_000),
+    )
+    outbox.add("keys", b"a", b'{"x":1}')
+    outbox.add("keys", b"b", b'{"x":2}')
     deliver(outbox)
     [(_, key, value, _)] = producer.sent
     records = list(records_of(consumed("keys", 0, 7, key, value)))
