@@ -316,6 +316,14 @@ class WorkerSettings(_Section):
     batch_within_s: Annotated[float, Field(gt=0)] = Field(
         default=0.02, description="How long an agent waits to fill a batch before it works."
     )
+    rocksdb_write_buffer_mb: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=4,
+        description="Write buffer of each table store (one per table and partition; at most "
+        "two in memory per store).",
+    )
+    rocksdb_block_cache_mb: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=8, description="Read cache of each table store (one per table and partition)."
+    )
     frame_max_bytes: Annotated[int, Field(ge=0, le=900_000)] = Field(
         default=262_144,
         description="Largest frame of records an agent sends to one partition of the stream "

@@ -91,7 +91,7 @@ def resolve_step(record: Any, index: Table, out: Outputs, *, topics: Topics, rul
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = raw_topic(app, topics.identity_keys)
-    index = json_table(app, "identity_index", settings.kafka.partitions)
+    index = json_table(app, "identity_index", settings)
 
     def resolve_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None

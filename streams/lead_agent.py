@@ -516,7 +516,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
         key_serializer="raw",
         value_serializer="raw",
     )
-    table = json_table(app, "lead_state", settings.kafka.partitions)
+    table = json_table(app, "lead_state", settings)
 
     def fold_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None

@@ -254,7 +254,7 @@ def assign_step(
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
     source = raw_topic(app, topics.routing_requests)
-    table = json_table(app, "team_state", settings.kafka.partitions)
+    table = json_table(app, "team_state", settings)
 
     def assign_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None

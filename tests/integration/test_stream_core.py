@@ -161,6 +161,12 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
     assert f"grade {why['score']['grade']}" in shown.stdout
 
 
+def store_options(data_dir: Path) -> list[str]:
+    """The RocksDB OPTIONS file in force for each `lead_state` store a worker opened."""
+    stores = data_dir.glob("worker*/worker-state/*/tables/lead_state-*.db")
+    return [sorted(store.glob("OPTIONS-*"))[-1].read_text() for store in stores]
+
+
 async def test_engagement_and_calls_rescore_the_lead(stack: Stack) -> None:
     status, _ = stack.post_json(
         {
@@ -233,6 +239,13 @@ async def test_engagement_and_calls_rescore_the_lead(stack: Stack) -> None:
 
     [letter] = await read_topic(stack.bootstrap, stack.topics.dlq("events"), 1)
     assert DeadLetter.model_validate_json(letter.value or b"").original == b'{"call_id": 1}'
+
+    # The table stores run with leadflow's RocksDB sizes, not Faust's (64 MB buffers).
+    options = store_options(Path(stack.env["LEADFLOW_DATA_DIR"]))
+    assert options
+    for text in options:
+        assert "write_buffer_size=4194304" in text
+        assert "max_write_buffer_number=2" in text
 
 
 async def test_a_call_from_a_known_number_keeps_the_lead_and_its_rep(stack: Stack) -> None:
