@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CONSUMER_STATE = (
     "_read_offset",
     "_committed_offset",
+    "_acked",
     "_unacked_messages",
     "_paused_partitions",
     "_buffered_partitions",
@@ -92,6 +93,10 @@ def _missing_faust_classes() -> list[str]:
         missing.append("faust Consumer._add_gap (replaced by streams/stall_guard.py)")
     if not _reads(getattr(Consumer, "_drain_messages", None), "_add_gap"):
         missing.append("faust Consumer._drain_messages calling self._add_gap")
+    if not callable(stall_guard.faust_new_offset()):
+        missing.append("faust Consumer._new_offset (wrapped by streams/stall_guard.py)")
+    elif not _reads(getattr(Consumer, "_filter_committable_offsets", None), "_new_offset"):
+        missing.append("faust Consumer._filter_committable_offsets calling self._new_offset")
     if not hasattr(AIOKafkaConsumerThread, "_consumer"):
         missing.append("faust AIOKafkaConsumerThread._consumer")
     if not callable(getattr(Stream, "noack_take", None)):
@@ -241,6 +246,11 @@ def missing_running_internals(app: Any) -> list[str]:
     if getattr(type(consumer), "_add_gap", None) is not stall_guard._hold_commits_at_gaps:
         missing.append(
             f"faust {type(consumer).__name__}._add_gap being the stall guard's replacement "
+            "(the running consumer uses another)"
+        )
+    if getattr(type(consumer), "_new_offset", None) is not stall_guard._commit_from_the_head:
+        missing.append(
+            f"faust {type(consumer).__name__}._new_offset being the stall guard's wrapper "
             "(the running consumer uses another)"
         )
     thread = getattr(consumer, "_thread", None)

@@ -41,6 +41,7 @@ def test_the_installed_libraries_have_every_internal_the_worker_relies_on() -> N
     ("owner", "name", "named"),
     [
         (Consumer, "_add_gap", "faust Consumer._add_gap"),
+        (Consumer, "_new_offset", "faust Consumer._new_offset"),
         (driver.AIOKafkaConsumerThread, "_consumer", "faust AIOKafkaConsumerThread._consumer"),
         (faust.Stream, "noack_take", "faust Stream.noack_take"),
         (faust.streams, "_current_event", "faust faust.streams._current_event"),
@@ -97,12 +98,17 @@ def test_changed_behaviour_is_named_too(monkeypatch: pytest.MonkeyPatch) -> None
     async def drain(self: Any, fetcher: Any) -> None:
         return None
 
+    def committable(self: Any, tps: Any) -> dict[Any, int]:
+        return {}
+
     monkeypatch.setattr(driver.Producer, "send", send)  # parameters the Outbox cannot pass
     monkeypatch.setattr(Consumer, "_drain_messages", drain)  # no longer calls _add_gap
+    monkeypatch.setattr(Consumer, "_filter_committable_offsets", committable)  # nor _new_offset
     monkeypatch.setattr(faust.streams, "current_event", lambda: None)  # ignores the variable
     monkeypatch.setattr(mode.Worker, "_install_signal_handlers_unix", lambda self: None)
     assert missing_stream_internals() == [
         "faust Consumer._drain_messages calling self._add_gap",
+        "faust Consumer._filter_committable_offsets calling self._new_offset",
         "faust faust.streams.current_event() reading faust.streams._current_event",
         "mode Worker._install_signal_handlers_unix installing self._on_sigusr1",
         "faust Producer.send(topic, key, value, partition, timestamp, headers) taken positionally",
@@ -120,6 +126,7 @@ def guarded_add_gap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Faust's `_add_gap` replaced as `stall_guard.install` does, undone after the test."""
     monkeypatch.setattr(stall_guard, "_replaced", {})
     monkeypatch.setattr(Consumer, "_add_gap", Consumer._add_gap)  # restored after
+    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)
     app = faust.App("unit-install", broker="kafka://127.0.0.1:9", store="memory://")
     stall_guard.install(app)  # registers a timer and a task; builds no consumer
 
@@ -163,5 +170,31 @@ async def test_the_running_check_names_a_consumer_that_bypasses_the_stall_guard(
         assert "faust Consumer._add_gap being the stall guard's replacement" in " ".join(
             missing_running_internals(app)
         )
+    finally:
+        close_consumer_loop(app)
+
+
+def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
+    guarded_add_gap: None,
+) -> None:
+    """Faust commits acknowledged offsets that start one past the committed offset: the
+    record in between, handed to a stream and dropped there by a rebalance, was lost."""
+    from faust.types import TP
+
+    app = faust.App("unit-head", broker="kafka://127.0.0.1:9", store="memory://")
+    consumer = app.consumer
+    tp = TP("leads.raw", 1)
+    faust_own = stall_guard.faust_new_offset()
+    try:
+        consumer._committed_offset[tp] = 1233
+        consumer._acked[tp] = [1234, 1235]
+        assert faust_own(consumer, tp) == 1236  # Faust alone: 1233 skipped
+        consumer._acked[tp] = [1234, 1235]
+        assert consumer._new_offset(tp) is None  # held: 1233 is fetched again
+        consumer._acked[tp] = [1233, 1234, 1235]
+        assert consumer._new_offset(tp) == 1236
+        consumer._committed_offset[tp] = None  # nothing committed yet: Faust decides
+        consumer._acked[tp] = [5, 6]
+        assert consumer._new_offset(tp) == 7
     finally:
         close_consumer_loop(app)
