@@ -28,6 +28,7 @@ itself (the group resets to earliest when that is gone).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -115,33 +116,50 @@ async def _hold_commits_at_gaps(self: Any, tp: Any, offset_from: int, offset_to:
 
 def _commit_from_the_head(self: Any, tp: Any) -> int | None:
     """Wraps Faust's `Consumer._new_offset`: no commit while the record at the committed
-    offset was never acknowledged.
+    offset was never acknowledged, and the partition is read again from there.
 
     Faust commits the first run of consecutive acknowledged offsets unless it starts
     *more than one* past the committed offset, so a single record handed to a stream and
-    dropped there (a rebalance empties the stream's buffers) is committed past and lost:
-    the fault drill lost one of 889 that way. Held here, the partition's committed offset
-    stays behind what was fetched, and the stall guard seeks back to it once nothing moves.
+    dropped there (a rebalance or a restart empties the stream's buffers) is committed
+    past and lost: the fault drill lost one of 889 that way. A record after it was
+    acknowledged, and one partition's records are handled in order, so it will not be
+    acknowledged any more: the partition is sought back to it (what follows is handled
+    twice, which every stage tolerates), again every HOLD_RESEEK_S while it holds.
     """
     acked = self._acked[tp]
     committed = self._committed_offset[tp]
     if acked and committed is not None and min(acked) > committed:
-        held = (tp, committed)
-        if _held_at.get(tp) != held:
-            _held_at[tp] = held
+        now = time.monotonic()
+        held = _held_at.get(tp)
+        if held is None or held[0] != committed or now - held[1] >= HOLD_RESEEK_S:
+            _held_at[tp] = (committed, now)
             log.warning(
-                "offset %d of %s[%d] was never acknowledged; not committing past it (it is "
-                "fetched again)",
+                "offset %d of %s[%d] was never acknowledged; not committing past it, "
+                "reading the partition again from there",
                 committed,
                 tp.topic,
                 tp.partition,
             )
+            _seek_soon(self, tp, committed)
         return None
+    _held_at.pop(tp, None)
     new_offset: int | None = _replaced["_new_offset"](self, tp)
     return new_offset
 
 
-_held_at: dict[Any, tuple[Any, int]] = {}
+HOLD_RESEEK_S = 20.0
+_held_at: dict[Any, tuple[int, float]] = {}
+_seeks: set[Any] = set()  # running seeks, kept referenced until done
+
+
+def _seek_soon(consumer: Any, tp: Any, offset: int) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a direct call): the commit is held all the same
+        return
+    task = loop.create_task(consumer.seek(tp, offset))
+    _seeks.add(task)
+    task.add_done_callback(_seeks.discard)
 
 
 def never_committed(

@@ -7,6 +7,7 @@ monkeypatch (undone after the test), never a stand-in for Faust.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from importlib.metadata import version
@@ -174,8 +175,8 @@ async def test_the_running_check_names_a_consumer_that_bypasses_the_stall_guard(
         close_consumer_loop(app)
 
 
-def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
-    guarded_add_gap: None,
+async def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
+    guarded_add_gap: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Faust commits acknowledged offsets that start one past the committed offset: the
     record in between, handed to a stream and dropped there by a rebalance, was lost."""
@@ -183,6 +184,13 @@ def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
 
     app = faust.App("unit-head", broker="kafka://127.0.0.1:9", store="memory://")
     consumer = app.consumer
+    sought: list[tuple[Any, int]] = []
+
+    async def seek(partition: Any, offset: int) -> None:
+        sought.append((partition, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(stall_guard, "_held_at", {})
     tp = TP("leads.raw", 1)
     faust_own = stall_guard.faust_new_offset()
     try:
@@ -190,11 +198,15 @@ def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
         consumer._acked[tp] = [1234, 1235]
         assert faust_own(consumer, tp) == 1236  # Faust alone: 1233 skipped
         consumer._acked[tp] = [1234, 1235]
-        assert consumer._new_offset(tp) is None  # held: 1233 is fetched again
-        consumer._acked[tp] = [1233, 1234, 1235]
+        assert consumer._new_offset(tp) is None  # held, and read again from 1233
+        assert consumer._new_offset(tp) is None  # (one seek per hold)
+        await asyncio.sleep(0)
+        assert sought == [(tp, 1233)]
+        consumer._acked[tp] = [1233, 1234, 1235]  # fetched again and handled
         assert consumer._new_offset(tp) == 1236
         consumer._committed_offset[tp] = None  # nothing committed yet: Faust decides
         consumer._acked[tp] = [5, 6]
         assert consumer._new_offset(tp) == 7
+        assert sought == [(tp, 1233)]
     finally:
         close_consumer_loop(app)
