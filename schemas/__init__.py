@@ -19,11 +19,12 @@ from schemas.lead_state import (
     ScoreResult,
     Touch,
 )
-from schemas.rows import DeadLetterRow, LeadRow, MergeRow, TransitionRow
+from schemas.rows import AssignmentRow, DeadLetterRow, LeadRow, MergeRow, TransitionRow
 from schemas.transition import StageTransition
 
 __all__ = [
     "Assignment",
+    "AssignmentRow",
     "CallEvent",
     "Channel",
     "CrmEvent",

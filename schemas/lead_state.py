@@ -76,7 +76,11 @@ class MatchRecord(BaseModel):
 
 
 class IdentityProbe(BaseModel):
-    """A new lead travelling the identity chain, one match key per hop."""
+    """A new lead (or an event about an unknown person) on its way through the identity index.
+
+    A lead with several match keys sends one probe per key at once (`part` of
+    `parts`); each comes back to the lead stage resolved against its key, and the
+    lead stage combines them (`streams.identity.combine`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -114,6 +118,19 @@ class IdentityProbe(BaseModel):
         default=False,
         description="True for a call or engagement: it attaches to the person and never "
         "takes an owned lead away from its rep.",
+    )
+    part: int = Field(
+        default=0,
+        ge=0,
+        description="Which of the lead's match keys this probe visits (0-based), when the "
+        "keys are visited at once.",
+    )
+    parts: int = Field(
+        default=1,
+        ge=1,
+        description="How many keys the lead's probes visit at once: the lead stage gathers "
+        "that many answers under the lead's own id before it decides. 1: the probe goes "
+        "straight to the lead it resolved to (one key, or a chain from an older worker).",
     )
 
 

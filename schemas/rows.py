@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from schemas.dead_letter import DeadLetter
-from schemas.lead_state import LeadState, MergeRecord
+from schemas.lead_state import Assignment, LeadState, MergeRecord
 from schemas.transition import StageTransition
 
 
@@ -210,6 +210,26 @@ class MergeRow(_Row):
     @classmethod
     def from_record(cls, record: MergeRecord) -> MergeRow:
         return cls(**record.model_dump())
+
+
+class AssignmentRow(_Row):
+    table: ClassVar[str] = "assignments"
+
+    assignment_id: str
+    lead_id: str
+    team: str
+    owner: str
+    owner_name: str
+    rule: str
+    reason: str
+    assigned_at: datetime
+    score: float
+    grade: str
+    source: str
+
+    @classmethod
+    def from_assignment(cls, assignment: Assignment) -> AssignmentRow:
+        return cls(**assignment.model_dump(include=set(cls.model_fields)))
 
 
 class DeadLetterRow(_Row):

@@ -1,9 +1,9 @@
-"""The agent of stage `events`: engagement and call events into the identity chain.
+"""The agent of stage `events`: engagement and call events to the person they are about.
 
 Inputs: `events.engagement` (key: email, phone or lead id), `events.calls`
 (key: the caller's E.164 number) and `events.crm` (key: lead id; today the
-rep's `accept`). Output: an identity probe on
-`identity.keys`, keyed by its first match key, or, for an event that names
+rep's `accept`). Output: identity probes on
+`identity.keys`, one per match key, or, for an event that names
 a lead id, an update on `lead.updates`. Events that cannot be read or name
 nobody go to `dlq.events`. An event that names an erased person (any of its
 numbers, addresses or lead ids is on the suppression list) goes nowhere but
@@ -27,7 +27,7 @@ from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
 from schemas.messages import AcceptUpdate, CrmUpdate, EngagementUpdate
 from streams.events import call_probe, crm_update, engagement_update
-from streams.identity import table_key
+from streams.identity import scatter
 from streams.normalize_agent import raw_identifiers, suppressed_letter
 from streams.rules import Rules
 from streams.wiring import Outbox, Outputs, StagedTable, run_batches
@@ -74,8 +74,8 @@ def events_step(
             out.add(topics.dlq(STAGE), *suppressed_letter(record, hashes, STAGE).record())
             return
     if isinstance(result, IdentityProbe):
-        kind, value, _ = result.keys[0]
-        out.add(topics.identity_keys, table_key(kind, value), result.model_dump_json().encode())
+        for key, value in scatter(result):
+            out.add(topics.identity_keys, key, value)
     else:
         out.add(topics.lead_updates, result.lead_id, result.model_dump_json().encode())
 

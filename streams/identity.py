@@ -1,9 +1,12 @@
 """Stage `identity` (pure part): is this lead someone we already know?
 
 The identity index is partitioned by match key (`email:…`, `phone:…`,
-`company:…`, `domain:…`), so a new lead travels a chain: one hop per key,
-re-keyed through the `identity.keys` topic, each hop owned by exactly one
-partition. `visit_key` is one hop. It never reads state of another key:
+`company:…`, `domain:…`). A new lead visits all its keys at once: `scatter`
+gives one probe per key on `identity.keys`, each owned by exactly one
+partition, and each comes back to the lead stage resolved against its key;
+`combine` makes one answer of them there. So a lead takes two Kafka hops to
+be resolved whatever the number of its keys. `visit_key` is one key's visit.
+It never reads state of another key:
 
 - an exact key (email, phone with its extension: `+498912340;ext=12`) maps to
   the lead that first claimed it;
@@ -201,3 +204,66 @@ def visit_key(
     suggested = {r.matched_lead_id for r in suggestions} - {resolved.lead_id}
     resolved = _suggest(resolved, [r for r in suggestions if r.matched_lead_id in suggested])
     return resolved.model_copy(update={"keys": rest}), {"names": names[-rules.max_names_per_key :]}
+
+
+def scatter(probe: IdentityProbe) -> list[tuple[str, bytes]]:
+    """(match key, message) for each of the probe's keys, all sent at once.
+
+    A lead with a single key sends the probe as it is: its answer goes straight
+    to the lead it resolves to. With several, each probe carries one key and
+    says which part it is, and the answers are gathered under the lead's own id."""
+    if len(probe.keys) <= 1:
+        return [(table_key(*probe.keys[0][:2]), probe.model_dump_json().encode())]
+    parts = len(probe.keys)
+    return [
+        (
+            table_key(kind, value),
+            probe.model_copy(update={"keys": [(kind, value, rule)], "part": part, "parts": parts})
+            .model_dump_json()
+            .encode(),
+        )
+        for part, (kind, value, rule) in enumerate(probe.keys)
+    ]
+
+
+def combine(answers: list[IdentityProbe]) -> IdentityProbe:
+    """One lead's probes, each resolved against its own key, as one resolved probe.
+
+    The survivor is the earliest (`first_seen`, then id) lead any key resolved to;
+    every other lead a key resolved to, and every lead a key absorbed, is absorbed
+    by it. The same people come out as when the keys are visited one after the
+    other: each key links the lead to the leads found under it, and the lead stage
+    merges what the links join."""
+    answers = sorted(answers, key=lambda probe: probe.part)
+    best = min(answers, key=lambda probe: (probe.first_seen, probe.lead_id))
+    survivor = best.lead_id
+    found = {m.matched_lead_id: m for probe in answers for m in probe.matches}
+    absorbed: dict[str, str] = {}
+    for probe in answers:
+        for lead_id, rule in probe.absorbed:
+            absorbed.setdefault(lead_id, rule)
+        if probe.lead_id in found:
+            absorbed.setdefault(probe.lead_id, found[probe.lead_id].rule)
+    absorbed.pop(survivor, None)
+    # The survivor's own match first: it names the rule of the lead's merge row.
+    matches = sorted(found.values(), key=lambda m: m.matched_lead_id != survivor)
+    joined = set(absorbed) | {survivor}
+    suggested = [
+        record
+        for probe in answers
+        for record in probe.suggested
+        if record.matched_lead_id not in joined
+    ]
+    resolved = answers[0].model_copy(
+        update={
+            "lead_id": survivor,
+            "first_seen": best.first_seen,
+            "keys": [],
+            "matches": matches,
+            "absorbed": list(absorbed.items()),
+            "suggested": [],
+            "part": 0,
+            "parts": 1,
+        }
+    )
+    return _suggest(resolved, suggested)

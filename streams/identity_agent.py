@@ -1,10 +1,11 @@
-"""The agent of stage `identity`: one hop of the identity chain per message.
+"""The agent of stage `identity`: one match key visited per message.
 
 Input: `identity.keys`, keyed by match key (`email:…`, `phone:…`, …); the
 partition that owns a key owns its entry in the `identity_index` table
-(changelog-backed, RocksDB on disk). Output: the probe goes on to its next
-key on `identity.keys`, or, after the last key, to `lead.updates` keyed by
-the resolved lead id. Unreadable probes go to `dlq.identity`. Replaying a
+(changelog-backed, RocksDB on disk). Output: the probe, resolved against its
+key, on `lead.updates`: keyed by the lead's own id when it is one of several
+probes of the lead (the lead stage gathers them), by the lead it resolved to
+when it is the only one. Unreadable probes go to `dlq.identity`. Replaying a
 probe is harmless: a key already pointing at the probe's lead is a no-op.
 """
 
@@ -83,10 +84,14 @@ def resolve_step(record: Any, index: Table, out: Outputs, *, topics: Topics, rul
     if new_entry != entry:
         index[key] = new_entry
     if probe.keys:
+        # A chain an older worker started: on to its next key.
         kind, value, _ = probe.keys[0]
         out.add(topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode())
     else:
-        out.add(topics.lead_updates, probe.lead_id, NewLead(probe=probe).model_dump_json().encode())
+        # One key of several: back to the lead's own id, where its answers are gathered;
+        # the only key: straight to the lead it resolved to.
+        to = probe.lead.lead_id if probe.parts > 1 else probe.lead_id
+        out.add(topics.lead_updates, to, NewLead(probe=probe).model_dump_json().encode())
 
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:

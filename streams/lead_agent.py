@@ -1,6 +1,6 @@
 """The agent of stage `lead`: the person's state, keyed by lead id.
 
-Inputs: `lead.updates` (new leads from the identity chain, merges, absorbs)
+Inputs: `lead.updates` (new leads' identity answers, merges, absorbs)
 and `leads.assigned` (owners chosen by routing), both keyed by lead id; the
 partition owning a lead id owns its `lead_state` table entry. Outputs:
 `leads.identified` (the whole state, for ClickHouse), `routing.requests`
@@ -28,7 +28,7 @@ from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import Assignment, CrmEvent, LeadState
+from schemas import Assignment, CrmEvent, IdentityProbe, LeadState
 from schemas.messages import (
     LEAD_UPDATE,
     AbsorbCommand,
@@ -47,6 +47,7 @@ from schemas.messages import (
     UnmergeCommand,
 )
 from streams import leads
+from streams.identity import combine
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
@@ -476,6 +477,30 @@ def handle_assignment(
     return effects
 
 
+GATHER = "gather:"
+"""Table key prefix of a lead's identity answers gathered so far (`gather`)."""
+
+
+def gather(
+    probe: IdentityProbe, lead_id: str, state: LeadState | None, table: Table
+) -> IdentityProbe | None:
+    """One of a new lead's probes back from its key; the combined answer once all are in.
+
+    The answers wait in the lead's partition under `gather:<lead id>`. A lead that
+    already has state here (a replay, or another lead's merge that reached it
+    first) takes what has come so far at once and each later answer alone: any
+    subset of the answers is a correct answer, and the merges that follow are
+    idempotent, so nothing waits for an answer that a replay will not repeat."""
+    entry = table.get(GATHER + lead_id)
+    answers = {**(entry or {}), str(probe.part): probe.model_dump(mode="json")}
+    if state is None and len(answers) < probe.parts:
+        table[GATHER + lead_id] = answers
+        return None
+    if entry is not None:
+        table.pop(GATHER + lead_id, None)
+    return combine([IdentityProbe.model_validate(answer) for answer in answers.values()])
+
+
 def fold_step(
     record: Any, table: Table, out: Outputs, *, topics: Topics, rules: Rules, now: datetime
 ) -> None:
@@ -493,7 +518,17 @@ def fold_step(
             if isinstance(update, EraseLead):
                 # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
                 table.pop(key, None)
+                table.pop(GATHER + key, None)
                 return
+            if isinstance(update, NewLead) and update.probe.parts > 1:
+                probe = gather(update.probe, key, state, table)
+                if probe is None:
+                    return  # more of the lead's keys to hear from
+                update = NewLead(probe=probe)
+                if probe.lead_id != key:
+                    # Another lead is the person: the lead goes to its partition.
+                    out.add(*_update(topics, probe.lead_id, update))
+                    return
             effects = handle_update(update, state, topics, rules, now)
     except (BadRecordError, ValidationError, ValueError) as exc:
         # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the

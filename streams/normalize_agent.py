@@ -1,10 +1,10 @@
-"""The agent of stage `normalize`: reads `leads.raw`, starts the identity chain or dead-letters.
+"""The agent of stage `normalize`: reads `leads.raw`; a lead's identity probes, or a dead letter.
 
 Concurrency 1 keeps per-partition order. The agent never raises for a bad
 record (Faust would acknowledge it and lose it): `normalize_message` returns
 a dead letter instead, which is acknowledged by Kafka before the offset can be
 committed (batches: see `streams.wiring`).
-A good lead leaves as an identity probe keyed by its first match key.
+A good lead leaves as identity probes, one per match key, all at once.
 
 A record naming an erased person (any field value, the lead's email, or its
 phone read with the lead's own country) becomes a dead letter of reason
@@ -28,7 +28,7 @@ from leadflow.privacy import (
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter, Lead
-from streams.identity import start_probe, table_key
+from streams.identity import scatter, start_probe
 from streams.normalize import STAGE, normalize_message
 from streams.rules import Rules
 from streams.wiring import Outbox, Outputs, StagedTable, raw_topic, run_batches
@@ -77,7 +77,7 @@ def normalize_step(
     region: str,
     suppressed: SuppressionList,
 ) -> None:
-    """One envelope of `leads.raw`: its lead's first identity hop, or a dead letter."""
+    """One envelope of `leads.raw`: its lead's identity probes, or a dead letter."""
     message = record.message
     result = normalize_message(
         record.value,
@@ -93,9 +93,8 @@ def normalize_step(
         out.add(topics.dlq(STAGE), *suppressed_letter(record, hashes, STAGE).record())
         return
     if isinstance(result, Lead):
-        probe = start_probe(result, rules.identity)
-        kind, value, _ = probe.keys[0]
-        out.add(topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode())
+        for key, value in scatter(start_probe(result, rules.identity)):
+            out.add(topics.identity_keys, key, value)
     else:
         log.warning(
             "dead-lettered %s@%s/%s: %s",

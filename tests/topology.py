@@ -27,7 +27,7 @@ from leadflow.oracle import expected_people, expected_survivors
 from leadflow.topics import Topics
 from schemas import Assignment, IdentityProbe, Lead, LeadState
 from streams.frames import FramedEvent, RecordInFrame
-from streams.identity import start_probe, table_key
+from streams.identity import scatter, start_probe
 from streams.identity_agent import resolve_step
 from streams.lead_agent import fold_step
 from streams.routing_agent import assign_step
@@ -44,7 +44,7 @@ class Topology:
         self.partitions = partitions
         self.rng = random.Random(seed)
         self.topics = Topics()
-        self.queues: dict[tuple[str, int], deque[tuple[str, bytes]]] = defaultdict(deque)
+        self.queues: dict[tuple[str, int], deque[tuple[str, bytes, int]]] = defaultdict(deque)
         self.identity: dict[str, Any] = {}
         self.lead_table: dict[str, Any] = {}
         self.teams: dict[str, Any] = {}
@@ -55,6 +55,10 @@ class Topology:
         self.now = NOW  # the wall clock the routing stage sees; tests move it
         self.dead_letters: list[tuple[str, Exception]] = []
         self.offsets: dict[tuple[str, int], int] = defaultdict(int)
+        # Kafka hops: a message published from outside is hop 1 (what the normalize stage
+        # sends for a `leads.raw` envelope); a step's output is one more than its input.
+        self.hop = 0
+        self.first_hop: dict[tuple[str, str], int] = {}
 
     def add(self, topic: str, key: str | bytes, value: bytes) -> None:
         """A step's output (the `Outputs` of streams.wiring)."""
@@ -68,20 +72,17 @@ class Topology:
 
     def send(self, topic: str, key: str, value: bytes) -> None:
         partition = zlib.crc32(key.encode()) % self.partitions
-        self.queues[(topic, partition)].append((key, value))
+        hop = self.hop + 1
+        self.queues[(topic, partition)].append((key, value, hop))
+        self.first_hop.setdefault((topic, key), hop)
 
     def publish_lead(self, lead: Lead) -> None:
-        probe = start_probe(lead, self.rules.identity)
-        kind, value, _ = probe.keys[0]
-        self.send(
-            self.topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode()
-        )
+        """A normalized lead, as the normalize stage sends it (its probes, one per key)."""
+        self.publish_probe(start_probe(lead, self.rules.identity))
 
     def publish_probe(self, probe: IdentityProbe) -> None:
-        kind, value, _ = probe.keys[0]
-        self.send(
-            self.topics.identity_keys, table_key(kind, value), probe.model_dump_json().encode()
-        )
+        for key, value in scatter(probe):
+            self.send(self.topics.identity_keys, key, value)
 
     def publish_update(self, update: dict[str, Any] | BaseModel) -> None:
         """A message for the lead stage, keyed as its producer keys it: the lead it names
@@ -97,8 +98,9 @@ class Topology:
             if not ready:
                 return
             topic, partition = self.rng.choice(ready)
-            key, value = self.queues[(topic, partition)].popleft()
+            key, value, self.hop = self.queues[(topic, partition)].popleft()
             self._dispatch(topic, key, value)
+            self.hop = 0
         raise AssertionError("the topology did not settle")
 
     def _dispatch(self, topic: str, key: str, value: bytes) -> None:

@@ -1,9 +1,9 @@
 """The ClickHouse writer: Kafka topics in, batched idempotent inserts out.
 
 Input topics: `leads.identified` → table `leads`; `lead.merges` → table
-`lead_merges`; `lead.transitions` → table `lead_transitions` (and through
-materialized views `funnel_daily` and `pipeline_current`); every
-`dlq.<stage>` → table `dead_letters`. Inserts set
+`lead_merges`; `leads.assigned` → table `assignments`; `lead.transitions` →
+table `lead_transitions` (and through materialized views `funnel_daily` and
+`pipeline_current`); every `dlq.<stage>` → table `dead_letters`. Inserts set
 `deduplicate_blocks_in_dependent_materialized_views`, so a retried batch
 changes no view either. Offsets are
 committed only after the rows of every message up to them are in ClickHouse.
@@ -65,6 +65,8 @@ from leadflow.privacy import (
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import (
+    Assignment,
+    AssignmentRow,
     DeadLetter,
     DeadLetterRow,
     LeadRow,
@@ -110,12 +112,20 @@ def _transition_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
     return TransitionRow.from_transition(transition).as_row()
 
 
+def _assignment_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    assignment = Assignment.model_validate_json(message.value or b"")
+    return AssignmentRow.from_assignment(assignment).as_row()
+
+
 def routes(topics: Topics) -> dict[str, Route]:
     table: dict[str, Route] = {
         topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
         topics.lead_merges: Route(MergeRow.table, MergeRow.column_names(), _merge_row, False),
         topics.lead_transitions: Route(
             TransitionRow.table, TransitionRow.column_names(), _transition_row, False
+        ),
+        topics.leads_assigned: Route(
+            AssignmentRow.table, AssignmentRow.column_names(), _assignment_row, False
         ),
     }
     for name in topics.all_dlq():
@@ -135,6 +145,7 @@ LEAD_ID_PREDICATES: dict[str, str] = {
     "lead_transitions": "lead_id IN {ids:Array(String)}",
     "pipeline_current": "lead_id IN {ids:Array(String)}",
     "lead_merges": "survivor_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)}",
+    "assignments": "lead_id IN {ids:Array(String)}",
 }
 # Tables that hold dead-letter bodies (personal data), with the column their age is read
 # from: rows expire after the retention `apply_retention` sets.

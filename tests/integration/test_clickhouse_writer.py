@@ -18,7 +18,7 @@ from leadflow.metrics import Metrics
 from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
-from schemas import DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
+from schemas import Assignment, DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.migrations import load_migrations, migrate
 from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
@@ -339,3 +339,56 @@ async def test_dead_letters_expire_after_the_retention(clickhouse: ClickHouse) -
     assert await count(clickhouse, "dead_letters") == 0
     with pytest.raises(ValueError, match="at least one day"):
         await apply_retention(clickhouse, 0)
+
+
+async def test_each_assignment_is_a_row_once_without_contact_data(
+    kafka_bootstrap: str, settings: Settings, clickhouse: ClickHouse
+) -> None:
+    """`leads.assigned` → `assignments`: a replayed assignment lands once, and the row
+    keeps the decision (team, owner, rule, score) but none of the person's contact data."""
+    topics = Topics(settings.kafka.topic_prefix)
+    at = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    assignments = [
+        Assignment(
+            assignment_id=f"asg-{n}",
+            lead_id=f"lead-{n}",
+            team="emea_inbound",
+            owner="rep.anna",
+            owner_name="Anna K.",
+            owner_email="anna@example.com",
+            rule="emea",
+            reason="round robin",
+            assigned_at=at + timedelta(minutes=n),
+            score=40.0 + n,
+            grade="B",
+            full_name="Grace Hopper",
+            email=f"grace{n}@example.com",
+            phone="+4989123456",
+            source="web_form",
+        )
+        for n in range(3)
+    ]
+    producer = make_producer(settings.kafka, kafka_bootstrap)
+    await producer.start()
+    try:
+        for assignment in [*assignments, assignments[0]]:  # the first one replayed
+            await producer.send_and_wait(
+                topics.leads_assigned,
+                assignment.model_dump_json().encode(),
+                key=assignment.lead_id.encode(),
+            )
+    finally:
+        await producer.stop()
+    async with RunningWriter(settings, kafka_bootstrap, clickhouse):
+        await wait_until(lambda: _has(clickhouse, "assignments", 3))
+    assert await count(clickhouse, "assignments", final=True) == 3
+    rows = await clickhouse.query(
+        f"SELECT * FROM {clickhouse.database}.assignments FINAL ORDER BY lead_id"
+    )
+    assert [(r["lead_id"], r["owner"], r["team"], r["rule"]) for r in rows] == [
+        (f"lead-{n}", "rep.anna", "emea_inbound", "emea") for n in range(3)
+    ]
+    assert rows[2]["score"] == pytest.approx(42.0)
+    stored = json.dumps(rows, default=str)
+    assert "grace" not in stored
+    assert "+4989123456" not in stored

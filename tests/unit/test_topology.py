@@ -14,6 +14,8 @@ import pytest
 
 from leadflow.samples.generate import generate
 from schemas import RawLead
+from streams.identity import match_keys as topology_keys
+from streams.lead_agent import GATHER
 from streams.normalize import normalize_lead
 from streams.rules import Rules, load_rules
 from tests.topology import Topology, expected_people, expected_survivors
@@ -50,6 +52,8 @@ def test_distinct_leads_match_the_oracle_in_any_interleaving(rules: Rules, seed:
     # Every merge names a survivor that is a current lead or was merged on.
     survivors = {m["survivor_id"] for m in topology.merges}
     assert survivors <= set(topology.states)
+    # Every lead's identity answers were all gathered: none waits for more.
+    assert not [key for key in topology.lead_table if key.startswith(GATHER)]
 
 
 def test_the_oracle_finds_real_duplicates(rules: Rules) -> None:
@@ -148,3 +152,81 @@ def test_a_lead_that_loses_after_claiming_a_key_still_redirects_that_key(rules: 
             topology.publish_lead(normalize_lead(envelope, default_region="DE"))
         topology.run()
         assert {lead.lead_id: set(lead.event_ids) for lead in topology.people()} == expected
+
+
+def _raw(event_id: str, received_at: datetime, **fields: str) -> RawLead:
+    return RawLead(
+        event_id=event_id,
+        channel="web",
+        source_system="web_form",
+        received_at=received_at,
+        fields=fields,
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_new_lead_is_a_row_in_three_hops_and_assigned_in_four_whatever_its_keys(
+    rules: Rules, seed: int
+) -> None:
+    at = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    topology = Topology(rules, partitions=4, seed=seed)
+    lead = normalize_lead(
+        _raw(
+            "evt-four-keys",
+            at,
+            name="Grace Hopper",
+            email="grace@contoso-de.com",
+            phone="+49 89 1234-0 ext 12",
+            company="Contoso GmbH",
+        ),
+        default_region="DE",
+    )
+    assert {kind for kind, _, _ in topology_keys(lead, rules.identity)} == {
+        "email",
+        "phone",
+        "company",
+        "domain",
+    }
+    topology.publish_lead(lead)
+    topology.run()
+
+    t = topology.topics
+    # leads.raw → identity.keys (1) → lead.updates (2) → leads.identified (3)
+    assert topology.first_hop[(t.leads_identified, lead.lead_id)] == 3
+    # … → routing.requests (3) → leads.assigned (4): the ClickHouse `assignments` row
+    assert topology.first_hop[(t.leads_assigned, lead.lead_id)] == 4
+    assert not [key for key in topology.lead_table if key.startswith(GATHER)]
+
+
+def test_a_known_persons_new_lead_joins_it_in_four_hops(rules: Rules) -> None:
+    at = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    topology = Topology(rules, partitions=4, seed=9)
+    first = normalize_lead(
+        _raw("evt-first", at, name="Grace Hopper", email="grace@contoso-de.com"),
+        default_region="DE",
+    )
+    topology.publish_lead(first)
+    topology.run()
+    again = normalize_lead(
+        _raw(
+            "evt-again",
+            at + timedelta(days=1),
+            name="Grace Hopper",
+            email="grace@contoso-de.com",
+            phone="+49 89 1234-0",
+        ),
+        default_region="DE",
+    )
+    topology.first_hop.clear()
+    topology.publish_lead(again)
+    topology.run()
+
+    t = topology.topics
+    (person,) = topology.people()
+    assert person.lead_id == first.lead_id
+    assert set(person.event_ids) == {"evt-first", "evt-again"}
+    # identity.keys (1) → lead.updates to the new lead's id, its answers gathered (2) →
+    # lead.updates to the person (3) → leads.identified (4)
+    assert topology.first_hop[(t.leads_identified, first.lead_id)] == 4
+    assert topology.first_hop[(t.lead_merges, first.lead_id)] == 4
+    assert not [key for key in topology.lead_table if key.startswith(GATHER)]
