@@ -74,7 +74,8 @@ IdentityMessage = Annotated[
 
 
 class NewLead(_Message):
-    """A lead or event whose keys are all visited: fold it into `probe.lead_id`."""
+    """A lead or event resolved against its keys: fold it into `probe.lead_id`, or, for
+    one answer of several (`probe.parts` > 1), gather it under the lead's own id."""
 
     type: Literal["lead"] = "lead"
     probe: IdentityProbe

@@ -211,19 +211,49 @@ def scatter(probe: IdentityProbe) -> list[tuple[str, bytes]]:
 
     A lead with a single key sends the probe as it is: its answer goes straight
     to the lead it resolves to. With several, each probe carries one key and
-    says which part it is, and the answers are gathered under the lead's own id."""
+    says which part it is, and the answers are gathered under the lead's own id;
+    part 0 carries the whole lead, the others only what their key is compared on."""
     if len(probe.keys) <= 1:
         return [(table_key(*probe.keys[0][:2]), probe.model_dump_json().encode())]
     parts = len(probe.keys)
+    # Only part 0 carries the whole lead (the lead stage keeps that one); the others
+    # carry what a key is compared on.
+    slim = identity_view(probe.lead)
     return [
         (
             table_key(kind, value),
-            probe.model_copy(update={"keys": [(kind, value, rule)], "part": part, "parts": parts})
+            probe.model_copy(
+                update={
+                    "keys": [(kind, value, rule)],
+                    "part": part,
+                    "parts": parts,
+                    **({} if part == 0 else {"lead": slim, "engagements": []}),
+                }
+            )
             .model_dump_json()
             .encode(),
         )
         for part, (kind, value, rule) in enumerate(probe.keys)
     ]
+
+
+_IDENTITY_FIELDS = (
+    "lead_id",
+    "event_id",
+    "channel",
+    "source_system",
+    "email",
+    "phone",
+    "phone_extension",
+    "full_name",
+    "received_at",
+    "normalized_at",
+)
+
+
+def identity_view(lead: Lead) -> Lead:
+    """The lead as a key's visit needs it: ids, contact and name (`visit_key`)."""
+    return Lead.model_construct(**{name: getattr(lead, name) for name in _IDENTITY_FIELDS})
 
 
 def combine(answers: list[IdentityProbe]) -> IdentityProbe:

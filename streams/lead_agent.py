@@ -477,36 +477,40 @@ def handle_assignment(
     return effects
 
 
-GATHER = "gather:"
-"""Table key prefix of a lead's identity answers gathered so far (`gather`)."""
+GATHER = "~gather"
+"""Field of a lead's table entry holding its identity answers gathered so far."""
 
 
-def gather(
-    probe: IdentityProbe, lead_id: str, state: LeadState | None, table: Table
-) -> IdentityProbe | None:
-    """One of a new lead's probes back from its key; the combined answer once all are in.
+def gather(probe: IdentityProbe, pending: dict[str, Any] | None) -> dict[str, Any] | IdentityProbe:
+    """One of a new lead's probes back from its key: the answers so far (to keep), or,
+    once all are in, the combined answer.
 
-    The answers wait in the lead's partition under `gather:<lead id>`. A lead that
-    already has state here (a replay, or another lead's merge that reached it
-    first) takes what has come so far at once and each later answer alone: any
-    subset of the answers is a correct answer, and the merges that follow are
-    idempotent, so nothing waits for an answer that a replay will not repeat."""
-    entry = table.get(GATHER + lead_id)
-    answers = {**(entry or {}), str(probe.part): probe.model_dump(mode="json")}
-    if state is None and len(answers) < probe.parts:
-        table[GATHER + lead_id] = answers
-        return None
-    if entry is not None:
-        table.pop(GATHER + lead_id, None)
+    Only the answer of part 0 carries the whole lead (`streams.identity.scatter`),
+    so the lead is decided on all of them, never on a part. A replay that repeats
+    only some answers of a lead already decided leaves them waiting in its entry:
+    they hold nothing the first pass did not apply."""
+    answers = {
+        **(pending or {}),
+        str(probe.part): probe.model_dump(mode="json", exclude_defaults=True),
+    }
+    if len(answers) < probe.parts:
+        return answers
     return combine([IdentityProbe.model_validate(answer) for answer in answers.values()])
 
 
 def fold_step(
     record: Any, table: Table, out: Outputs, *, topics: Topics, rules: Rules, now: datetime
 ) -> None:
-    """One record of `lead.updates` or `leads.assigned` against the lead's state."""
+    """One record of `lead.updates` or `leads.assigned` against the lead's state.
+
+    A lead's table entry is its state, plus, while a new lead's identity answers
+    are still coming in, those answers under `~gather`: one entry and one
+    changelog record per lead, the answers gone when the state is written."""
     key = (record.key or b"").decode()
     stored = table.get(key)
+    pending = stored.get(GATHER) if stored else None
+    if pending is not None:
+        stored = {name: value for name, value in stored.items() if name != GATHER}
     state = LeadState.model_validate(stored) if stored else None
     try:
         if record.message.topic == topics.leads_assigned:
@@ -518,16 +522,22 @@ def fold_step(
             if isinstance(update, EraseLead):
                 # `leadflow erase`: forget the lead's state (Faust tombstones the changelog).
                 table.pop(key, None)
-                table.pop(GATHER + key, None)
                 return
             if isinstance(update, NewLead) and update.probe.parts > 1:
-                probe = gather(update.probe, key, state, table)
-                if probe is None:
+                answer = gather(update.probe, pending)
+                if isinstance(answer, dict):
+                    table[key] = {**(stored or {}), GATHER: answer}
                     return  # more of the lead's keys to hear from
-                update = NewLead(probe=probe)
-                if probe.lead_id != key:
-                    # Another lead is the person: the lead goes to its partition.
-                    out.add(*_update(topics, probe.lead_id, update))
+                pending = None
+                update = NewLead(probe=answer)
+                if answer.lead_id != key:
+                    # Another lead is the person: the lead goes to its partition, and this
+                    # id redirects there (what that lead's `merge` would write here).
+                    out.add(*_update(topics, answer.lead_id, update))
+                    kept = state or leads.mark_merged(
+                        None, key, answer.lead_id, answer.first_seen, now
+                    )
+                    table[key] = kept.model_dump(mode="json", exclude_defaults=True)
                     return
             effects = handle_update(update, state, topics, rules, now)
     except (BadRecordError, ValidationError, ValueError) as exc:
@@ -537,7 +547,8 @@ def fold_step(
         return
     if effects.state is not None:
         # Defaults left out: a third less to store, read and replicate per lead.
-        table[key] = effects.state.model_dump(mode="json", exclude_defaults=True)
+        entry = effects.state.model_dump(mode="json", exclude_defaults=True)
+        table[key] = entry if pending is None else {**entry, GATHER: pending}
     for topic, out_key, value in effects.sends:
         out.add(topic, out_key, value)
 

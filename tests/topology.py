@@ -129,6 +129,10 @@ class Topology:
         else:
             raise AssertionError(f"no stage reads {topic}")
 
+    def queues_of(self, topic: str) -> list[tuple[str, bytes, int]]:
+        """Every message waiting on `topic`, over its partitions."""
+        return [item for (t, _), items in self.queues.items() if t == topic for item in items]
+
     def people(self) -> list[LeadState]:
         """Current leads: every state not merged into another."""
         return [s for s in self.states.values() if s.merged_into is None]
