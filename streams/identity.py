@@ -251,9 +251,17 @@ _IDENTITY_FIELDS = (
 )
 
 
+# Every other field at its default (a copy, not a validation: this runs per key).
+_LEFT_OUT = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in Lead.model_fields.items()
+    if name not in _IDENTITY_FIELDS and not field.is_required()
+}
+
+
 def identity_view(lead: Lead) -> Lead:
     """The lead as a key's visit needs it: ids, contact and name (`visit_key`)."""
-    return Lead.model_construct(**{name: getattr(lead, name) for name in _IDENTITY_FIELDS})
+    return lead.model_copy(update=_LEFT_OUT)
 
 
 def combine(answers: list[IdentityProbe]) -> IdentityProbe:

@@ -481,21 +481,28 @@ GATHER = "~gather"
 """Field of a lead's table entry holding its identity answers gathered so far."""
 
 
-def gather(probe: IdentityProbe, pending: dict[str, Any] | None) -> dict[str, Any] | IdentityProbe:
-    """One of a new lead's probes back from its key: the answers so far (to keep), or,
-    once all are in, the combined answer.
+def gather(
+    probe: IdentityProbe, raw: bytes, pending: dict[str, str] | None
+) -> dict[str, str] | IdentityProbe:
+    """One of a new lead's probes back from its key (`raw`: the record as it came): the
+    answers so far (to keep, as their JSON), or, once all are in, the combined answer.
 
     Only the answer of part 0 carries the whole lead (`streams.identity.scatter`),
     so the lead is decided on all of them, never on a part. A replay that repeats
     only some answers of a lead already decided leaves them waiting in its entry:
     they hold nothing the first pass did not apply."""
-    answers = {
-        **(pending or {}),
-        str(probe.part): probe.model_dump(mode="json", exclude_defaults=True),
-    }
+    answers = {**(pending or {}), str(probe.part): raw.decode()}
     if len(answers) < probe.parts:
         return answers
-    return combine([IdentityProbe.model_validate(answer) for answer in answers.values()])
+    parsed = [probe if part == str(probe.part) else _answer(text) for part, text in answers.items()]
+    return combine(parsed)
+
+
+def _answer(text: str) -> IdentityProbe:
+    update = LEAD_UPDATE.validate_json(text)
+    if not isinstance(update, NewLead):
+        raise ValueError(f"a gathered answer is a {update.type!r}, not an identity answer")
+    return update.probe
 
 
 def fold_step(
@@ -524,7 +531,7 @@ def fold_step(
                 table.pop(key, None)
                 return
             if isinstance(update, NewLead) and update.probe.parts > 1:
-                answer = gather(update.probe, pending)
+                answer = gather(update.probe, record.value or b"", pending)
                 if isinstance(answer, dict):
                     table[key] = {**(stored or {}), GATHER: answer}
                     return  # more of the lead's keys to hear from
