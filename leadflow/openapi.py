@@ -363,7 +363,8 @@ def document(version: str) -> dict[str, Any]:
         },
         "/v1/leads/{lead_id}/explain": {
             "get": {
-                "summary": "Why a lead looks as it does: merges, score rules, routing.",
+                "summary": "Why a lead looks as it does: merges, score rules, routing and "
+                "every routing decision about the person (`assignments`).",
                 "parameters": [
                     {
                         "name": "lead_id",

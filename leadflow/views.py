@@ -72,6 +72,21 @@ def explain_panels(answer: dict[str, Any]) -> list[Panel | Table]:
         )
     )
 
+    if len(answer.get("assignments") or []) > 1:
+        history = Table(title="routing history (assignments)")
+        for column in ("at", "lead", "team", "owner", "rule", "why"):
+            history.add_column(column, overflow="fold")
+        for decision in answer["assignments"]:
+            history.add_row(
+                _text(decision["assigned_at"]),
+                decision["lead_id"],
+                decision["team"],
+                decision["owner_name"] or decision["owner"],
+                decision["rule"],
+                decision["reason"],
+            )
+        parts.append(history)
+
     touches = Table(title="touches")
     for column in ("at", "channel", "source", "event"):
         touches.add_column(column)

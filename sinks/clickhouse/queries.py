@@ -75,6 +75,17 @@ async def lead_merges(clickhouse: ClickHouse, lead_id: str) -> list[dict[str, An
     )
 
 
+async def assignments(clickhouse: ClickHouse, lead_ids: list[str]) -> list[dict[str, Any]]:
+    """Every routing decision about these leads (a person's lead and the leads merged into
+    it), oldest first: team, owner, rule, reason, score."""
+    return await clickhouse.query(
+        "SELECT lead_id, assignment_id, team, owner, owner_name, rule, reason, assigned_at, "
+        f"score, grade FROM {clickhouse.database}.assignments FINAL "
+        "WHERE lead_id IN {ids:Array(String)} ORDER BY assigned_at, assignment_id",
+        {"ids": lead_ids},
+    )
+
+
 async def count_leads(clickhouse: ClickHouse) -> int:
     rows = await clickhouse.query(
         f"SELECT count() AS n FROM {clickhouse.database}.leads FINAL WHERE merged_into = ''"
@@ -177,6 +188,7 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
                 "assigned_at",
             )
         },
+        "assignments": await assignments(clickhouse, [current, *lead["merged_from"]]),
         "touches": touches,
         "notes": lead.pop("notes"),
         "warnings": lead.pop("warnings"),

@@ -132,6 +132,10 @@ async def test_mixed_channels_two_workers_and_a_restart(two_workers: Stack, rule
         why["score"]["score"], abs=0.1
     ) or why["score"]["score"] in (0, 100)
     assert why["routing"]["owner"] == merged["owner"]
+    # Every routing decision about the person is a row of `assignments`; the owner is one.
+    assert why["assignments"]
+    assert {a["lead_id"] for a in why["assignments"]} <= {merged["lead_id"], *merged["merged_from"]}
+    assert merged["owner"] in {a["owner"] for a in why["assignments"]}
     assert len(why["touches"]) == len(merged["touch_event_ids"])
     # Asking by a merged-away id answers with the survivor.
     status, via_loser = two_workers.http(
