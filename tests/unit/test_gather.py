@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from schemas import LeadState, RawLead
+from schemas import Lead, LeadState, RawLead
 from schemas.messages import AbsorbCommand
 from streams.lead_agent import GATHER
 from streams.normalize import normalize_lead
@@ -60,10 +60,11 @@ def deliver(topology: Topology, key: str, value: bytes) -> None:
     topology._dispatch(topology.topics.lead_updates, key, value)
 
 
-def test_answers_wait_in_the_leads_entry_until_all_are_in(
-    make_raw_lead: Callable[..., RawLead], rules: Rules
-) -> None:
-    topology = Topology(rules, seed=1)
+def answered(
+    make_raw_lead: Callable[..., RawLead], rules: Rules, seed: int
+) -> tuple[Topology, Lead]:
+    """A new lead with two keys (email, phone), its answers back on `lead.updates`."""
+    topology = Topology(rules, seed=seed)
     lead = normalize_lead(
         make_raw_lead(
             {"name": "Ada Lovelace", "email": "ada@gmail.com", "phone": "+8613800138000"},
@@ -73,6 +74,13 @@ def test_answers_wait_in_the_leads_entry_until_all_are_in(
     )
     topology.publish_lead(lead)
     drain(topology, topology.topics.identity_keys)
+    return topology, lead
+
+
+def test_answers_wait_in_the_leads_entry_until_all_are_in(
+    make_raw_lead: Callable[..., RawLead], rules: Rules
+) -> None:
+    topology, lead = answered(make_raw_lead, rules, seed=1)
 
     deliver(topology, lead.lead_id, take_answer(topology, lead.lead_id, 1))
     entry = topology.lead_table[lead.lead_id]
@@ -94,16 +102,7 @@ def test_an_update_between_the_answers_keeps_them_and_the_lead_still_comes_in(
     """Another lead's merge can reach a new lead before its own answers are all in
     (it found a key the new lead had claimed): the state it brings and the answers
     waiting share the entry, and the new lead lands on that state."""
-    topology = Topology(rules, seed=2)
-    lead = normalize_lead(
-        make_raw_lead(
-            {"name": "Ada Lovelace", "email": "ada@gmail.com", "phone": "+8613800138000"},
-            received_at=AT,
-        ),
-        default_region="CN",
-    )
-    topology.publish_lead(lead)
-    drain(topology, topology.topics.identity_keys)
+    topology, lead = answered(make_raw_lead, rules, seed=2)
     deliver(topology, lead.lead_id, take_answer(topology, lead.lead_id, 1))
 
     other = LeadState(
