@@ -494,15 +494,11 @@ def gather(
     answers = {**(pending or {}), str(probe.part): raw.decode()}
     if len(answers) < probe.parts:
         return answers
-    parsed = [probe if part == str(probe.part) else _answer(text) for part, text in answers.items()]
+    parsed = [
+        probe if part == str(probe.part) else NewLead.model_validate_json(text).probe
+        for part, text in answers.items()
+    ]
     return combine(parsed)
-
-
-def _answer(text: str) -> IdentityProbe:
-    update = LEAD_UPDATE.validate_json(text)
-    if not isinstance(update, NewLead):
-        raise ValueError(f"a gathered answer is a {update.type!r}, not an identity answer")
-    return update.probe
 
 
 def fold_step(

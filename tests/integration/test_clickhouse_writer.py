@@ -18,7 +18,7 @@ from leadflow.metrics import Metrics
 from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
-from schemas import Assignment, DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
+from schemas import DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.migrations import load_migrations, migrate
 from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
@@ -26,6 +26,7 @@ from streams.identity import start_probe
 from streams.leads import apply_lead
 from streams.normalize import normalize_lead
 from streams.rules import load_rules
+from tests.builders import make_assignment
 from tests.integration.processes import read_topic
 
 RULES = load_rules()
@@ -349,18 +350,15 @@ async def test_each_assignment_is_a_row_once_without_contact_data(
     topics = Topics(settings.kafka.topic_prefix)
     at = datetime(2026, 3, 1, 9, tzinfo=UTC)
     assignments = [
-        Assignment(
-            assignment_id=f"asg-{n}",
+        make_assignment(
+            "emea_inbound",
+            n,
             lead_id=f"lead-{n}",
-            team="emea_inbound",
             owner="rep.anna",
             owner_name="Anna K.",
-            owner_email="anna@example.com",
             rule="emea",
-            reason="round robin",
             assigned_at=at + timedelta(minutes=n),
             score=40.0 + n,
-            grade="B",
             full_name="Grace Hopper",
             email=f"grace{n}@example.com",
             phone="+4989123456",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -25,6 +24,7 @@ from leadflow.topics import Topics
 from schemas import Assignment, DeadLetter
 from sinks.notifier import Notifier
 from streams.rules import Notify, Rep, RoutingRules, Team
+from tests.builders import make_assignment
 from tests.integration.processes import read_topic
 
 
@@ -98,27 +98,6 @@ def routing(base: str) -> RoutingRules:
     return RoutingRules(rules=[{"name": "all", "team": "slack_team", "when": {}}], teams=teams)
 
 
-def assignment(team: str, n: int) -> Assignment:
-    return Assignment(
-        assignment_id=f"{team}-{n}",
-        lead_id=f"lead-{team}-{n}",
-        team=team,
-        owner="wang.li",
-        owner_name="王丽",
-        owner_email="wang.li@example.com",
-        rule="all",
-        reason="round-robin",
-        assigned_at=datetime.now(UTC),
-        score=72.5,
-        grade="B",
-        full_name="王小明",
-        company="示例科技",
-        email="wang.xm@example.cn",
-        phone="+8613800138000",
-        source="baidu",
-    )
-
-
 async def run_notifier(
     bootstrap: str,
     topics: Topics,
@@ -165,7 +144,7 @@ async def test_each_channel_gets_its_format_once_and_failures_dead_letter(
     await producer.start()
     teams = ["slack_team", "wecom_team", "dingtalk_team", "mail_team", "broken_team"]
     for team in teams:
-        message = assignment(team, 1)
+        message = make_assignment(team, 1)
         # Routing may emit the same decision twice; the rep hears of it once.
         for _ in range(2):
             await producer.send_and_wait(
