@@ -61,6 +61,7 @@ from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter
 from schemas.messages import EraseKey, EraseLead
+from schemas.nurture import NurtureForget
 from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.writer import LEAD_ID_PREDICATES
@@ -390,7 +391,7 @@ async def erase_person(
         for k, v in (("email", email), ("phone", phone), ("lead_id", lead_id), ("country", country))
         if v
     }
-    commands = len(person.index_keys()) + len(person.lead_ids)
+    commands = len(person.index_keys()) + 2 * len(person.lead_ids)  # lead state + nurture
     uploads = settings.data_dir / "uploads"
     if dry_run:
         rows = await delete_rows(clickhouse, person, dry_run=True)
@@ -431,6 +432,9 @@ async def erase_person(
     for lead in sorted(person.lead_ids):
         forget = EraseLead(lead_id=lead).model_dump_json().encode()
         await producer.send_and_wait(topics.lead_updates, forget, key=lead.encode())
+        # Its follow-up sequences, tasks and timers go too (nothing more is mailed).
+        stop = NurtureForget(lead_id=lead).model_dump_json().encode()
+        await producer.send_and_wait(topics.nurture_commands, stop, key=lead.encode())
     deleted = await delete_rows(clickhouse, person)
     # Records already past the suppression check when it was published may still land.
     await asyncio.sleep(SETTLE_S)

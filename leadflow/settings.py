@@ -301,6 +301,42 @@ class NotifySettings(_Section):
     smtp_password: SecretStr | None = None
 
 
+class NurtureSettings(_Section):
+    secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs tracking links (open, click, unsubscribe). Unset: one is "
+        "made at first use and kept in <data dir>/nurture-secret; set it when several servers "
+        "answer tracking links.",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="Base URL of the tracking endpoints as a recipient's mail client reaches it.",
+    )
+    tick_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="How often the nurture stage looks for due steps."
+    )
+    smtp_host: str = Field(default="127.0.0.1", description="SMTP server for nurture email.")
+    smtp_port: int = 25
+    smtp_from: str = "leadflow@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    webhook_url: str | None = Field(
+        default=None,
+        description="An email service provider's JSON endpoint; when set, nurture email is "
+        "posted there (Idempotency-Key: the send id) instead of SMTP.",
+    )
+    max_attempts: Annotated[int, Field(ge=1)] = Field(
+        default=5, description="Delivery attempts per email before it is dead-lettered."
+    )
+    backoff_s: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="First pause between delivery attempts (doubles each time)."
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="Per-attempt timeout of the mailer."
+    )
+
+
 class WorkerSettings(_Section):
     app_id: str = "leadflow"
     web_port: int = Field(default=0, description="Faust's own web port; 0 disables it.")
@@ -356,6 +392,7 @@ class Settings(BaseSettings):
     calls: CallsSettings = CallsSettings()
     social: SocialSettings = SocialSettings()
     worker: WorkerSettings = WorkerSettings()
+    nurture: NurtureSettings = NurtureSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     api_key: SecretStr | None = Field(
@@ -386,6 +423,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "calls": CallsSettings,
     "social": SocialSettings,
     "worker": WorkerSettings,
+    "nurture": NurtureSettings,
     "auth": AuthSettings,
     "limits": LimitsSettings,
 }

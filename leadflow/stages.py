@@ -15,6 +15,9 @@ LEAD: Final = "lead"
 ROUTE: Final = "route"
 EVENTS: Final = "events"
 NOTIFY: Final = "notify"
+NURTURE: Final = "nurture"
+MAILER: Final = "mailer"
+TRACKING: Final = "tracking"
 CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 
 ALL: Final = (
@@ -28,5 +31,8 @@ ALL: Final = (
     ROUTE,
     EVENTS,
     NOTIFY,
+    NURTURE,
+    MAILER,
+    TRACKING,
     CLICKHOUSE_WRITER,
 )

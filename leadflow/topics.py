@@ -86,6 +86,32 @@ class Topics:
         """Compacted: assignment ids the notifier has delivered or dead-lettered."""
         return self._name("notifier.delivered")
 
+    @property
+    def nurture_commands(self) -> str:
+        """The nurture stage's clock (a tick per partition) and its erase commands (keyed
+        by lead id), co-partitioned with `leads.identified`."""
+        return self._name("nurture.commands")
+
+    @property
+    def nurture_sends(self) -> str:
+        """Emails the nurture stage decided to send, keyed by lead id, for the mailer."""
+        return self._name("nurture.sends")
+
+    @property
+    def nurture_events(self) -> str:
+        """What happened in a sequence (enrolled, sent, opened ...), keyed by lead id."""
+        return self._name("nurture.events")
+
+    @property
+    def nurture_suppressions(self) -> str:
+        """Compacted: identifier hashes that may not be mailed (unsubscribed, bounced)."""
+        return self._name("nurture.suppressions")
+
+    @property
+    def mailer_delivered(self) -> str:
+        """Compacted: send ids the mailer has delivered, bounced or dead-lettered."""
+        return self._name("mailer.delivered")
+
     def dlq(self, stage: str) -> str:
         """The dead-letter topic of one stage: `dlq.<stage>`."""
         return self._name(f"dlq.{stage}")
@@ -112,6 +138,11 @@ class Topics:
             self.notifier_delivered,
             self.uploads_done,
             self.privacy_suppressions,
+            self.nurture_commands,
+            self.nurture_sends,
+            self.nurture_events,
+            self.nurture_suppressions,
+            self.mailer_delivered,
             *self.all_dlq(),
         ]
 
@@ -122,7 +153,13 @@ class Topics:
 
     def compacted(self) -> set[str]:
         """Topics that keep only the latest value per key."""
-        return {self.notifier_delivered, self.uploads_done, self.privacy_suppressions}
+        return {
+            self.notifier_delivered,
+            self.uploads_done,
+            self.privacy_suppressions,
+            self.nurture_suppressions,
+            self.mailer_delivered,
+        }
 
     def worker_sources(self) -> list[str]:
         """Every topic the stream worker's agents read."""

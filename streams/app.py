@@ -28,6 +28,7 @@ from streams import (
     identity_agent,
     lead_agent,
     normalize_agent,
+    nurture_agent,
     routing_agent,
     stall_guard,
 )
@@ -106,6 +107,8 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
     events_agent.register(app, topics, settings, rules, suppressions)
     for stage in (identity_agent, lead_agent, routing_agent):
         stage.register(app, topics, settings, rules)
+    if rules.nurture.sequences:
+        nurture_agent.register(app, topics, settings, rules.nurture)
     return app
 
 

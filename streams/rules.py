@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leadflow.errors import ConfigurationError
 from leadflow.settings import known_time_zone
+from streams.nurture_rules import NurtureRules, load_nurture
 
 
 class _Rule(BaseModel):
@@ -237,6 +238,11 @@ class StageRules(_Rule):
     stages: list[StageDef]
     closed: list[str] = Field(default_factory=lambda: ["lost", "disqualified"])
     workflow: list[WorkflowRule] = Field(default_factory=list)
+    responses: list[str] = Field(
+        default_factory=lambda: ["email_reply", "email_click", "demo_requested"],
+        description="Engagement kinds that count as the person answering: one of them "
+        "re-engages a lost or disqualified lead, which goes back to its previous owner.",
+    )
 
     @model_validator(mode="after")
     def _known_stages(self) -> StageRules:
@@ -289,6 +295,7 @@ class Rules(_Rule):
     routing: RoutingRules
     stages: StageRules
     forms: FormRules
+    nurture: NurtureRules = NurtureRules()
 
 
 _FILES: dict[str, type[BaseModel]] = {
@@ -326,4 +333,4 @@ def load_rules(folder: Path | None = None) -> Rules:
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             )
             raise ConfigurationError(f"{path}: {problems}") from exc
-    return Rules(**parts)
+    return Rules(**parts, nurture=load_nurture(folder))

@@ -1,0 +1,231 @@
+"""The agent of stage `nurture`: sequences, durable timers and call tasks, per lead.
+
+Inputs, co-partitioned by lead id: `leads.identified` (every snapshot of a
+lead) and `nurture.commands` (`NurtureTick`, the clock, sent to every
+partition every NURTURE_TICK_INTERVAL_S by each worker; `NurtureForget`, an
+erasure). Outputs: `nurture.sends` (emails, for the mailer) and
+`nurture.events` (for ClickHouse). Unreadable input goes to `dlq.nurture`.
+
+State, in the partition that owns the lead (table `nurture_state`), in three
+kinds of keys so that no write rewrites anything that grows with the number
+of enrolled leads:
+    `lead|<lead id>`                      the lead's entry (streams/nurture.py)
+    `due|<partition>|<minute>|<shard>`    lead ids with something due in that minute
+    `due-minutes|<partition>`             the minutes that still hold due leads, sorted
+A tick of partition p reads the minutes up to its time, fires the leads in
+them, and files each lead again under its next due minute. Timers are table
+entries like any other: they survive restarts, kill -9 and rebalances with
+the table, and a step fires once because its outputs carry derived ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from pydantic import ValidationError
+
+from leadflow import stages
+from leadflow.errors import BadRecordError
+from leadflow.privacy import identifier_hash
+from leadflow.settings import Settings
+from leadflow.topics import Topics
+from schemas import LeadState
+from schemas.nurture import NURTURE_COMMAND, NurtureForget, NurtureTick
+from streams import nurture
+from streams.nurture_rules import NurtureRules
+from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
+
+STAGE = stages.NURTURE
+DUE_SHARDS = 64
+
+
+def _minute(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def _lead_key(lead_id: str) -> str:
+    return f"lead|{lead_id}"
+
+
+def _bucket(partition: int, minute: str, lead_id: str) -> str:
+    return f"due|{partition}|{minute}|{zlib.crc32(lead_id.encode()) % DUE_SHARDS}"
+
+
+def _minutes_key(partition: int) -> str:
+    return f"due-minutes|{partition}"
+
+
+def file_due(table: Table, partition: int, entry: dict[str, Any]) -> None:
+    """Move the lead in the timer index to the minute its next step is due (or out)."""
+    lead_id = entry["lead_id"]
+    due = nurture.next_due(entry)
+    minute = _minute(due) if due is not None else None
+    filed = entry.get("filed")
+    if filed == minute:
+        return
+    if filed is not None:
+        key = _bucket(partition, filed, lead_id)
+        ids = [i for i in table.get(key) or [] if i != lead_id]
+        if ids:
+            table[key] = ids
+        else:
+            table.pop(key, None)
+    if minute is not None:
+        key = _bucket(partition, minute, lead_id)
+        table[key] = [*(table.get(key) or []), lead_id]
+        minutes = table.get(_minutes_key(partition)) or []
+        if minute not in minutes:
+            table[_minutes_key(partition)] = sorted([*minutes, minute])
+    entry["filed"] = minute
+
+
+def _emit(out: Outputs, topics: Topics, outcome: nurture.Outcome) -> None:
+    for email in outcome.emails:
+        out.add(topics.nurture_sends, email.lead_id, email.model_dump_json().encode())
+    for event in outcome.events:
+        out.add(topics.nurture_events, event.lead_id, event.model_dump_json().encode())
+    for address in outcome.suppress:
+        record = orjson.dumps({"reason": "unsubscribed", "at": datetime.now(UTC).isoformat()})
+        out.add(topics.nurture_suppressions, identifier_hash(address), record)
+
+
+def observe_step(
+    record: Any,
+    table: Table,
+    out: Outputs,
+    *,
+    topics: Topics,
+    rules: NurtureRules,
+    now: datetime,
+) -> None:
+    """One snapshot of a lead from `leads.identified`."""
+    lead = LeadState.model_validate_json(record.value or b"")
+    key = _lead_key(lead.lead_id)
+    entry = table.get(key) or nurture.new_entry(lead.lead_id)
+    entry = _copy(entry)
+    outcome = nurture.observe(entry, lead, rules, now)
+    file_due(table, record.message.partition, entry)
+    table[key] = entry
+    _emit(out, topics, outcome)
+
+
+def tick_step(
+    partition: int,
+    table: Table,
+    out: Outputs,
+    *,
+    topics: Topics,
+    rules: NurtureRules,
+    now: datetime,
+) -> int:
+    """Fire every lead of the partition due by `now`; returns how many were looked at."""
+    minutes = table.get(_minutes_key(partition)) or []
+    due_minutes = [m for m in minutes if m <= _minute(now)]
+    looked = 0
+    for minute in due_minutes:
+        for shard in range(DUE_SHARDS):
+            for lead_id in table.get(f"due|{partition}|{minute}|{shard}") or []:
+                key = _lead_key(lead_id)
+                stored = table.get(key)
+                if stored is None:
+                    continue
+                entry = _copy(stored)
+                outcome = nurture.fire(entry, rules, now)
+                looked += 1
+                file_due(table, partition, entry)
+                table[key] = entry
+                _emit(out, topics, outcome)
+    if due_minutes:
+        # Filing may have added minutes since: read the list again, drop the emptied ones.
+        still = [
+            m
+            for m in table.get(_minutes_key(partition)) or []
+            if m not in due_minutes
+            or any(table.get(f"due|{partition}|{m}|{s}") for s in range(DUE_SHARDS))
+        ]
+        table[_minutes_key(partition)] = still
+    return looked
+
+
+def forget_step(
+    lead_id: str, partition: int, table: Table, out: Outputs, *, topics: Topics, now: datetime
+) -> None:
+    key = _lead_key(lead_id)
+    stored = table.get(key)
+    if stored is None:
+        return
+    entry = _copy(stored)
+    outcome = nurture.forget(entry, now)
+    file_due(table, partition, entry)
+    table.pop(key, None)
+    _emit(out, topics, outcome)
+
+
+def _copy(entry: dict[str, Any]) -> dict[str, Any]:
+    # Entries are read through the batch's staged table: never change one in place.
+    return copy.deepcopy(entry)
+
+
+def nurture_step(
+    record: Any,
+    table: Table,
+    out: Outputs,
+    *,
+    topics: Topics,
+    rules: NurtureRules,
+    now: datetime,
+) -> None:
+    """One record of either input topic."""
+    try:
+        if record.message.topic == topics.leads_identified:
+            observe_step(record, table, out, topics=topics, rules=rules, now=now)
+            return
+        command = NURTURE_COMMAND.validate_json(record.value or b"")
+    except (BadRecordError, ValidationError, ValueError) as exc:
+        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        return
+    if isinstance(command, NurtureTick):
+        tick_step(record.message.partition, table, out, topics=topics, rules=rules, now=command.now)
+    elif isinstance(command, NurtureForget):
+        forget_step(command.lead_id, record.message.partition, table, out, topics=topics, now=now)
+
+
+def register(app: faust.App, topics: Topics, settings: Settings, rules: NurtureRules) -> Any:
+    source = app.topic(
+        topics.leads_identified,
+        topics.nurture_commands,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    commands = app.topic(
+        topics.nurture_commands,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    table = json_table(app, "nurture_state", settings)
+
+    def one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        nurture_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
+
+    async def follow_up(stream: Any) -> None:
+        await run_batches(app, stream, settings, one, table)
+
+    async def tick() -> None:
+        # Every worker ticks every partition; the partition's owner fires what is due,
+        # and a second tick of the same minute finds nothing left.
+        value = NurtureTick(now=datetime.now(UTC)).model_dump_json().encode()
+        for partition in range(settings.kafka.partitions):
+            await commands.send(key=None, value=value, partition=partition)
+
+    app.timer(interval=settings.nurture.tick_interval_s)(tick)
+    return app.agent(source, name=STAGE, concurrency=1)(follow_up)
