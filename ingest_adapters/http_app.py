@@ -5,6 +5,10 @@
   with the original bytes (`dead_letter_id` in the body).
 - 413: the body was larger than HTTP_MAX_BODY_BYTES (not read, so not kept).
 - 503 with Retry-After: Kafka did not acknowledge; retry with the same Idempotency-Key.
+
+The tracking links of nurture email (`nurture_tracking`) are the exception: a
+person's mail client or browser follows them, so they answer a GIF, a redirect
+or a page; their refusals are JSON like these.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from ingest_adapters import call_center, form_guard, social, web_form
 from ingest_adapters.answers import STATUS_BY_REASON, error_body
+from ingest_adapters.nurture_tracking import NurtureTrackingRoutes
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.upload_http import UploadRoutes
 from leadflow import stages
@@ -77,6 +82,9 @@ class IngestRoutes:
         app.router.add_get("/v1/social/linkedin", self.get_linkedin_challenge)
         app.router.add_post("/v1/social/linkedin", self.post_linkedin)
         UploadRoutes(self._settings, self._bootstrap, self.dead_letter).add_to(app)
+        NurtureTrackingRoutes(
+            self._settings, self._publisher, self._metrics, self.dead_letter
+        ).add_to(app)
 
     async def _post_event(
         self,

@@ -11,7 +11,9 @@ Kinds of decision:
   scope, or `admin`.
 - `form`: a public web form's token from one of its origins (checked by the
   handler against config/forms.yaml), or a key with `ingest`.
-- `signed`: a provider's webhook, verified by its signature in the handler.
+- `signed`: a provider's webhook, verified by its signature in the handler; or
+  a tracking link of nurture email, whose token is its own signature
+  (`leadflow.tracking`): a key stands in for neither.
 
 The client address is never a credential. It is used only to give each
 visitor of a public form a rate-limit bucket of their own, taken from
@@ -87,6 +89,12 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/pipeline"): Rule("scope", "read:analytics"),
     ("GET", "/v1/pipeline/stagnant"): Rule("scope", "read:analytics"),
     ("POST", "/v1/privacy/erase"): Rule("scope", "admin"),
+    ("GET", "/v1/nurture/sequences"): Rule("scope", "read:analytics"),
+    ("GET", "/v1/nurture/tasks"): Rule("scope", "read:analytics"),
+    ("GET", "/v1/nurture/o/{token}"): Rule("signed", stage=stages.TRACKING),
+    ("GET", "/v1/nurture/c/{token}"): Rule("signed", stage=stages.TRACKING),
+    ("GET", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),
+    ("POST", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),
 }
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

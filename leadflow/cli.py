@@ -381,6 +381,24 @@ def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console)
     return 0
 
 
+def cmd_nurture(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.views import nurture_table, tasks_table
+
+    if args.what == "tasks":
+        query = {"as_of": args.as_of} if args.as_of else {}
+        path = f"/v1/nurture/tasks?{urllib.parse.urlencode(query)}"
+        answer = _ask_server(settings, args, path, console)
+        if answer is not None:
+            console.print(tasks_table(answer))
+        return 0
+    query = {"sequence": args.sequence} if args.sequence else {}
+    path = f"/v1/nurture/sequences?{urllib.parse.urlencode(query)}"
+    answer = _ask_server(settings, args, path, console)
+    if answer is not None:
+        console.print(nurture_table(answer))
+    return 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.bench import bench_queries, bench_upload
 
@@ -604,6 +622,16 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     pipeline.add_argument("--format", choices=["table", "json", "csv"], default="table")
     pipeline.set_defaults(fn=cmd_pipeline)
+
+    nurture = verbs.add_parser(
+        "nurture", help="follow-up sequences: `status` (steps), `tasks` (calls per rep)"
+    )
+    nurture.add_argument("what", choices=["status", "tasks"])
+    nurture.add_argument("--sequence", help="status: one sequence only")
+    nurture.add_argument("--as-of", help="tasks: ISO time; default: now")
+    nurture.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    nurture.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    nurture.set_defaults(fn=cmd_nurture)
 
     upload = verbs.add_parser("upload", help="publish a trade-show export (CSV or XLSX)")
     upload.add_argument("file", type=Path)

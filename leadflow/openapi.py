@@ -134,6 +134,24 @@ _BY = {"enum": ["channel", "source", "campaign", "team", "owner"]}
 
 
 _LEAD_ID = {"name": "lead_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_TOKEN = {
+    "name": "token",
+    "in": "path",
+    "required": True,
+    "description": "A signed tracking link's token, as the mailer wrote it (leadflow.tracking).",
+    "schema": {"type": "string", "maxLength": 2048},
+}
+_BAD_LINK = _answer(
+    "Not a link leadflow signed for this use (bad_token), or naming no template or link "
+    "(unknown_template, unknown_link); dead-lettered on dlq.tracking. Never a redirect.",
+    _ERROR,
+)
+_NO_STORE = {"Cache-Control": {"schema": {"const": "no-store"}}}
+_ONE_CLICK = {
+    "type": "object",
+    "description": "RFC 8058 one-click; the page's own button sends an empty body.",
+    "properties": {"List-Unsubscribe": {"const": "One-Click"}},
+}
 
 
 def document(version: str) -> dict[str, Any]:
@@ -476,6 +494,98 @@ def document(version: str) -> dict[str, Any]:
                 "parameters": [_query("days", "N.", {"type": "integer", "minimum": 0})],
                 "responses": {"200": _answer("Stagnant leads.", _JSON_OBJECT), **_refusals(422)},
             }
+        },
+        "/v1/nurture/sequences": {
+            "get": {
+                "summary": "Each nurture sequence's steps: leads enrolled, mailed, bounced, "
+                "opened, clicked, replied, unsubscribed, skipped, exited; tasks created and done.",
+                "parameters": [_query("sequence", "One sequence only.", {"type": "string"})],
+                "responses": {
+                    "200": _answer("Rows per sequence and step.", _JSON_OBJECT),
+                    **_refusals(422),
+                },
+            }
+        },
+        "/v1/nurture/tasks": {
+            "get": {
+                "summary": "Call tasks per rep as of a time: due, done on time, late (done late "
+                "or missed), missed, open.",
+                "parameters": [_query("as_of", "ISO time (default now).", {"type": "string"})],
+                "responses": {"200": _answer("Rows per rep.", _JSON_OBJECT), **_refusals(422)},
+            }
+        },
+        "/v1/nurture/o/{token}": {
+            "get": {
+                "summary": "Open pixel of a nurture email: records email_open for a valid link.",
+                "parameters": [_TOKEN],
+                "responses": {
+                    "200": {
+                        "description": "A 1x1 transparent GIF, for every token (a bad one is "
+                        "dead-lettered and records nothing), so no mail shows a broken image.",
+                        "headers": _NO_STORE,
+                        "content": {"image/gif": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/v1/nurture/c/{token}": {
+            "get": {
+                "summary": "Click of a nurture email's link: records email_click, redirects "
+                "to the URL its template lists at the signed index (nowhere else).",
+                "parameters": [_TOKEN],
+                "responses": {
+                    "302": {
+                        "description": "To the template's URL (also when Kafka did not take "
+                        "the click: the person is never stuck).",
+                        "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+                    },
+                    "400": _BAD_LINK,
+                    "429": _answer("Too many refused links from this client.", _ERROR),
+                    **_refusals(503),
+                },
+            }
+        },
+        "/v1/nurture/u/{token}": {
+            "get": {
+                "summary": "Unsubscribe page of a nurture email: one button that posts back. "
+                "Records nothing (link scanners fetch every link).",
+                "parameters": [_TOKEN],
+                "responses": {
+                    "200": {
+                        "description": "HTML; no personal data.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "400": _BAD_LINK,
+                    "429": _answer("Too many refused links from this client.", _ERROR),
+                    **_refusals(503),
+                },
+            },
+            "post": {
+                "summary": "Unsubscribe (the page's button, or RFC 8058 one-click): the lead is "
+                "put on nurture.suppressions and email_unsubscribe is recorded. Idempotent.",
+                "parameters": [_TOKEN],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": _ONE_CLICK},
+                        "multipart/form-data": {"schema": _ONE_CLICK},
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Unsubscribed: text/plain for one-click, else HTML.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": _BAD_LINK,
+                    "503": _answer(
+                        "Kafka did not take the unsubscribe; nothing was promised, retry "
+                        "(text/plain or HTML, with Retry-After)."
+                    ),
+                },
+            },
         },
         "/dashboard": {
             "get": {

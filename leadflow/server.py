@@ -46,6 +46,7 @@ from sinks.clickhouse.layout import Layout
 from sinks.clickhouse.migrations import migrate
 from sinks.clickhouse.query_api import QueryRoutes
 from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
+from sinks.mailer import Mailer, mailer_consumer
 from sinks.notifier import Notifier
 from streams.rules import load_rules
 
@@ -183,6 +184,17 @@ async def _start_notifier(
     return Background("the rep notifier", task, notifier.stop, [consumer.stop, session.close])
 
 
+async def _start_mailer(
+    settings: Settings, bootstrap: str, topics: Topics, producer: AIOKafkaProducer, metrics: Metrics
+) -> Background:
+    consumer = mailer_consumer(settings, bootstrap)
+    session = aiohttp.ClientSession()
+    mailer = Mailer(settings, topics, consumer, producer, metrics, session)
+    await mailer.start(bootstrap)
+    task = asyncio.create_task(mailer.run(), name="mailer")
+    return Background("the nurture mailer", task, mailer.stop, [consumer.stop, session.close])
+
+
 async def _start_social_fetcher(
     settings: Settings, bootstrap: str, topics: Topics, producer: AIOKafkaProducer, metrics: Metrics
 ) -> Background:
@@ -229,6 +241,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             )
         if roles.notifier:
             services.append(await _start_notifier(settings, bootstrap, topics, producer, metrics))
+            services.append(await _start_mailer(settings, bootstrap, topics, producer, metrics))
         publisher = None
         if roles.adapters:
             publisher = Publisher(producer, metrics, settings.http.publish_timeout_s)

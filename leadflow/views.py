@@ -190,3 +190,65 @@ def pipeline_table(answer: dict[str, Any]) -> Table:
         ]
         table.add_row(*cells)
     return table
+
+
+def nurture_table(answer: dict[str, Any]) -> Table:
+    """Each sequence's steps for people: leads per kind of event, with the open rate."""
+    table = Table(title="nurture sequences: leads per step")
+    columns = [
+        "sequence",
+        "step",
+        "enrolled",
+        "sent",
+        "opened",
+        "clicked",
+        "replied",
+        "bounced",
+        "unsubscribed",
+        "skipped",
+        "exited",
+        "tasks",
+        "done",
+        "open rate",
+    ]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("sequence", "step") else "right")
+    for row in answer["rows"]:
+        rate = _percent(row["opened"] / row["sent"]) if row["sent"] else ""
+        table.add_row(
+            row["sequence"],
+            row["step"] or "(sequence)",
+            *(
+                str(row[k])
+                for k in (
+                    "enrolled",
+                    "sent",
+                    "opened",
+                    "clicked",
+                    "replied",
+                    "bounced",
+                    "unsubscribed",
+                    "skipped",
+                    "exited",
+                    "task_created",
+                    "task_done",
+                )
+            ),
+            rate,
+        )
+    return table
+
+
+def tasks_table(answer: dict[str, Any]) -> Table:
+    """Each rep's call tasks: due, done on time, late (done late or missed), missed, open."""
+    table = Table(title=f"call tasks per rep, as of {answer['as_of']}")
+    for column in ("owner", "tasks", "due", "on time", "late", "missed", "open", ""):
+        table.add_column(column, justify="left" if column in ("owner", "") else "right")
+    for row in answer["rows"]:
+        bar = "[green]" + "█" * row["on_time"] + "[/][red]" + "█" * row["late"] + "[/]"
+        table.add_row(
+            row["owner"] or "(no owner)",
+            *(str(row[k]) for k in ("tasks", "due", "on_time", "late", "missed", "open")),
+            bar if row["tasks"] <= 60 else "",
+        )
+    return table

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.dead_letter import DeadLetter
 from schemas.lead_state import Assignment, LeadState, MergeRecord
+from schemas.nurture import NurtureEvent
 from schemas.transition import StageTransition
 
 
@@ -230,6 +231,25 @@ class AssignmentRow(_Row):
     @classmethod
     def from_assignment(cls, assignment: Assignment) -> AssignmentRow:
         return cls(**assignment.model_dump(include=set(cls.model_fields)))
+
+
+class NurtureEventRow(_Row):
+    table: ClassVar[str] = "nurture_events"
+
+    event_id: str
+    lead_id: str
+    sequence: str
+    step: str
+    kind: str
+    at: datetime
+    owner: str
+    due_at: datetime | None
+    send_id: str
+    detail: str
+
+    @classmethod
+    def from_event(cls, event: NurtureEvent) -> NurtureEventRow:
+        return cls(**event.model_dump(include=set(cls.model_fields)))
 
 
 class DeadLetterRow(_Row):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sinks.clickhouse import nurture
 from sinks.clickhouse.client import ClickHouse
 
 LEAD_COLUMNS = (
@@ -189,6 +190,7 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             )
         },
         "assignments": await assignments(clickhouse, [current, *lead["merged_from"]]),
+        "nurture": await nurture.lead_history(clickhouse, [current]),
         "touches": touches,
         "notes": lead.pop("notes"),
         "warnings": lead.pop("warnings"),

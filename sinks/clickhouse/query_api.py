@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sinks.clickhouse import audit, funnel, queries
+from sinks.clickhouse import audit, funnel, nurture, queries
 from sinks.clickhouse.client import ClickHouse
 
 _WHOLE = re.compile(r"[0-9]{1,12}")
@@ -125,6 +125,8 @@ class QueryRoutes:
         app.router.add_get("/v1/pipeline/stagnant", self.get_stagnant)
         app.router.add_get("/dashboard", self.get_dashboard)
         app.router.add_get("/v1/audit", self.get_audit)
+        app.router.add_get("/v1/nurture/sequences", self.get_nurture_sequences)
+        app.router.add_get("/v1/nurture/tasks", self.get_nurture_tasks)
 
     async def get_leads(self, request: web.Request) -> web.Response:
         email, phone = _text(request, "email"), _text(request, "phone")
@@ -204,6 +206,18 @@ class QueryRoutes:
             self._clickhouse, days=days, now=datetime.now(UTC), limit=limit_param(request)
         )
         return json_answer({"days": days, "leads": [deep_jsonable(r) for r in rows]})
+
+    async def get_nurture_sequences(self, request: web.Request) -> web.Response:
+        """[?sequence=]: each sequence's step funnel (leads per kind of event and step)."""
+        sequence = _text(request, "sequence", 100)
+        rows = await nurture.step_funnel(self._clickhouse, sequence)
+        return json_answer({"rows": [_jsonable(r) for r in rows]})
+
+    async def get_nurture_tasks(self, request: web.Request) -> web.Response:
+        """[?as_of=]: each rep's call tasks: due, done on time, late, missed, open."""
+        as_of = _time(request, "as_of") or datetime.now(UTC)
+        rows = await nurture.task_report(self._clickhouse, as_of)
+        return json_answer({"as_of": _iso_utc(as_of), "rows": [_jsonable(r) for r in rows]})
 
     async def get_dashboard(self, _: web.Request) -> web.Response:
         """The funnel and pipeline page for people; it reads the two JSON routes above."""

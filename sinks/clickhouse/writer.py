@@ -1,7 +1,8 @@
 """The ClickHouse writer: Kafka topics in, batched idempotent inserts out.
 
 Input topics: `leads.identified` → table `leads`; `lead.merges` → table
-`lead_merges`; `leads.assigned` → table `assignments`; `lead.transitions` →
+`lead_merges`; `leads.assigned` → table `assignments`; `nurture.events` → table
+`nurture_events`; `lead.transitions` →
 table `lead_transitions` (and through materialized views `funnel_daily` and
 `pipeline_current`); every `dlq.<stage>` → table `dead_letters`. Inserts set
 `deduplicate_blocks_in_dependent_materialized_views`, so a retried batch
@@ -76,6 +77,8 @@ from schemas import (
     StageTransition,
     TransitionRow,
 )
+from schemas.nurture import NurtureEvent
+from schemas.rows import NurtureEventRow
 from sinks.clickhouse.client import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,11 @@ def _assignment_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
     return AssignmentRow.from_assignment(assignment).as_row()
 
 
+def _nurture_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    event = NurtureEvent.model_validate_json(message.value or b"")
+    return NurtureEventRow.from_event(event).as_row()
+
+
 def routes(topics: Topics) -> dict[str, Route]:
     table: dict[str, Route] = {
         topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
@@ -126,6 +134,9 @@ def routes(topics: Topics) -> dict[str, Route]:
         ),
         topics.leads_assigned: Route(
             AssignmentRow.table, AssignmentRow.column_names(), _assignment_row, False
+        ),
+        topics.nurture_events: Route(
+            NurtureEventRow.table, NurtureEventRow.column_names(), _nurture_row, False
         ),
     }
     for name in topics.all_dlq():
@@ -146,6 +157,7 @@ LEAD_ID_PREDICATES: dict[str, str] = {
     "pipeline_current": "lead_id IN {ids:Array(String)}",
     "lead_merges": "survivor_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)}",
     "assignments": "lead_id IN {ids:Array(String)}",
+    "nurture_events": "lead_id IN {ids:Array(String)}",
 }
 # Tables that hold dead-letter bodies (personal data), with the column their age is read
 # from: rows expire after the retention `apply_retention` sets.

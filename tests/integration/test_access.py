@@ -56,7 +56,21 @@ EXPECTED = {
     "GET /v1/funnel": "read:analytics",
     "GET /v1/pipeline": "read:analytics",
     "GET /v1/pipeline/stagnant": "read:analytics",
+    "GET /v1/nurture/sequences": "read:analytics",
+    "GET /v1/nurture/tasks": "read:analytics",
     "POST /v1/privacy/erase": "admin",
+    "GET /v1/nurture/o/{token}": "signed",
+    "GET /v1/nurture/c/{token}": "signed",
+    "GET /v1/nurture/u/{token}": "signed",
+    "POST /v1/nurture/u/{token}": "signed",
+}
+# A made-up signature is 403, but a tracking link's token is its own signature: a made-up
+# one is a bad link (400), and the open pixel answers its GIF to anyone, recording nothing.
+SIGNED_REFUSAL = {
+    "GET /v1/nurture/o/{token}": 200,
+    "GET /v1/nurture/c/{token}": 400,
+    "GET /v1/nurture/u/{token}": 400,
+    "POST /v1/nurture/u/{token}": 400,
 }
 
 
@@ -122,7 +136,7 @@ async def test_every_route_with_every_credential(full: TestClient) -> None:
                 allowed = status not in (401, 403)
             elif need == "signed":
                 # No key stands in for a provider's signature or verify token.
-                allowed = status in (403,)
+                allowed = status == SIGNED_REFUSAL.get(f"{method} {path}", 403)
             elif label in ("no key", "wrong key"):
                 allowed = status == 401
             else:
