@@ -134,6 +134,34 @@ def _after_change(
         )
 
 
+def _re_engagement(
+    before: LeadState, new: LeadState, update: EngagementUpdate, rules: Rules
+) -> tuple[LeadState, list[Move]]:
+    """A lost or disqualified person who answers (a reply, a click on a win-back email)
+    is re-engaged, and released to routing, which gives the lead back to its previous
+    owner while that rep is on the team (streams/routing.py)."""
+    if before.stage not in rules.stages.closed:
+        return new, []
+    known = {e.event_id for e in before.engagements}
+    answer = next(
+        (
+            e
+            for e in sorted(update.engagements, key=lambda e: e.at)
+            if e.kind in rules.stages.responses and e.event_id not in known
+        ),
+        None,
+    )
+    if answer is None:
+        return new, []
+    move = Move(
+        to=RE_ENGAGED,
+        at=answer.at,
+        cause=answer.event_id,
+        reason=f"answered ({answer.kind}) after {before.stage}",
+    )
+    return leads.release_owner(new), [move]
+
+
 def crm_moves(event: CrmEvent, state: LeadState, rules: Rules) -> list[Move]:
     """The stage moves a rep's CRM action asks for."""
     at, cause = event.occurred_at, event.event_id
@@ -414,7 +442,8 @@ def handle_update(
             return effects
         new = leads.add_engagements(state, update.engagements, rules, now)
         if new is not state:
-            _after_change(effects, topics, state, new, rules, now)
+            new, moves = _re_engagement(state, new, update, rules)
+            _after_change(effects, topics, state, new, rules, now, moves)
         return effects
     if isinstance(update, AcceptUpdate):
         state = _known(update, state, topics, effects)

@@ -128,14 +128,20 @@ def assign_owner(
     turn = view.turn
     owner: Rep | None = None
     reason = ""
+    previous_gone = ""
     if view.lead_owner is not None:
-        owner = reps.get(view.lead_owner)
-        reason = "already assigned in this team"
+        previous = reps.get(view.lead_owner)
+        if previous is not None and not previous.out_of_office:
+            owner, reason = previous, "already assigned in this team"
+        else:
+            # Back to its rep only while the rep is on the team and in: otherwise a new one.
+            gone = "left the team" if previous is None else "is out of office"
+            previous_gone = f"previous owner {view.lead_owner} {gone}; "
     elif view.account_owner in reps:
         candidate = reps[view.account_owner]
         if not candidate.out_of_office and loads.get(candidate.id, 0) < candidate.capacity:
             owner, reason = candidate, "account owner (sticky)"
-    if owner is None and view.lead_owner is None:
+    if owner is None:
         cycle = _cycle(team)
         skipped: list[str] = []
         for step in range(len(cycle)):
@@ -155,7 +161,8 @@ def assign_owner(
                 break
         if owner is None:
             reason = "no rep available: " + ", ".join(sorted(set(skipped)))
-    if owner is not None and view.lead_owner is None:
+        reason = previous_gone + reason
+    if owner is not None and owner.id != view.lead_owner:
         loads[owner.id] = loads.get(owner.id, 0) + 1
     owner_id = owner.id if owner else f"queue:{rule.team}"
     assignment = Assignment(

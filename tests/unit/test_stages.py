@@ -551,3 +551,64 @@ def test_messages_an_older_worker_wrote_still_parse(rules: Rules) -> None:
     )
     assert isinstance(parsed, RouteRequest)
     assert (parsed.lead.lead_id, parsed.lead.country, parsed.lead.score) == ("l1", "DE", 42.0)
+
+
+def test_a_previous_owner_who_left_or_is_out_hands_the_lead_to_the_next_rep(
+    rules: Rules,
+) -> None:
+    rule = next(r for r in rules.routing.rules if r.team == "global_inbound")
+    team = rules.routing.teams["global_inbound"]
+    state = LeadState(lead_id="l7", first_seen=T0, updated_at=T0)
+    back, _ = assign_owner(state, rule, team, TeamView(lead_owner="dan.o"), T0)
+    assert (back.owner, back.reason) == ("dan.o", "already assigned in this team")
+    left, view = assign_owner(state, rule, team, TeamView(lead_owner="former.rep"), T0)
+    assert left.owner in {rep.id for rep in team.reps}
+    assert left.reason.startswith("previous owner former.rep left the team; round-robin")
+    assert view.loads == {left.owner: 1}
+    away = team.model_copy(
+        update={
+            "reps": [
+                r.model_copy(update={"out_of_office": True}) if r.id == "dan.o" else r
+                for r in team.reps
+            ]
+        }
+    )
+    other, _ = assign_owner(state, rule, away, TeamView(lead_owner="dan.o"), T0)
+    assert other.owner != "dan.o"
+    assert "previous owner dan.o is out of office" in other.reason
+
+
+def test_a_lost_lead_that_answers_is_re_engaged_and_routed_again(rules: Rules) -> None:
+    from leadflow.topics import Topics
+    from schemas.messages import EngagementUpdate
+    from streams.lead_agent import handle_update
+
+    topics = Topics()
+    lost = LeadState(
+        lead_id="l8",
+        first_seen=T0,
+        updated_at=T0,
+        stage="lost",
+        stage_at=T0,
+        team="global_inbound",
+        owner="dan.o",
+        owner_name="Dan",
+        email="x@fabrikam.com",
+    )
+    later = T0 + timedelta(days=31)
+    view = Engagement(event_id="v1", kind="pricing_page_view", at=later)
+    quiet = handle_update(
+        EngagementUpdate(lead_id="l8", engagements=[view]), lost, topics, rules, later
+    )
+    assert quiet.state is not None
+    assert quiet.state.stage == "lost"
+    assert quiet.state.owner == "dan.o"
+    click = Engagement(event_id="nurture:s1:click:0", kind="email_click", at=later)
+    back = handle_update(
+        EngagementUpdate(lead_id="l8", engagements=[click]), lost, topics, rules, later
+    )
+    assert back.state is not None
+    assert back.state.stage == "re_engaged"
+    assert back.state.owner is None  # routing decides again: its rep, while on the team
+    sent = {topic for topic, _, _ in back.sends}
+    assert {topics.lead_transitions, topics.routing_requests} <= sent
