@@ -139,14 +139,14 @@ class Run:
         return f"http://127.0.0.1:{self.port}"
 
     @contextmanager
-    def running(self, workers: int) -> Iterator[Run]:
+    def running(self, workers: int, roles: str = "sink,query") -> Iterator[Run]:
         asyncio.run(ensure_topics(self.kafka, self.broker.bootstrap))
         logs = self.home / "logs"
         try:
             for n in range(1, workers + 1):
                 env = {**self.env, "LEADFLOW_DATA_DIR": str(self.home / f"worker{n}")}
                 self.children.append(spawn(f"worker{n}", ["worker"], env, logs))
-            serve = spawn("serve", ["serve", "--roles", "sink,query"], self.env, logs)
+            serve = spawn("serve", ["serve", "--roles", roles], self.env, logs)
             self.children.append(serve)
             wait_healthy(self.base_url, self.children, timeout_s=120)
             self.wait_workers_ready(workers)

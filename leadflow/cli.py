@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import urllib.parse
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +422,17 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
             tuple(mode == "on" for mode in modes),
         )
         return 0
+    if args.suite == "nurture":
+        from leadflow.bench_nurture import bench_nurture
+
+        bench_nurture(
+            args.enrolled,
+            args.partitions,
+            args.out or Path("bench-results/nurture.json"),
+            console,
+            wait=timedelta(seconds=args.wait_seconds),
+        )
+        return 0
     if args.suite == "ingest":
         from leadflow.bench_ingest import bench_ingest
 
@@ -657,7 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.set_defaults(fn=cmd_backfill)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("suite", choices=["queries", "upload", "ingest", "pipeline"])
+    bench.add_argument("suite", choices=["queries", "upload", "ingest", "pipeline", "nurture"])
+    bench.add_argument(
+        "--enrolled", type=int, default=100_000, help="nurture: leads in the 5-step sequence"
+    )
+    bench.add_argument(
+        "--wait-seconds", type=float, default=120, help="nurture: the wait between its emails"
+    )
     bench.add_argument(
         "--persons", type=int, default=20_000, help="pipeline: generated people (~1.3 leads each)"
     )

@@ -68,6 +68,7 @@ from streams.normalize import normalize_email
 
 log = logging.getLogger(__name__)
 STAGE = stages.MAILER
+MAX_BATCH = 200  # records handled between two commits (each outcome is marked before)
 UNSUBSCRIBE = {"en": "Unsubscribe", "zh": "退订"}
 # Webhook answers that speak of us (credentials, URL, size) or ask for patience:
 # never a reason to stop mailing the recipient.
@@ -301,6 +302,7 @@ class Mailer:
         self.erased = SuppressionList()
         self.unsubscribed = SuppressionList()
         self.delivered: set[str] = set()
+        self._smtp: smtplib.SMTP | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -353,16 +355,15 @@ class Mailer:
                 await asyncio.sleep(0.05)
             while not self._stopping.is_set():
                 self._check(followers)
-                batch = await self._consumer.getmany(timeout_ms=500, max_records=1)
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
                 for tp, messages in batch.items():
-                    for message in messages:
-                        if not await self._settle(tp, message):
-                            await asyncio.sleep(0.05)
-                            break
+                    if not await self._settle(tp, messages):
+                        await asyncio.sleep(0.05)
         finally:
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
+            await asyncio.to_thread(self._close_smtp)
 
     def _check(self, followers: list[asyncio.Task[None]]) -> None:
         """Stop the mailer when it can no longer tell who is suppressed or what was sent."""
@@ -373,24 +374,36 @@ class Mailer:
                 task.result()
                 raise RetriableError(f"{task.get_name()} stopped")
 
-    async def _settle(self, tp: TopicPartition, message: ConsumerRecord[bytes, bytes]) -> bool:
-        """Handle one record and commit past it; False when it is left for later."""
+    async def _settle(
+        self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]
+    ) -> bool:
+        """Handle a partition's records in order and commit past those handled; False when
+        some are left for later. Each email's outcome is on `mailer.delivered` before the
+        next is handled, so a crash before the commit replays only emails already marked
+        done: committing once per batch costs no second copy."""
         async with self._busy:
-            if self._stopping.is_set():
-                return False
-            if tp not in self._owned:
-                # Fetched while partitions change hands: read it again if it stays ours.
+            done: int | None = None
+            left: int | None = None
+            for message in messages:
+                if self._stopping.is_set() or tp not in self._owned:
+                    # Stopping, or fetched while partitions change hands: read it again
+                    # if the partition stays ours.
+                    left = message.offset
+                    break
+                if not await self._handle(message):
+                    left = message.offset
+                    break
+                done = message.offset
+            if left is not None:
                 with contextlib.suppress(IllegalStateError):
-                    self._consumer.seek(tp, message.offset)
-                return False
-            if not await self._handle(message):
-                return False
-            try:
-                await self._consumer.commit({tp: message.offset + 1})
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The partition went to another mailer, which reads the outcome written above.
-                log.warning("commit of %s at %d failed: %s", tp, message.offset, exc)
-            return True
+                    self._consumer.seek(tp, left)
+            if done is not None:
+                try:
+                    await self._consumer.commit({tp: done + 1})
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # The partition went to another mailer, which reads the outcomes written.
+                    log.warning("commit of %s at %d failed: %s", tp, done, exc)
+            return left is None
 
     async def _handle(self, message: ConsumerRecord[bytes, bytes]) -> bool:
         """Record one email's outcome; False when stopping cut its retries short."""
@@ -450,8 +463,10 @@ class Mailer:
                     delay *= 2
                 continue
             self._count("sent")
-            await self._publish_event(email, "sent")
-            await self._mark(email.send_id, "sent")
+            # Both before the commit; side by side, one round trip to the broker.
+            await asyncio.gather(
+                self._publish_event(email, "sent"), self._mark(email.send_id, "sent")
+            )
             return True
         self._count("failed")
         error = BadRecordError(
@@ -490,18 +505,51 @@ class Mailer:
             raise failure
 
     def _send_mail(self, rendered: Rendered) -> None:
+        """Send over the open SMTP session (opened at need, kept between emails: a session
+        per email cost a connection, EHLO and QUIT each); a session the server dropped
+        is opened again once for the same email."""
+        message = to_message(rendered)
+        for fresh in (False, True):
+            try:
+                if self._smtp is None or fresh:
+                    self._close_smtp()
+                    self._smtp = self._open_smtp()
+                    fresh = True
+                self._smtp.send_message(message)
+                return
+            except smtplib.SMTPServerDisconnected as exc:
+                self._close_smtp()
+                if fresh:
+                    raise smtp_failure(exc) from exc
+            except smtplib.SMTPRecipientsRefused as exc:
+                # The session is fine: reset it for the next email.
+                if self._smtp is not None:
+                    with contextlib.suppress(smtplib.SMTPException, OSError):
+                        self._smtp.rset()
+                raise smtp_failure(exc) from exc
+            except (smtplib.SMTPException, OSError) as exc:
+                self._close_smtp()
+                raise smtp_failure(exc) from exc
+
+    def _open_smtp(self) -> smtplib.SMTP:
         nurture = self._nurture
+        smtp = smtplib.SMTP(nurture.smtp_host, nurture.smtp_port, timeout=nurture.timeout_s)
         try:
-            with smtplib.SMTP(
-                nurture.smtp_host, nurture.smtp_port, timeout=nurture.timeout_s
-            ) as smtp:
-                if nurture.smtp_starttls:
-                    smtp.starttls()
-                if nurture.smtp_username and nurture.smtp_password:
-                    smtp.login(nurture.smtp_username, nurture.smtp_password.get_secret_value())
-                smtp.send_message(to_message(rendered))
-        except (smtplib.SMTPException, OSError) as exc:
-            raise smtp_failure(exc) from exc
+            if nurture.smtp_starttls:
+                smtp.starttls()
+            if nurture.smtp_username and nurture.smtp_password:
+                smtp.login(nurture.smtp_username, nurture.smtp_password.get_secret_value())
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _close_smtp(self) -> None:
+        if self._smtp is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._smtp.quit()
+            self._smtp.close()
+            self._smtp = None
 
     async def _bounced(self, email: NurtureEmail, address: str, reply: str) -> None:
         """Suppress the address first: a crash after it leaves at worst a missing event."""

@@ -20,7 +20,6 @@ the table, and a step fires once because its outputs carry derived ids.
 
 from __future__ import annotations
 
-import copy
 import zlib
 from datetime import UTC, datetime
 from typing import Any
@@ -60,28 +59,40 @@ def _minutes_key(partition: int) -> str:
     return f"due-minutes|{partition}"
 
 
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
 def file_due(table: Table, partition: int, entry: dict[str, Any]) -> None:
-    """Move the lead in the timer index to the minute its next step is due (or out)."""
+    """Move the lead in the timer index to when its next step is due (or out of it).
+
+    A bucket holds `[lead id, due ms]` pairs, so a tick passes over the leads of its
+    minute that are due later without reading (or writing) their entries."""
     lead_id = entry["lead_id"]
     due = nurture.next_due(entry)
-    minute = _minute(due) if due is not None else None
+    due_ms = _ms(due) if due is not None else None
     filed = entry.get("filed")
-    if filed == minute:
+    if filed == due_ms:
         return
     if filed is not None:
-        key = _bucket(partition, filed, lead_id)
-        ids = [i for i in table.get(key) or [] if i != lead_id]
-        if ids:
-            table[key] = ids
+        key = _bucket(partition, _minute(_at_ms(filed)), lead_id)
+        pairs = [p for p in table.get(key) or [] if p[0] != lead_id]
+        if pairs:
+            table[key] = pairs
         else:
             table.pop(key, None)
-    if minute is not None:
+    if due is not None:
+        minute = _minute(due)
         key = _bucket(partition, minute, lead_id)
-        table[key] = [*(table.get(key) or []), lead_id]
+        table[key] = [*(table.get(key) or []), [lead_id, due_ms]]
         minutes = table.get(_minutes_key(partition)) or []
         if minute not in minutes:
             table[_minutes_key(partition)] = sorted([*minutes, minute])
-    entry["filed"] = minute
+    entry["filed"] = due_ms
+
+
+def _at_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _emit(out: Outputs, topics: Topics, outcome: nurture.Outcome) -> None:
@@ -106,11 +117,13 @@ def observe_step(
     """One snapshot of a lead from `leads.identified`."""
     lead = LeadState.model_validate_json(record.value or b"")
     key = _lead_key(lead.lead_id)
-    entry = table.get(key) or nurture.new_entry(lead.lead_id)
-    entry = _copy(entry)
+    stored = table.get(key)
+    entry = unpack(stored) if stored is not None else nurture.new_entry(lead.lead_id)
     outcome = nurture.observe(entry, lead, rules, now)
     file_due(table, record.message.partition, entry)
-    table[key] = entry
+    packed = pack(entry)
+    if packed != stored:  # a snapshot that changes nothing here (a new score) writes nothing
+        table[key] = packed
     _emit(out, topics, outcome)
 
 
@@ -123,22 +136,25 @@ def tick_step(
     rules: NurtureRules,
     now: datetime,
 ) -> int:
-    """Fire every lead of the partition due by `now`; returns how many were looked at."""
+    """Fire every lead of the partition due by `now`; returns how many were fired."""
     minutes = table.get(_minutes_key(partition)) or []
     due_minutes = [m for m in minutes if m <= _minute(now)]
-    looked = 0
+    now_ms = _ms(now)
+    fired = 0
     for minute in due_minutes:
         for shard in range(DUE_SHARDS):
-            for lead_id in table.get(f"due|{partition}|{minute}|{shard}") or []:
+            for lead_id, due_ms in table.get(f"due|{partition}|{minute}|{shard}") or []:
+                if due_ms > now_ms:
+                    continue  # later in its minute: a later tick
                 key = _lead_key(lead_id)
                 stored = table.get(key)
                 if stored is None:
                     continue
-                entry = _copy(stored)
+                entry = unpack(stored)
                 outcome = nurture.fire(entry, rules, now)
-                looked += 1
+                fired += 1
                 file_due(table, partition, entry)
-                table[key] = entry
+                table[key] = pack(entry)
                 _emit(out, topics, outcome)
     if due_minutes:
         # Filing may have added minutes since: read the list again, drop the emptied ones.
@@ -148,8 +164,9 @@ def tick_step(
             if m not in due_minutes
             or any(table.get(f"due|{partition}|{m}|{s}") for s in range(DUE_SHARDS))
         ]
-        table[_minutes_key(partition)] = still
-    return looked
+        if still != minutes:
+            table[_minutes_key(partition)] = still
+    return fired
 
 
 def forget_step(
@@ -159,16 +176,24 @@ def forget_step(
     stored = table.get(key)
     if stored is None:
         return
-    entry = _copy(stored)
+    entry = unpack(stored)
     outcome = nurture.forget(entry, now)
     file_due(table, partition, entry)
     table.pop(key, None)
     _emit(out, topics, outcome)
 
 
-def _copy(entry: dict[str, Any]) -> dict[str, Any]:
-    # Entries are read through the batch's staged table: never change one in place.
-    return copy.deepcopy(entry)
+def pack(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry as stored: empty fields left out (most leads run no sequence)."""
+    return {k: v for k, v in entry.items() if k == "lead_id" or v not in (None, [], {}, False)}
+
+
+def unpack(stored: dict[str, Any]) -> dict[str, Any]:
+    """A working copy of a stored entry, every field present. A copy: the stored value
+    is the staged table's, which a step never changes in place."""
+    entry = nurture.new_entry(stored["lead_id"])
+    entry.update(orjson.loads(orjson.dumps(stored)))
+    return entry
 
 
 def nurture_step(

@@ -504,3 +504,66 @@ def test_the_notifier_role_of_the_server_runs_the_mailer(
     [mail] = received.mails
     [token] = tracked(mail["List-Unsubscribe"], "u")
     assert verify(secret, token, "unsubscribe").send_id == "send-1"
+
+
+class Sessions(Inbox):
+    """An inbox that also counts SMTP sessions (one EHLO each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+
+async def test_one_session_carries_many_emails_and_a_dropped_one_is_opened_again(
+    kafka_bootstrap: str, settings: Settings
+) -> None:
+    received = Sessions()
+    topics = Topics(settings.kafka.topic_prefix)
+    # A server of its own, on a port of its own, that counts sessions.
+    own = settings.model_copy(
+        update={"nurture": settings.nurture.model_copy(update={"smtp_port": free_port()})}
+    )
+    port = own.nurture.smtp_port
+    server = Controller(received, hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        await publish(kafka_bootstrap, topics.nurture_sends, *(make_email(n) for n in range(5)))
+        producer = make_producer(own.kafka, kafka_bootstrap)
+        consumer = mailer_consumer(own, kafka_bootstrap)
+        await producer.start()
+        async with aiohttp.ClientSession() as session:
+            mailer = Mailer(own, topics, consumer, producer, Metrics(), session)
+            await mailer.start(kafka_bootstrap)
+            task = asyncio.create_task(mailer.run())
+            try:
+                for _ in range(300):
+                    if len(received.mails) >= 5:
+                        break
+                    await asyncio.sleep(0.1)
+                assert len(received.mails) == 5
+                assert received.sessions == 1
+                # The server goes away and comes back: the kept session is dead.
+                server.stop()
+                server = Controller(received, hostname="127.0.0.1", port=port)
+                server.start()
+                await publish(kafka_bootstrap, topics.nurture_sends, make_email(5))
+                for _ in range(300):
+                    if len(received.mails) >= 6:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                mailer.stop()
+                await task
+                await consumer.stop()
+                await producer.stop()
+        assert [m["Message-ID"] for m in received.mails][-1] == "<send-5@leadflow>"
+        assert received.sessions == 2
+    finally:
+        server.stop()
