@@ -313,7 +313,9 @@ class NurtureSettings(_Section):
         description="Base URL of the tracking endpoints as a recipient's mail client reaches it.",
     )
     tick_interval_s: Annotated[float, Field(gt=0)] = Field(
-        default=5.0, description="How often the nurture stage looks for due steps."
+        default=0.5,
+        description="How often the nurture stage looks for due steps: the most a due step "
+        "waits for its tick.",
     )
     smtp_host: str = Field(default="127.0.0.1", description="SMTP server for nurture email.")
     smtp_port: int = 25

@@ -323,6 +323,30 @@ def test_timers_are_bucketed_so_no_write_grows_with_every_enrolled_lead() -> Non
     assert minutes == ["2026-03-05T10:00"]
 
 
+class CountingTable(dict[str, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+def test_a_tick_before_the_due_time_and_a_snapshot_changing_nothing_write_nothing() -> None:
+    stage = Stage()
+    stage.table = CountingTable()
+    lead = web_lead(at=T0 + timedelta(seconds=30))
+    stage.snapshot(lead, T0 + timedelta(seconds=30))
+    written = stage.table.writes
+    stage.tick(T0 + timedelta(seconds=10))  # same minute, before the welcome is due
+    stage.snapshot(lead, T0 + timedelta(seconds=40))  # the same snapshot again
+    assert stage.table.writes == written
+    assert stage.emails == []
+    stage.tick(T0 + timedelta(seconds=31))
+    assert len(stage.emails) == 1
+
+
 def test_a_bad_command_is_a_dead_letter() -> None:
     stage = Stage()
     record = stage._record(TOPICS.nurture_commands, b'{"type": "tick", "now": "soon"}')
