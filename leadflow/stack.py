@@ -36,10 +36,12 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
+from aiosmtpd.controller import Controller
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from leadflow import mail_catcher
 from leadflow.auth import LOCAL_STACK_KEY_NAME, ensure_local_key, keys_file
 from leadflow.broker.local import LocalKafka, pid_alive
 from leadflow.errors import FatalError
@@ -180,6 +182,7 @@ def run_up(settings: Settings, console: Console, samples: bool = True) -> int:
     kafka: LocalKafka | None = None
     services: list[Service] = []
     supervisor: Supervisor | None = None
+    catcher: Controller | None = None
     # Even when started with SIGINT ignored (a background job), Ctrl-C or kill -INT stops it.
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupt)
@@ -204,6 +207,14 @@ def run_up(settings: Settings, console: Console, samples: bool = True) -> int:
                 bootstrap = kafka.bootstrap
                 console.print(f"[green]✓[/] Kafka broker on {bootstrap} (log: {kafka.log_file})")
         env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap}
+        if not _mail_configured():
+            catcher, port = mail_catcher.start(settings.data_dir / "mail")
+            env |= {"NURTURE_SMTP_HOST": "127.0.0.1", "NURTURE_SMTP_PORT": str(port)}
+            console.print(
+                f"[green]✓[/] follow-up email goes to a local mail catcher: "
+                f"{settings.data_dir / 'mail'} (one .eml per message)",
+                highlight=False,
+            )
         worker = ChildService(spawn("worker", ["worker"], env, log_dir))
         services.append(worker)
         server = ChildService(spawn("serve", ["serve"], env, log_dir))
@@ -249,8 +260,16 @@ def run_up(settings: Settings, console: Console, samples: bool = True) -> int:
             supervisor.close()
             for service in reversed(services):  # one that was starting as we paused
                 service.stop()
+        if catcher is not None:
+            catcher.stop()
         console.print("[green]✓[/] stopped")
     return 0
+
+
+def _mail_configured() -> bool:
+    """Whether an SMTP server or an email service was given for nurture email."""
+    names = ("NURTURE_SMTP_HOST", "NURTURE_SMTP_PORT", "NURTURE_WEBHOOK_URL")
+    return any(os.environ.get(name) for name in names)
 
 
 def _say(console: Console, line: str) -> None:
