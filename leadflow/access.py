@@ -91,6 +91,7 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/privacy/erase"): Rule("scope", "admin"),
     ("GET", "/v1/nurture/sequences"): Rule("scope", "read:analytics"),
     ("GET", "/v1/nurture/tasks"): Rule("scope", "read:analytics"),
+    ("GET", "/v1/scoring/evaluation"): Rule("scope", "read:analytics"),
     ("GET", "/v1/nurture/o/{token}"): Rule("signed", stage=stages.TRACKING),
     ("GET", "/v1/nurture/c/{token}"): Rule("signed", stage=stages.TRACKING),
     ("GET", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),

@@ -400,6 +400,16 @@ def cmd_nurture(settings: Settings, args: argparse.Namespace, console: Console) 
     return 0
 
 
+def cmd_scoring(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from leadflow.views import evaluation_table
+
+    path = f"/v1/scoring/evaluation?by={args.by}"
+    answer = _ask_server(settings, args, path, console)
+    if answer is not None:
+        console.print(evaluation_table(answer))
+    return 0
+
+
 def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.bench import bench_queries, bench_upload
 
@@ -644,6 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
     nurture.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     nurture.add_argument("--format", choices=["table", "json", "csv"], default="table")
     nurture.set_defaults(fn=cmd_nurture)
+
+    scoring = verbs.add_parser(
+        "scoring", help="the learned score: `status` (AUC of model and rules on its outcomes)"
+    )
+    scoring.add_argument("what", choices=["status"])
+    scoring.add_argument("--by", choices=["version", "week"], default="version")
+    scoring.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
+    scoring.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    scoring.set_defaults(fn=cmd_scoring)
 
     upload = verbs.add_parser("upload", help="publish a trade-show export (CSV or XLSX)")
     upload.add_argument("file", type=Path)

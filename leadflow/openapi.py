@@ -514,6 +514,19 @@ def document(version: str) -> dict[str, Any]:
                 "responses": {"200": _answer("Rows per rep.", _JSON_OBJECT), **_refusals(422)},
             }
         },
+        "/v1/scoring/evaluation": {
+            "get": {
+                "summary": "The learned score judged on outcomes it predicted before learning "
+                "them: model AUC, rules AUC and model log-loss per model version or week.",
+                "parameters": [
+                    _query("by", "version (default) or week.", {"enum": ["version", "week"]})
+                ],
+                "responses": {
+                    "200": _answer("Rows per version or week.", _JSON_OBJECT),
+                    **_refusals(422),
+                },
+            }
+        },
         "/v1/nurture/o/{token}": {
             "get": {
                 "summary": "Open pixel of a nurture email: records email_open for a valid link.",

@@ -104,7 +104,7 @@ class SuppressionList:
         consumer: AIOKafkaConsumer = make_consumer(kafka, bootstrap, group_id=None)
         await consumer.start()
         try:
-            partitions = await _all_partitions(consumer, topic)
+            partitions = await all_partitions(consumer, topic)
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
@@ -207,7 +207,7 @@ async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
     return True
 
 
-async def _all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     for _ in range(50):
         # aiokafka has no public call for a topic's partitions without subscribing.
         cluster = await consumer._client.fetch_all_metadata()

@@ -18,6 +18,7 @@ NOTIFY: Final = "notify"
 NURTURE: Final = "nurture"
 MAILER: Final = "mailer"
 TRACKING: Final = "tracking"
+LEARN: Final = "learn"
 CLICKHOUSE_WRITER: Final = "clickhouse_writer"
 
 ALL: Final = (
@@ -34,5 +35,6 @@ ALL: Final = (
     NURTURE,
     MAILER,
     TRACKING,
+    LEARN,
     CLICKHOUSE_WRITER,
 )

@@ -112,6 +112,21 @@ class Topics:
         """Compacted: send ids the mailer has delivered, bounced or dead-lettered."""
         return self._name("mailer.delivered")
 
+    @property
+    def scoring_outcomes(self) -> str:
+        """Won/lost outcomes with their features, all under one key: one learner, in order."""
+        return self._name("scoring.outcomes")
+
+    @property
+    def scoring_models(self) -> str:
+        """Compacted: the current learned model, read by every worker."""
+        return self._name("scoring.models")
+
+    @property
+    def scoring_evaluations(self) -> str:
+        """Progressive validation of the learned model, keyed by lead id."""
+        return self._name("scoring.evaluations")
+
     def dlq(self, stage: str) -> str:
         """The dead-letter topic of one stage: `dlq.<stage>`."""
         return self._name(f"dlq.{stage}")
@@ -143,6 +158,9 @@ class Topics:
             self.nurture_events,
             self.nurture_suppressions,
             self.mailer_delivered,
+            self.scoring_outcomes,
+            self.scoring_models,
+            self.scoring_evaluations,
             *self.all_dlq(),
         ]
 
@@ -159,6 +177,7 @@ class Topics:
             self.privacy_suppressions,
             self.nurture_suppressions,
             self.mailer_delivered,
+            self.scoring_models,
         }
 
     def worker_sources(self) -> list[str]:

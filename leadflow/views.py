@@ -60,6 +60,16 @@ def explain_panels(answer: dict[str, Any]) -> list[Panel | Table]:
     for rule, points in score["rules"].items():
         scored.add_row(rule, f"{points:+g}")
     parts.append(scored)
+    if score.get("fit_probability") is not None:
+        learned = Table(
+            title=f"learned: fit {100 * score['fit_probability']:.0f}% (model version "
+            f"{score['model_version']}), rules {score['rule_score']:g}"
+        )
+        learned.add_column("feature")
+        learned.add_column("weight (log-odds)", justify="right")
+        for feature, weight in score.get("fit_factors", {}).items():
+            learned.add_row(feature, f"{weight:+.2f}")
+        parts.append(learned)
 
     routing = answer["routing"]
     owner = routing["owner_name"] or routing["owner"] or "-"
@@ -250,5 +260,27 @@ def tasks_table(answer: dict[str, Any]) -> Table:
             row["owner"] or "(no owner)",
             *(str(row[k]) for k in ("tasks", "due", "on_time", "late", "missed", "open")),
             bar if row["tasks"] <= 60 else "",
+        )
+    return table
+
+
+def evaluation_table(answer: dict[str, Any]) -> Table:
+    """The learned score per version or week: outcomes, AUC of the model and the rules."""
+    by = answer["by"]
+    table = Table(title=f"learned score, judged before learning, per {by}")
+    for column in (by, "outcomes", "won", "model AUC", "rules AUC", "model log-loss"):
+        table.add_column(column, justify="left" if column == by else "right")
+
+    def num(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    for row in answer["rows"]:
+        table.add_row(
+            str(row[by])[:10],
+            str(row["outcomes"]),
+            str(row["won"]),
+            num(row["model_auc"]),
+            num(row["rules_auc"]),
+            num(row["model_log_loss"]),
         )
     return table

@@ -272,6 +272,17 @@ class LeadState(BaseModel):
     score: float = 0.0
     grade: str = "D"
     score_rules: list[tuple[str, float]] = Field(default_factory=list)
+    rule_score: float = Field(default=0.0, description="The rules' part of `score`.")
+    fit_probability: float | None = Field(
+        default=None, description="The learned model's probability that the lead is won."
+    )
+    model_version: int | None = Field(
+        default=None, description="The model version that scored it; None: rules alone."
+    )
+    fit_factors: list[tuple[str, float]] = Field(
+        default_factory=list,
+        description="The feature tokens that weigh most in fit_probability, with weights.",
+    )
     mql_at: datetime | None = None
     team: str | None = None
     owner: str | None = None

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from schemas.dead_letter import DeadLetter
 from schemas.lead_state import Assignment, LeadState, MergeRecord
 from schemas.nurture import NurtureEvent
+from schemas.scoring import Evaluation
 from schemas.transition import StageTransition
 
 
@@ -97,6 +98,10 @@ class LeadRow(_Row):
     suggested_lead_ids: list[str]
     suggested_rules: list[str]
     suggested_scores: list[float]
+    rule_score: float
+    fit_probability: float | None
+    model_version: int | None
+    fit_factors: dict[str, float]
 
     @classmethod
     def from_state(cls, state: LeadState, partition: int, offset: int) -> LeadRow:
@@ -157,6 +162,10 @@ class LeadRow(_Row):
             stage=state.stage or "",
             stage_at=state.stage_at,
             stage_reason=state.stage_reason,
+            rule_score=state.rule_score,
+            fit_probability=state.fit_probability,
+            model_version=state.model_version,
+            fit_factors=dict(state.fit_factors),
             deal_id=state.deal_id,
             amount=state.amount,
             currency=state.currency,
@@ -250,6 +259,26 @@ class NurtureEventRow(_Row):
     @classmethod
     def from_event(cls, event: NurtureEvent) -> NurtureEventRow:
         return cls(**event.model_dump(include=set(cls.model_fields)))
+
+
+class EvaluationRow(_Row):
+    table: ClassVar[str] = "scoring_evaluations"
+
+    event_id: str
+    lead_id: str
+    version: int
+    outcomes_before: int
+    probability: float
+    rule_score: float
+    label: int
+    at: datetime
+
+    @classmethod
+    def from_evaluation(cls, evaluation: Evaluation) -> EvaluationRow:
+        return cls(
+            **evaluation.model_dump(include=set(cls.model_fields) - {"label"}),
+            label=int(evaluation.label),
+        )
 
 
 class DeadLetterRow(_Row):

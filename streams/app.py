@@ -27,12 +27,14 @@ from streams import (
     events_agent,
     identity_agent,
     lead_agent,
+    learning_agent,
     normalize_agent,
     nurture_agent,
     routing_agent,
     stall_guard,
 )
 from streams.internals import leader_topic_name, require_stream_internals
+from streams.learning_agent import ModelFollower
 from streams.rules import Rules, load_rules
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,17 @@ def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -
     stall_guard.install(app)
     normalize_agent.register(app, topics, settings, rules, suppressions)
     events_agent.register(app, topics, settings, rules, suppressions)
-    for stage in (identity_agent, lead_agent, routing_agent):
-        stage.register(app, topics, settings, rules)
+    model = ModelFollower()
+
+    async def follow_model() -> None:
+        await model.follow(settings.kafka, bootstrap, topics.scoring_models)
+
+    app.task(follow_model)
+    identity_agent.register(app, topics, settings, rules)
+    lead_agent.register(app, topics, settings, rules, model)
+    routing_agent.register(app, topics, settings, rules)
+    if rules.scoring.model.enabled:
+        learning_agent.register(app, topics, settings, rules.scoring.model)
     if rules.nurture.sequences:
         nurture_agent.register(app, topics, settings, rules.nurture)
     return app

@@ -46,8 +46,12 @@ from schemas.messages import (
     RoutingSubject,
     UnmergeCommand,
 )
+from schemas.scoring import Outcome
 from streams import leads
+from streams.features import features
 from streams.identity import combine
+from streams.learning import scoring_with
+from streams.learning_agent import ModelFollower
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
@@ -160,6 +164,29 @@ def _re_engagement(
         reason=f"answered ({answer.kind}) after {before.stage}",
     )
     return leads.release_owner(new), [move]
+
+
+def outcome_of(event: CrmEvent, state: LeadState, rules: Rules) -> Outcome | None:
+    """A won, converted, lost or disqualified lead as a lesson for the learned score: its
+    features as they were when it was last scored (before this outcome)."""
+    learned = rules.scoring.model
+    label = (
+        True
+        if event.action in learned.positive
+        else False
+        if event.action in learned.negative
+        else None
+    )
+    if not learned.enabled or label is None:
+        return None
+    return Outcome(
+        event_id=event.event_id,
+        lead_id=state.lead_id,
+        label=label,
+        features=features(state, learned.tool_fields, rules.identity.free_mail_domains),
+        rule_score=state.rule_score,
+        at=event.occurred_at,
+    )
 
 
 def crm_moves(event: CrmEvent, state: LeadState, rules: Rules) -> list[Move]:
@@ -484,6 +511,12 @@ def handle_update(
                 f"{state.stage}; {moves[0].to} would not be a forward move",
             )
         _after_change(effects, topics, state, state, rules, now, moves)
+        outcome = outcome_of(update.event, state, rules)
+        if outcome is not None:
+            # One key: one learner takes every outcome, in order (streams/learning_agent.py).
+            effects.sends.append(
+                (topics.scoring_outcomes, "model", outcome.model_dump_json().encode())
+            )
         return effects
     # EraseLead: the agent forgets the state before it gets here (see `register`).
     raise BadRecordError("unexpected_message", f"the lead stage does not fold {update.type!r}")
@@ -585,7 +618,14 @@ def fold_step(
         out.add(topic, out_key, value)
 
 
-def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -> Any:
+def register(
+    app: faust.App,
+    topics: Topics,
+    settings: Settings,
+    rules: Rules,
+    model: ModelFollower | None = None,
+) -> Any:
+    """`model`: the worker's follower of the learned model (none: rules alone)."""
     source = app.topic(
         topics.lead_updates,
         topics.leads_assigned,
@@ -598,7 +638,8 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
 
     def fold_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
-        fold_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
+        with scoring_with(model.snapshot if model is not None else None):
+            fold_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
 
     async def fold_leads(stream: Any) -> None:
         await run_batches(app, stream, settings, fold_one, table)

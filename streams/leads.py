@@ -24,8 +24,10 @@ from schemas.lead_state import (
     MergeUndo,
     Note,
 )
+from streams import learning
+from streams.features import features
 from streams.rules import Rules
-from streams.scoring import score_lead
+from streams.scoring import grade_for, score_lead
 from streams.tagging import tag_source
 
 _MERGE_NAMESPACE = uuid.UUID("7e0f3a55-1c2d-4e8b-b6a9-2f4d5c6e7a81")
@@ -121,7 +123,21 @@ def lead_notes(lead: Lead) -> list[Note]:
 
 def _rescore(state: LeadState, rules: Rules) -> None:
     result = score_lead(state, rules.scoring, rules.identity.free_mail_domains)
-    state.score, state.grade, state.score_rules = result.score, result.grade, result.rules
+    state.rule_score, state.score_rules = result.score, result.rules
+    state.score, state.grade = result.score, result.grade
+    learned = rules.scoring.model
+    model = learning.current_model.get()
+    if learning.in_use(model, learned):
+        assert model is not None
+        tokens = features(state, learned.tool_fields, rules.identity.free_mail_domains)
+        fit = learning.probability(model, tokens)
+        state.fit_probability, state.model_version = round(fit, 4), model.version
+        state.fit_factors = learning.factors(model, tokens, learned.factors_shown)
+        state.score = learning.combined(result.score, fit, learned)
+        state.grade = grade_for(state.score, rules.scoring)
+    else:
+        state.fit_probability = state.model_version = None
+        state.fit_factors = []
     if state.mql_at is None and state.score >= rules.scoring.mql_threshold:
         moments = [t.at for t in state.touches] + [e.at for e in state.engagements]
         state.mql_at = max(moments) if moments else state.updated_at

@@ -99,12 +99,42 @@ class EngagementRule(_Rule):
     half_life_days: Annotated[float, Field(gt=0)]
 
 
+Positive = Literal["won", "convert"]
+Negative = Literal["lost", "disqualify"]
+_POSITIVE: tuple[Positive, ...] = ("won", "convert")
+_NEGATIVE: tuple[Negative, ...] = ("lost", "disqualify")
+
+
+class ModelRules(_Rule):
+    """The learned part of the score (streams/learning.py)."""
+
+    enabled: bool = True
+    min_outcomes: Annotated[int, Field(ge=1)] = Field(
+        default=50, description="Rules alone until the model learned this many outcomes."
+    )
+    weight: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.5, description="score = (1 - weight) * rules + weight * 100 * fit probability"
+    )
+    publish_every: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="A new model version after this many outcomes."
+    )
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.05
+    l2: Annotated[float, Field(ge=0, le=1)] = 0.001
+    tool_fields: list[str] = Field(
+        default_factory=list, description="Attributes whose values name the tools a lead uses."
+    )
+    positive: list[Positive] = Field(default_factory=lambda: list(_POSITIVE))
+    negative: list[Negative] = Field(default_factory=lambda: list(_NEGATIVE))
+    factors_shown: Annotated[int, Field(ge=1, le=20)] = 5
+
+
 class ScoringRules(_Rule):
     mql_threshold: Annotated[float, Field(ge=0, le=100)]
     grades: dict[Literal["A", "B", "C"], float]
     fit: list[FieldRule] = Field(default_factory=list)
     engagement: list[EngagementRule] = Field(default_factory=list)
     negative: list[FieldRule] = Field(default_factory=list)
+    model: ModelRules = ModelRules()
 
     @model_validator(mode="after")
     def _grades_descend(self) -> ScoringRules:

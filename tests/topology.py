@@ -26,10 +26,13 @@ from pydantic import BaseModel
 from leadflow.oracle import expected_people, expected_survivors
 from leadflow.topics import Topics
 from schemas import Assignment, IdentityProbe, Lead, LeadState
+from schemas.scoring import Evaluation, ModelSnapshot
 from streams.frames import FramedEvent, RecordInFrame
 from streams.identity import scatter, start_probe
 from streams.identity_agent import resolve_step
 from streams.lead_agent import fold_step
+from streams.learning import scoring_with
+from streams.learning_agent import learn_step
 from streams.routing_agent import assign_step
 from streams.rules import Rules
 
@@ -59,6 +62,11 @@ class Topology:
         # sends for a `leads.raw` envelope); a step's output is one more than its input.
         self.hop = 0
         self.first_hop: dict[tuple[str, str], int] = {}
+        # Learned scoring: the learner's table, the model every stage scores with, and
+        # the learner's predictions of each outcome.
+        self.learner: dict[str, Any] = {}
+        self.model: ModelSnapshot | None = None
+        self.evaluations: list[Evaluation] = []
 
     def add(self, topic: str, key: str | bytes, value: bytes) -> None:
         """A step's output (the `Outputs` of streams.wiring)."""
@@ -114,7 +122,16 @@ class Topology:
         if topic == t.identity_keys:
             resolve_step(record, self.identity, self, topics=t, rules=self.rules)
         elif topic in (t.lead_updates, t.leads_assigned):
-            fold_step(record, self.lead_table, self, topics=t, rules=self.rules, now=self.now)
+            with scoring_with(self.model):
+                fold_step(record, self.lead_table, self, topics=t, rules=self.rules, now=self.now)
+        elif topic == t.scoring_outcomes:
+            learn_step(
+                record, self.learner, self, topics=t, rules=self.rules.scoring.model, now=self.now
+            )
+        elif topic == t.scoring_models:
+            self.model = ModelSnapshot.model_validate_json(value)
+        elif topic == t.scoring_evaluations:
+            self.evaluations.append(Evaluation.model_validate_json(value))
         elif topic == t.routing_requests:
             assign_step(record, self.teams, self, topics=t, rules=self.rules, now=self.now)
         elif topic == t.leads_identified:

@@ -40,6 +40,7 @@ SHARDING_KEYS: dict[str, str] = {
     "lead_merges": "cityHash64(survivor_id)",
     "assignments": "cityHash64(lead_id)",
     "nurture_events": "cityHash64(lead_id)",
+    "scoring_evaluations": "cityHash64(event_id)",
     "dead_letters": "cityHash64(dead_letter_id)",
     "stage_definitions": "cityHash64(stage)",
     "audit_log": "cityHash64(audit_id)",

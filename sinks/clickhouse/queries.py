@@ -18,7 +18,7 @@ LEAD_COLUMNS = (
     "grade", "team", "owner", "owner_name", "assignment_rule", "assignment_reason",
     "merged_from", "touch_event_ids", "event_id", "first_seen", "updated_at", "mql_at",
     "assigned_at", "accepted_at", "phone_extension", "stage", "stage_at", "note_texts",
-    "note_sources", "note_at", "warnings",
+    "note_sources", "note_at", "warnings", "rule_score", "fit_probability", "model_version",
 )  # fmt: skip
 
 
@@ -125,7 +125,7 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             "mql_at, team, owner, owner_name, assignment_rule, assignment_reason, assigned_at, "
             "accepted_at, phone_extension, stage, stage_at, stage_reason, note_texts, "
             "note_sources, note_at, warnings, suggested_lead_ids, suggested_rules, "
-            "suggested_scores, "
+            "suggested_scores, rule_score, fit_probability, model_version, fit_factors, "
             "touch_event_ids, touch_channels, touch_sources, touch_at, first_seen, updated_at "
             f"FROM {db}.leads FINAL WHERE lead_id = {{lead_id:String}}",
             {"lead_id": current},
@@ -177,6 +177,13 @@ async def explain_lead(clickhouse: ClickHouse, lead_id: str) -> dict[str, Any] |
             "grade": lead["grade"],
             "mql_at": lead["mql_at"],
             "rules": dict(sorted(score_rules.items(), key=lambda kv: -abs(kv[1]))),
+            "rule_score": lead.pop("rule_score"),
+            # The learned part (docs/scoring.md): None while the rules score alone.
+            "fit_probability": lead.pop("fit_probability"),
+            "model_version": lead.pop("model_version"),
+            "fit_factors": dict(
+                sorted(lead.pop("fit_factors").items(), key=lambda kv: -abs(kv[1]))
+            ),
         },
         "routing": {
             k: lead[k]

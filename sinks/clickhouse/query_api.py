@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sinks.clickhouse import audit, funnel, nurture, queries
+from sinks.clickhouse import audit, funnel, nurture, queries, scoring
 from sinks.clickhouse.client import ClickHouse
 
 _WHOLE = re.compile(r"[0-9]{1,12}")
@@ -127,6 +127,7 @@ class QueryRoutes:
         app.router.add_get("/v1/audit", self.get_audit)
         app.router.add_get("/v1/nurture/sequences", self.get_nurture_sequences)
         app.router.add_get("/v1/nurture/tasks", self.get_nurture_tasks)
+        app.router.add_get("/v1/scoring/evaluation", self.get_scoring_evaluation)
 
     async def get_leads(self, request: web.Request) -> web.Response:
         email, phone = _text(request, "email"), _text(request, "phone")
@@ -218,6 +219,15 @@ class QueryRoutes:
         as_of = _time(request, "as_of") or datetime.now(UTC)
         rows = await nurture.task_report(self._clickhouse, as_of)
         return json_answer({"as_of": _iso_utc(as_of), "rows": [_jsonable(r) for r in rows]})
+
+    async def get_scoring_evaluation(self, request: web.Request) -> web.Response:
+        """?by=version|week: the learned model's AUC and log-loss beside the rules' AUC,
+        on the same outcomes (each predicted before it was learned)."""
+        by = request.query.get("by", "version")
+        if by not in ("version", "week"):
+            raise web.HTTPBadRequest(reason="by must be version or week")
+        rows = await scoring.evaluation(self._clickhouse, "week" if by == "week" else "version")
+        return json_answer({"by": by, "rows": [_jsonable(r) for r in rows]})
 
     async def get_dashboard(self, _: web.Request) -> web.Response:
         """The funnel and pipeline page for people; it reads the two JSON routes above."""

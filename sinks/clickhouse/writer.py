@@ -2,7 +2,8 @@
 
 Input topics: `leads.identified` → table `leads`; `lead.merges` → table
 `lead_merges`; `leads.assigned` → table `assignments`; `nurture.events` → table
-`nurture_events`; `lead.transitions` →
+`nurture_events`; `scoring.evaluations` → table `scoring_evaluations`;
+`lead.transitions` →
 table `lead_transitions` (and through materialized views `funnel_daily` and
 `pipeline_current`); every `dlq.<stage>` → table `dead_letters`. Inserts set
 `deduplicate_blocks_in_dependent_materialized_views`, so a retried batch
@@ -78,7 +79,8 @@ from schemas import (
     TransitionRow,
 )
 from schemas.nurture import NurtureEvent
-from schemas.rows import NurtureEventRow
+from schemas.rows import EvaluationRow, NurtureEventRow
+from schemas.scoring import Evaluation
 from sinks.clickhouse.client import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,11 @@ def _nurture_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
     return NurtureEventRow.from_event(event).as_row()
 
 
+def _evaluation_row(message: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    evaluation = Evaluation.model_validate_json(message.value or b"")
+    return EvaluationRow.from_evaluation(evaluation).as_row()
+
+
 def routes(topics: Topics) -> dict[str, Route]:
     table: dict[str, Route] = {
         topics.leads_identified: Route(LeadRow.table, LeadRow.column_names(), _lead_row, False),
@@ -137,6 +144,9 @@ def routes(topics: Topics) -> dict[str, Route]:
         ),
         topics.nurture_events: Route(
             NurtureEventRow.table, NurtureEventRow.column_names(), _nurture_row, False
+        ),
+        topics.scoring_evaluations: Route(
+            EvaluationRow.table, EvaluationRow.column_names(), _evaluation_row, False
         ),
     }
     for name in topics.all_dlq():
@@ -158,6 +168,7 @@ LEAD_ID_PREDICATES: dict[str, str] = {
     "lead_merges": "survivor_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)}",
     "assignments": "lead_id IN {ids:Array(String)}",
     "nurture_events": "lead_id IN {ids:Array(String)}",
+    "scoring_evaluations": "lead_id IN {ids:Array(String)}",
 }
 # Tables that hold dead-letter bodies (personal data), with the column their age is read
 # from: rows expire after the retention `apply_retention` sets.

@@ -58,6 +58,7 @@ EXPECTED = {
     "GET /v1/pipeline/stagnant": "read:analytics",
     "GET /v1/nurture/sequences": "read:analytics",
     "GET /v1/nurture/tasks": "read:analytics",
+    "GET /v1/scoring/evaluation": "read:analytics",
     "POST /v1/privacy/erase": "admin",
     "GET /v1/nurture/o/{token}": "signed",
     "GET /v1/nurture/c/{token}": "signed",

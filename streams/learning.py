@@ -1,0 +1,142 @@
+"""Learned scoring, the pure part: a logistic regression over the feature tokens of
+streams/features.py, trained online (river) from won and lost outcomes.
+
+One learner owns the model: every outcome is published under one key, so one
+partition learns them all, in order, and a replay of the same outcomes gives
+the same model (plain SGD holds no state beside the weights). Before learning
+an outcome the learner predicts it (progressive validation): that prediction,
+beside the rules' score, is how the model is judged honestly.
+
+Every `publish_every` outcomes the learner publishes a `ModelSnapshot`
+(weights as JSON, never a pickle) on a compacted topic; every worker reads it
+and scores with `fit_probability`, so all partitions use one version, and
+every score records the version that made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from river import linear_model, optim, utils
+
+from leadflow.errors import FatalError
+from schemas.scoring import Evaluation, ModelSnapshot, Outcome
+from streams.rules import ModelRules
+
+# The model the lead stage scores with while it works on a batch (None: rules alone);
+# set by its agent from the worker's ModelFollower (streams/learning_agent.py).
+current_model: ContextVar[ModelSnapshot | None] = ContextVar("current_model", default=None)
+
+
+@contextlib.contextmanager
+def scoring_with(snapshot: ModelSnapshot | None) -> Iterator[None]:
+    token = current_model.set(snapshot)
+    try:
+        yield
+    finally:
+        current_model.reset(token)
+
+
+def require_river_internals() -> None:
+    """The learner restores a model from its weights through river's `_weights` (a
+    VectorDict) and `intercept`: refuse to start when the installed river lacks them."""
+    model = linear_model.LogisticRegression()
+    if not hasattr(model, "_weights") or not hasattr(model, "intercept"):
+        raise FatalError(
+            "the installed river has no LogisticRegression._weights/intercept; "
+            "streams/learning.py needs them to restore a model (see docs/architecture.md)"
+        )
+    if not hasattr(utils, "VectorDict"):
+        raise FatalError("the installed river has no utils.VectorDict")
+
+
+def probability(snapshot: ModelSnapshot | dict[str, Any], tokens: list[str]) -> float:
+    """The fit probability a model gives a lead's tokens (each worth 1)."""
+    if isinstance(snapshot, ModelSnapshot):
+        weights, intercept = snapshot.weights, snapshot.intercept
+    else:
+        weights, intercept = snapshot["weights"], snapshot["intercept"]
+    z = intercept + sum(weights.get(token, 0.0) for token in tokens)
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+
+def factors(snapshot: ModelSnapshot, tokens: list[str], shown: int) -> list[tuple[str, float]]:
+    """The lead's tokens that weigh most in its fit probability, with their weights."""
+    weighted = [(t, round(snapshot.weights[t], 4)) for t in tokens if t in snapshot.weights]
+    return sorted(weighted, key=lambda tw: -abs(tw[1]))[:shown]
+
+
+def in_use(snapshot: ModelSnapshot | None, rules: ModelRules) -> bool:
+    """Whether the model has learned enough to count in scores."""
+    return (
+        rules.enabled
+        and snapshot is not None
+        and snapshot.outcomes >= rules.min_outcomes
+        and 0 < snapshot.positives < snapshot.outcomes
+    )
+
+
+def combined(rule_score: float, fit: float, rules: ModelRules) -> float:
+    return round((1 - rules.weight) * rule_score + rules.weight * 100 * fit, 2)
+
+
+@dataclass
+class Learned:
+    evaluation: Evaluation | None
+    snapshot: ModelSnapshot | None  # a new version to publish, or None
+
+
+def empty_state() -> dict[str, Any]:
+    return {"version": 0, "outcomes": 0, "positives": 0, "intercept": 0.0, "weights": {}}
+
+
+def _model(state: dict[str, Any], rules: ModelRules) -> linear_model.LogisticRegression:
+    model = linear_model.LogisticRegression(
+        optimizer=optim.SGD(rules.learning_rate), l2=rules.l2, intercept_lr=rules.learning_rate
+    )
+    model._weights = utils.VectorDict(dict(state["weights"]))
+    model.intercept = float(state["intercept"])
+    return model
+
+
+def learn(state: dict[str, Any], outcome: Outcome, rules: ModelRules, now: datetime) -> Learned:
+    """Predict the outcome with the model as it is, then learn from it. `state` (the
+    learner's table value) is changed in place."""
+    evaluation = Evaluation(
+        event_id=outcome.event_id,
+        lead_id=outcome.lead_id,
+        version=state["version"],
+        outcomes_before=state["outcomes"],
+        probability=round(probability(state, outcome.features), 6),
+        rule_score=outcome.rule_score,
+        label=outcome.label,
+        at=outcome.at,
+    )
+    model = _model(state, rules)
+    model.learn_one(dict.fromkeys(outcome.features, 1.0), outcome.label)
+    state["weights"] = {k: float(v) for k, v in model.weights.items() if v != 0.0}
+    state["intercept"] = float(model.intercept)
+    state["outcomes"] += 1
+    state["positives"] += int(outcome.label)
+    snapshot = None
+    if state["outcomes"] % rules.publish_every == 0:
+        state["version"] += 1
+        snapshot = snapshot_of(state, now)
+    return Learned(evaluation, snapshot)
+
+
+def snapshot_of(state: dict[str, Any], now: datetime) -> ModelSnapshot:
+    return ModelSnapshot(
+        version=state["version"],
+        outcomes=state["outcomes"],
+        positives=state["positives"],
+        intercept=state["intercept"],
+        weights=state["weights"],
+        published_at=now,
+    )

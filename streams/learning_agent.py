@@ -1,0 +1,115 @@
+"""The agent of stage `learn`, and how every worker follows the model it publishes.
+
+Input: `scoring.outcomes`, all under the key `model`, so the one partition
+that owns it learns every outcome in order (table `scoring_model`: the
+model's weights under `model`, and `seen|<event id>` for each outcome
+learned, so an outcome published twice is learned once). Outputs: an
+`Evaluation` per outcome on `scoring.evaluations`, and every
+`publish_every` outcomes a `ModelSnapshot` on the compacted
+`scoring.models`. Unreadable outcomes go to `dlq.learn`.
+
+`ModelFollower` reads `scoring.models` in every worker; the lead stage
+scores each batch with the snapshot it holds (`current_model`), so a score
+records the version that made it. A snapshot that cannot be read keeps the
+last good one, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from leadflow import stages
+from leadflow.kafka_clients import make_consumer
+from leadflow.privacy import all_partitions
+from leadflow.settings import KafkaSettings, Settings
+from leadflow.topics import Topics
+from schemas.scoring import ModelSnapshot, Outcome
+from streams import learning
+from streams.rules import ModelRules
+from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
+
+STAGE = stages.LEARN
+MODEL_KEY = "model"
+log = logging.getLogger(__name__)
+
+
+def learn_step(
+    record: Any, table: Table, out: Outputs, *, topics: Topics, rules: ModelRules, now: datetime
+) -> None:
+    """One outcome: predicted, then learned, once."""
+    try:
+        outcome = Outcome.model_validate_json(record.value or b"")
+    except (ValidationError, ValueError) as exc:
+        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        return
+    seen = f"seen|{outcome.event_id}"
+    if seen in table:
+        return
+    state = dict(table.get(MODEL_KEY) or learning.empty_state())
+    learned = learning.learn(state, outcome, rules, now)
+    table[MODEL_KEY] = state
+    table[seen] = 1
+    if learned.evaluation is not None:
+        value = learned.evaluation.model_dump_json().encode()
+        out.add(topics.scoring_evaluations, outcome.lead_id, value)
+    if learned.snapshot is not None:
+        out.add(topics.scoring_models, "current", learned.snapshot.model_dump_json().encode())
+
+
+def register(app: faust.App, topics: Topics, settings: Settings, rules: ModelRules) -> Any:
+    learning.require_river_internals()
+    source = app.topic(
+        topics.scoring_outcomes,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    table = json_table(app, "scoring_model", settings)
+
+    def one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
+        assert staged is not None
+        learn_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
+
+    async def learn_outcomes(stream: Any) -> None:
+        await run_batches(app, stream, settings, one, table)
+
+    return app.agent(source, name=STAGE, concurrency=1)(learn_outcomes)
+
+
+class ModelFollower:
+    """The newest readable snapshot on `scoring.models`, kept current."""
+
+    def __init__(self) -> None:
+        self.snapshot: ModelSnapshot | None = None
+
+    def take(self, value: bytes | None) -> None:
+        try:
+            snapshot = ModelSnapshot.model_validate_json(value or b"")
+        except (ValidationError, ValueError) as exc:
+            kept = self.snapshot.version if self.snapshot else "none"
+            log.error("a model snapshot could not be read (%s); keeping version %s", exc, kept)
+            return
+        if self.snapshot is None or snapshot.version >= self.snapshot.version:
+            self.snapshot = snapshot
+
+    async def follow(self, kafka: KafkaSettings, bootstrap: str, topic: str) -> None:
+        """Read the topic from its start, then every new snapshot, until cancelled."""
+        consumer = make_consumer(kafka, bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            partitions = await all_partitions(consumer, topic)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        self.take(record.value)
+        finally:
+            await consumer.stop()

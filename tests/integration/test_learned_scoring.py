@@ -1,0 +1,125 @@
+"""Learned scoring end to end: real broker, two worker processes, the server with the
+embedded ClickHouse. Won and lost outcomes arrive as CRM events; the learner's model
+version advances; both workers score new leads with the same version; a lead like the
+won ones outranks one like the lost ones although the rules score them alike; explain
+says why; the progressive evaluation is in ClickHouse and the API."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.rules import default_rules_dir
+from tests.integration.processes import Stack, start_stack
+
+OUTCOMES = 40
+
+
+@pytest.fixture
+def learning_stack(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    rules = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), rules)
+    scoring = yaml.safe_load((rules / "scoring.yaml").read_text("utf-8"))
+    scoring["model"].update({"min_outcomes": 20, "publish_every": 5})
+    (rules / "scoring.yaml").write_text(yaml.safe_dump(scoring, allow_unicode=True), "utf-8")
+    running = start_stack(
+        kafka_bootstrap,
+        topic_prefix,
+        tmp_path / "stack",
+        workers=2,
+        extra_env={"WORKER_RULES_DIR": str(rules)},
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def wait_for(stack: Stack, what: str, check: Any, timeout_s: float = 90) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        stack.assert_running()
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n{stack.logs()}")
+
+
+def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
+    email = f"buyer{n}@{industry}{n}.example.com"
+    status, answer = stack.post_json(
+        {
+            "name": f"Buyer {n}",
+            "email": email,
+            "company": f"{industry.title()} {n} Ltd",
+            "industry": industry,
+            "tools": tool,
+            "country": "SG",
+        }
+    )
+    assert status == 202, answer
+    lead = wait_for(stack, email, lambda: stack.leads(email=email)["leads"])
+    return str(lead[0]["lead_id"])
+
+
+@pytest.mark.integration
+def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: Stack) -> None:
+    stack = learning_stack
+    for n in range(OUTCOMES):
+        won = n % 2 == 0
+        lead_id = post_lead(
+            stack, n, "biotech" if won else "mining", "salesforce" if won else "excel"
+        )
+        status = stack.post(
+            "/v1/events/crm",
+            {
+                "event_id": f"outcome-{n}",
+                "lead_id": lead_id,
+                "action": "won" if won else "lost",
+                **({} if won else {"reason": "went with a rival"}),
+                "occurred_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        assert status == 202
+    evaluation = wait_for(
+        stack,
+        "the evaluations of every outcome",
+        lambda: (
+            (answer := stack.http("GET", "/v1/scoring/evaluation")[1])
+            and sum(row["outcomes"] for row in answer["rows"]) == OUTCOMES
+            and answer
+        ),
+    )
+    versions = [row["version"] for row in evaluation["rows"]]
+    assert versions == sorted(versions)
+    assert versions[-1] == OUTCOMES // 5 - 1
+    # New leads after the model: enough of them that both workers' partitions have some.
+    time.sleep(3)  # the workers read the newest snapshot
+    pairs = [
+        (
+            post_lead(stack, 100 + n, "biotech", "salesforce"),
+            post_lead(stack, 200 + n, "mining", "excel"),
+        )
+        for n in range(4)
+    ]
+    leads = {lead["lead_id"]: lead for lead in stack.leads(limit="1000")["leads"]}
+    for good_id, bad_id in pairs:
+        good, bad = leads[good_id], leads[bad_id]
+        assert good["score"] > bad["score"], (good, bad)
+    explained = [
+        stack.http("GET", f"/v1/leads/{lead_id}/explain")[1] for pair in pairs for lead_id in pair
+    ]
+    versions_used = {e["score"]["model_version"] for e in explained}
+    assert versions_used == {OUTCOMES // 5}  # every worker scored with the same, newest one
+    best = explained[0]["score"]
+    assert best["fit_probability"] > 0.5
+    assert best["rule_score"] == explained[1]["score"]["rule_score"]
+    assert best["fit_factors"]["tool:salesforce"] > 0

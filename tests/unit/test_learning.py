@@ -1,0 +1,227 @@
+"""Learned scoring: features, the learner (river), versions, and scores through the very
+step functions the agents run (tests/topology.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from leadflow.topics import Topics
+from schemas import CrmEvent, LeadState, RawLead
+from schemas.scoring import Evaluation, ModelSnapshot, Outcome
+from streams import learning
+from streams.events import crm_update
+from streams.features import features, seniority, size_band
+from streams.learning_agent import ModelFollower, learn_step
+from streams.normalize import normalize_lead
+from streams.rules import ModelRules, Rules, load_rules
+from tests.topology import Topology
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+TOPICS = Topics()
+
+
+@pytest.fixture(scope="module")
+def rules() -> Rules:
+    return load_rules()
+
+
+def test_features_are_categories_with_unknown_of_their_own(rules: Rules) -> None:
+    lead = LeadState(
+        lead_id="l1",
+        first_seen=T0,
+        updated_at=T0,
+        email="wang@fabrikam.cn",
+        company_size=350,
+        industry="Manufacturing",
+        country="cn",
+        title="销售总监",
+        attributes={"tools": "Salesforce, HubSpot", "当前CRM": "纷享销客"},
+    )
+    tokens = features(lead, rules.scoring.model.tool_fields, frozenset({"qq.com"}))
+    assert {
+        "size:200-999",
+        "industry:manufacturing",
+        "country:CN",
+        "region:apac",
+        "seniority:director",
+        "channel:unknown",
+        "email:corporate",
+        "tool:salesforce",
+        "tool:hubspot",
+        "tool:纷享销客",
+        "touches:0",
+    } <= set(tokens)
+    assert tokens == sorted(tokens)
+    bare = LeadState(lead_id="l2", first_seen=T0, updated_at=T0)
+    assert "industry:unknown" in features(bare)
+    assert "seniority:unknown" in features(bare)
+    assert size_band(None) == "unknown"
+    assert seniority("Software engineer") == "staff"
+    assert seniority("Chief Revenue Officer") == "c_level"
+    assert seniority("学生") == "student"
+
+
+class Learner:
+    """The learner's step over a dict table, recording what it sends."""
+
+    def __init__(self, rules: ModelRules) -> None:
+        self.rules = rules
+        self.table: dict[str, Any] = {}
+        self.evaluations: list[Evaluation] = []
+        self.snapshots: list[ModelSnapshot] = []
+        self.dead: list[Exception] = []
+
+    def add(self, topic: str, key: str | bytes, value: bytes) -> None:
+        if topic == TOPICS.scoring_evaluations:
+            self.evaluations.append(Evaluation.model_validate_json(value))
+        else:
+            self.snapshots.append(ModelSnapshot.model_validate_json(value))
+
+    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
+        self.dead.append(error)
+
+    def learn(self, value: bytes) -> None:
+        record = SimpleNamespace(value=value, message=SimpleNamespace(topic="", partition=0))
+        learn_step(record, self.table, self, topics=TOPICS, rules=self.rules, now=T0)
+
+
+def planted(n: int, seed: int) -> list[tuple[Outcome, float]]:
+    """Outcomes whose win probability is driven by industry x size x one tool, plus
+    noise; the rules' score is blind to the tool. With each, the truth's own probability."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        industry = rng.choice(["software", "retail", "finance", "mining"])
+        size = rng.choice(["1-49", "50-199", "200-999", "1000+"])
+        tool = rng.choice(["salesforce", "excel", "none"])
+        logit = -1.0
+        logit += 1.5 if industry == "software" and size in ("200-999", "1000+") else 0.0
+        logit += 1.8 if tool == "salesforce" else -0.8 if tool == "excel" else 0.0
+        logit += -1.2 if industry == "mining" else 0.0
+        truth = 1 / (1 + pow(2.718281828, -logit))
+        tokens = sorted([f"industry:{industry}", f"size:{size}", f"tool:{tool}", "region:apac"])
+        rule_score = 10.0 * (size in ("200-999", "1000+")) + 10.0 * (industry != "mining")
+        label = rng.random() < truth
+        out.append(
+            (
+                Outcome(
+                    event_id=f"o{i}",
+                    lead_id=f"l{i}",
+                    label=label,
+                    features=tokens,
+                    rule_score=rule_score + rng.random(),
+                    at=T0 + timedelta(minutes=i),
+                ),
+                truth,
+            )
+        )
+    return out
+
+
+def auc(scores: list[float], labels: list[bool]) -> float:
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def test_the_model_learns_the_planted_truth_and_beats_the_rules() -> None:
+    learner = Learner(ModelRules(publish_every=100))
+    data = planted(3000, seed=5)
+    for outcome, _ in data:
+        learner.learn(outcome.model_dump_json().encode())
+    later = learner.evaluations[1000:]  # progressive: each predicted before it was learned
+    labels = [e.label for e in later]
+    model_auc = auc([e.probability for e in later], labels)
+    rules_auc = auc([e.rule_score for e in later], labels)
+    truth_auc = auc([truth for _, truth in data[1000:]], labels)
+    assert model_auc > rules_auc + 0.05
+    assert model_auc > truth_auc - 0.03
+    assert [s.version for s in learner.snapshots] == list(range(1, 31))
+    last = learner.snapshots[-1]
+    assert last.outcomes == 3000
+    assert last.weights["tool:salesforce"] > 0 > last.weights["tool:excel"]
+
+
+def test_a_replay_gives_the_same_model_and_an_outcome_counts_once() -> None:
+    data = [o.model_dump_json().encode() for o, _ in planted(300, seed=9)]
+    first, second = Learner(ModelRules(publish_every=50)), Learner(ModelRules(publish_every=50))
+    for value in data:
+        first.learn(value)
+    for value in data:
+        second.learn(value)
+        second.learn(value)  # the lead stage sent it again (a replayed CRM event)
+    assert first.table["model"] == second.table["model"]
+    assert first.snapshots == second.snapshots
+    assert len(second.evaluations) == 300
+    second.learn(b'{"type": "outcome", "label": "maybe"}')
+    assert len(second.dead) == 1
+
+
+def test_a_follower_keeps_the_last_good_snapshot() -> None:
+    follower = ModelFollower()
+    good = learning.snapshot_of(
+        {"version": 3, "outcomes": 60, "positives": 20, "intercept": 0.1, "weights": {"a": 1.0}},
+        T0,
+    )
+    follower.take(good.model_dump_json().encode())
+    follower.take(b"not a model")
+    follower.take(good.model_copy(update={"version": 2}).model_dump_json().encode())
+    assert follower.snapshot == good
+
+
+def test_won_leads_teach_the_model_and_a_lookalike_outranks_a_lost_one(
+    make_raw_lead: Callable[..., RawLead],
+) -> None:
+    base = load_rules()
+    learned = base.scoring.model.model_copy(update={"min_outcomes": 20, "publish_every": 5})
+    rules = base.model_copy(update={"scoring": base.scoring.model_copy(update={"model": learned})})
+    topology = Topology(rules, partitions=2, seed=3)
+
+    def lead(n: int, industry: str, tool: str) -> str:
+        raw = make_raw_lead(
+            {
+                "name": f"Person {n}",
+                "email": f"p{n}@{industry}-co{n}.com",
+                "company": f"{industry} co {n}",
+                "industry": industry,
+                "tools": tool,
+            },
+            received_at=T0 + timedelta(minutes=n),
+        )
+        topology.publish_lead(normalize_lead(raw, default_region="CN"))
+        topology.run()
+        return next(s.lead_id for s in topology.people() if s.email == f"p{n}@{industry}-co{n}.com")
+
+    for n in range(30):
+        won = n % 2 == 0
+        lead_id = lead(n, "biotech" if won else "mining", "salesforce" if won else "excel")
+        event = CrmEvent(
+            event_id=f"crm-{n}",
+            lead_id=lead_id,
+            action="won" if won else "lost",
+            reason=None if won else "chose another vendor",
+            occurred_at=T0 + timedelta(hours=1, minutes=n),
+        )
+        topology.publish_update(crm_update(event))
+        topology.run()
+    assert topology.model is not None
+    assert topology.model.outcomes == 30
+    assert len(topology.evaluations) == 30
+    like_won = lead(100, "biotech", "salesforce")
+    like_lost = lead(101, "mining", "excel")
+    states = {s.lead_id: s for s in topology.people()}
+    good, bad = states[like_won], states[like_lost]
+    assert good.model_version == topology.model.version == bad.model_version
+    assert good.fit_probability is not None
+    assert bad.fit_probability is not None
+    assert good.fit_probability > 0.5 > bad.fit_probability
+    assert good.score > bad.score
+    assert good.rule_score == bad.rule_score  # the rules alone could not tell them apart
+    assert any(name == "tool:salesforce" and w > 0 for name, w in good.fit_factors)
