@@ -54,6 +54,8 @@ def json_schemas() -> dict[str, dict[str, object]]:
     the events), what the stages pass each other (one union per internal topic), and what
     they emit (`LeadState`, `Assignment`, `MergeRecord`, `StageTransition`, `DeadLetter`)."""
     from schemas.messages import TOPIC_UNIONS
+    from schemas.nurture import NURTURE_COMMAND, NurtureEmail, NurtureEvent
+    from schemas.scoring import Evaluation, ModelSnapshot, Outcome
 
     models = (
         RawLead,
@@ -66,8 +68,13 @@ def json_schemas() -> dict[str, dict[str, object]]:
         MergeRecord,
         StageTransition,
         DeadLetter,
+        NurtureEmail,
+        NurtureEvent,
+        Outcome,
+        ModelSnapshot,
+        Evaluation,
     )
     found: dict[str, dict[str, object]] = {m.__name__: m.model_json_schema() for m in models}
-    for name, adapter in TOPIC_UNIONS.items():
+    for name, adapter in {**TOPIC_UNIONS, "NurtureCommandsMessage": NURTURE_COMMAND}.items():
         found[name] = adapter.json_schema()
     return found
