@@ -139,7 +139,7 @@ _TOKEN = {
     "in": "path",
     "required": True,
     "description": "A signed tracking link's token, as the mailer wrote it (leadflow.tracking).",
-    "schema": {"type": "string", "maxLength": 2048},
+    "schema": {"type": "string", "maxLength": 640, "pattern": "^[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$"},
 }
 _BAD_LINK = _answer(
     "Not a link leadflow signed for this use (bad_token), or naming no template or link "
