@@ -432,6 +432,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
             tuple(mode == "on" for mode in modes),
         )
         return 0
+    if args.suite == "scoring":
+        from leadflow.bench_scoring import bench_scoring
+
+        bench_scoring(args.outcomes, args.out or Path("bench-results/scoring.json"), console)
+        return 0
     if args.suite == "nurture":
         from leadflow.bench_nurture import bench_nurture
 
@@ -688,7 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.set_defaults(fn=cmd_backfill)
 
     bench = verbs.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("suite", choices=["queries", "upload", "ingest", "pipeline", "nurture"])
+    bench.add_argument(
+        "suite", choices=["queries", "upload", "ingest", "pipeline", "nurture", "scoring"]
+    )
+    bench.add_argument(
+        "--outcomes", type=int, default=20_000, help="scoring: won/lost outcomes generated"
+    )
     bench.add_argument(
         "--enrolled", type=int, default=100_000, help="nurture: leads in the 5-step sequence"
     )

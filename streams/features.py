@@ -10,6 +10,8 @@ category of its own (`industry:unknown`) rather than a gap:
 - `seniority:` from the title, in English and Chinese (`c_level`, `vp`,
   `director`, `manager`, `staff`, `student`, `unknown`);
 - `channel:`, `source:`, `campaign:` of the first touch;
+- `industry_size:` the two together (`software|1000+`), since an industry may
+  buy only when large;
 - `tool:` each tool the lead names in the attributes listed as `tool_fields`
   in config/scoring.yaml (form fields or upload columns such as "current CRM");
 - `email:` `corporate` or `free` mailbox;
@@ -147,6 +149,9 @@ def features(
         f"email:{'none' if not domain else 'free' if domain in free_mail else 'corporate'}",
         f"touches:{count_band(len(lead.touches)) if lead.touches else '0'}",
     ]
+    # Industry and size together: an industry that buys only when large is a pattern no
+    # sum of separate industry and size weights can show.
+    tokens.append(f"industry_size:{_clean(lead.industry)}|{size_band(lead.company_size)}")
     tokens += [f"tool:{tool}" for tool in tools(lead, tool_fields)]
     kinds = Counter(e.kind for e in lead.engagements)
     tokens += [f"engaged:{kind}:{count_band(n)}" for kind, n in kinds.items()]

@@ -118,7 +118,7 @@ class ModelRules(_Rule):
     publish_every: Annotated[int, Field(ge=1)] = Field(
         default=10, description="A new model version after this many outcomes."
     )
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.05
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.02
     l2: Annotated[float, Field(ge=0, le=1)] = 0.001
     tool_fields: list[str] = Field(
         default_factory=list, description="Attributes whose values name the tools a lead uses."

@@ -225,3 +225,16 @@ def test_won_leads_teach_the_model_and_a_lookalike_outranks_a_lost_one(
     assert good.score > bad.score
     assert good.rule_score == bad.rule_score  # the rules alone could not tell them apart
     assert any(name == "tool:salesforce" and w > 0 for name, w in good.fit_factors)
+
+
+def test_the_scoring_bench_measures_model_rules_and_truth_on_the_same_outcomes() -> None:
+    import io
+
+    from rich.console import Console
+
+    from leadflow.bench_scoring import bench_scoring
+
+    report = bench_scoring(4000, None, Console(file=io.StringIO()))
+    assert report["rules_auc"] < report["model_auc"] < report["truth_auc"] + 0.02
+    assert report["train_step_us"] > 0
+    assert report["score_lead_us"] > 0
