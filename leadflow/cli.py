@@ -403,10 +403,52 @@ def cmd_nurture(settings: Settings, args: argparse.Namespace, console: Console) 
 def cmd_scoring(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from leadflow.views import evaluation_table
 
+    if args.what == "backtest":
+        return _backtest(settings, args, console)
     path = f"/v1/scoring/evaluation?by={args.by}"
     answer = _ask_server(settings, args, path, console)
     if answer is not None:
         console.print(evaluation_table(answer))
+    return 0
+
+
+def _backtest(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from leadflow.scoring_backtest import backtest
+    from streams.rules import load_rules
+
+    if not args.start or not args.end:
+        console.print("[red]backtest needs --from and --to (ISO dates)[/]")
+        return 2
+    try:
+        start, end = (datetime.fromisoformat(v) for v in (args.start, args.end))
+    except ValueError as exc:
+        console.print(f"[red]--from/--to must be ISO dates: {exc}[/]")
+        return 2
+    start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
+    model = load_rules(settings.worker.rules_dir).scoring.model
+    with console.status("replaying the outcomes ..."):
+        report = asyncio.run(backtest(settings, _bootstrap(settings), start, end, model))
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    table = Table(title=f"backtest {args.start} .. {args.end}: {report['judged']} outcomes judged")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in (
+        "learned_before_end",
+        "won",
+        "model_auc",
+        "rules_auc",
+        "combined_auc",
+        "model_log_loss",
+        "unreadable",
+    ):
+        table.add_row(key.replace("_", " "), "—" if report[key] is None else str(report[key]))
+    console.print(table)
     return 0
 
 
@@ -661,10 +703,14 @@ def build_parser() -> argparse.ArgumentParser:
     nurture.set_defaults(fn=cmd_nurture)
 
     scoring = verbs.add_parser(
-        "scoring", help="the learned score: `status` (AUC of model and rules on its outcomes)"
+        "scoring",
+        help="the learned score: `status` (AUC of model and rules on its outcomes), "
+        "`backtest --from D --to D` (replayed with today's settings)",
     )
-    scoring.add_argument("what", choices=["status"])
+    scoring.add_argument("what", choices=["status", "backtest"])
     scoring.add_argument("--by", choices=["version", "week"], default="version")
+    scoring.add_argument("--from", dest="start", help="backtest: ISO date, inclusive")
+    scoring.add_argument("--to", dest="end", help="backtest: ISO date, exclusive")
     scoring.add_argument("--url", help="server base URL (default: from HTTP_HOST/HTTP_PORT)")
     scoring.add_argument("--format", choices=["table", "json", "csv"], default="table")
     scoring.set_defaults(fn=cmd_scoring)

@@ -6,10 +6,13 @@ says why; the progressive evaluation is in ClickHouse and the API."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,31 @@ def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: St
     ]
     versions_used = {e["score"]["model_version"] for e in explained}
     assert versions_used == {OUTCOMES // 5}  # every worker scored with the same, newest one
+    # The same outcomes replayed by `leadflow scoring backtest`, with the stack's settings.
+    today = datetime.now(UTC).date()
+    replayed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leadflow",
+            "scoring",
+            "backtest",
+            "--from",
+            str(today),
+            "--to",
+            str(today + timedelta(days=1)),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=stack.env,
+        timeout=120,
+    )
+    report = json.loads(replayed.stdout)
+    assert report["judged"] == OUTCOMES and report["won"] == OUTCOMES // 2
+    assert report["model_auc"] > report["rules_auc"]
     best = explained[0]["score"]
     assert best["fit_probability"] > 0.5
     assert best["rule_score"] == explained[1]["score"]["rule_score"]

@@ -238,3 +238,20 @@ def test_the_scoring_bench_measures_model_rules_and_truth_on_the_same_outcomes()
     assert report["rules_auc"] < report["model_auc"] < report["truth_auc"] + 0.02
     assert report["train_step_us"] > 0
     assert report["score_lead_us"] > 0
+
+
+def test_a_backtest_learns_nothing_from_after_its_period() -> None:
+    from leadflow.scoring_backtest import judge
+
+    data = [outcome for outcome, _ in planted(2000, seed=13)]  # one per minute from T0
+    start, end = T0 + timedelta(minutes=1000), T0 + timedelta(minutes=1500)
+    rules = ModelRules(min_outcomes=50)
+    report = judge(data, start, end, rules)
+    assert report["judged"] == 500
+    assert report["learned_before_end"] == 1500
+    assert report["model_auc"] > report["rules_auc"]
+    # Later outcomes, even shuffled in before, change nothing about the period.
+    later = data[1500:]
+    shuffled = later[:250] + data[:1500] + later[250:]
+    assert judge(shuffled, start, end, rules) == report
+    assert judge(data + data[:10], start, end, rules) == report  # a repeat counts once
