@@ -54,6 +54,7 @@ from streams.learning import scoring_with
 from streams.learning_agent import ModelFollower
 from streams.routing import choose_team
 from streams.rules import Rules
+from streams.scoring import score_lead
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
 from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
 
@@ -179,13 +180,23 @@ def outcome_of(event: CrmEvent, state: LeadState, rules: Rules) -> Outcome | Non
     )
     if not learned.enabled or label is None:
         return None
+    # The lead as it was when the outcome happened: what it did later (a CRM event
+    # recorded months late, a click on a win-back email) is not what sold it.
+    at = event.occurred_at
+    then = state.model_copy(
+        update={
+            "touches": [t for t in state.touches if t.at <= at],
+            "engagements": [e for e in state.engagements if e.at <= at],
+        }
+    )
+    free_mail = rules.identity.free_mail_domains
     return Outcome(
         event_id=event.event_id,
         lead_id=state.lead_id,
         label=label,
-        features=features(state, learned.tool_fields, rules.identity.free_mail_domains),
-        rule_score=state.rule_score,
-        at=event.occurred_at,
+        features=features(then, learned.tool_fields, free_mail),
+        rule_score=score_lead(then, rules.scoring, free_mail, as_of=at).score,
+        at=at,
     )
 
 
@@ -642,6 +653,8 @@ def register(
             fold_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
 
     async def fold_leads(stream: Any) -> None:
+        if model is not None:
+            await model.wait_loaded()
         await run_batches(app, stream, settings, fold_one, table)
 
     return app.agent(source, name=STAGE, concurrency=1)(fold_leads)

@@ -29,6 +29,9 @@ from leadflow.errors import FatalError
 from schemas.scoring import Evaluation, ModelSnapshot, Outcome
 from streams.rules import ModelRules
 
+# Weights kept (a snapshot of 5,000 is ~250 KB of JSON, within a Kafka message).
+MAX_WEIGHTS = 5000
+
 # The model the lead stage scores with while it works on a batch (None: rules alone);
 # set by its agent from the worker's ModelFollower (streams/learning_agent.py).
 current_model: ContextVar[ModelSnapshot | None] = ContextVar("current_model", default=None)
@@ -120,7 +123,7 @@ def learn(state: dict[str, Any], outcome: Outcome, rules: ModelRules, now: datet
     )
     model = _model(state, rules)
     model.learn_one(dict.fromkeys(outcome.features, 1.0), outcome.label)
-    state["weights"] = {k: float(v) for k, v in model.weights.items() if v != 0.0}
+    state["weights"] = _bounded({k: float(v) for k, v in model.weights.items() if v != 0.0})
     state["intercept"] = float(model.intercept)
     state["outcomes"] += 1
     state["positives"] += int(outcome.label)
@@ -129,6 +132,15 @@ def learn(state: dict[str, Any], outcome: Outcome, rules: ModelRules, now: datet
         state["version"] += 1
         snapshot = snapshot_of(state, now)
     return Learned(evaluation, snapshot)
+
+
+def _bounded(weights: dict[str, float]) -> dict[str, float]:
+    """At most MAX_WEIGHTS weights, the largest kept: free-text values (campaigns,
+    sources, tools) would otherwise grow the model, and its snapshot, without end."""
+    if len(weights) <= MAX_WEIGHTS:
+        return weights
+    kept = sorted(weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:MAX_WEIGHTS]
+    return dict(sorted(kept))
 
 
 def snapshot_of(state: dict[str, Any], now: datetime) -> ModelSnapshot:

@@ -16,6 +16,7 @@ last good one, and says so in the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -47,13 +48,17 @@ def learn_step(
     except (ValidationError, ValueError) as exc:
         out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
         return
+    # Once per outcome event, and once per lead and label: a lead converted and then won
+    # is one lesson that leads like it buy, not two.
     seen = f"seen|{outcome.event_id}"
-    if seen in table:
+    lesson = f"seen|{outcome.lead_id}|{int(outcome.label)}"
+    if seen in table or lesson in table:
         return
     state = dict(table.get(MODEL_KEY) or learning.empty_state())
     learned = learning.learn(state, outcome, rules, now)
     table[MODEL_KEY] = state
     table[seen] = 1
+    table[lesson] = 1
     if learned.evaluation is not None:
         value = learned.evaluation.model_dump_json().encode()
         out.add(topics.scoring_evaluations, outcome.lead_id, value)
@@ -82,11 +87,25 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: ModelRul
     return app.agent(source, name=STAGE, concurrency=1)(learn_outcomes)
 
 
+async def _caught_up(consumer: Any, ends: dict[Any, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
 class ModelFollower:
-    """The newest readable snapshot on `scoring.models`, kept current."""
+    """The newest readable snapshot on `scoring.models`, kept current. `loaded` once the
+    topic was read to its end: the lead stage waits for it, so a restarted worker does
+    not score with the rules alone what it scored with the model before."""
 
     def __init__(self) -> None:
         self.snapshot: ModelSnapshot | None = None
+        self.loaded = False
+
+    async def wait_loaded(self) -> None:
+        while not self.loaded:  # noqa: ASYNC110 - set from another task's loop (see privacy)
+            await asyncio.sleep(0.05)
 
     def take(self, value: bytes | None) -> None:
         try:
@@ -106,10 +125,15 @@ class ModelFollower:
             partitions = await all_partitions(consumer, topic)
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
             while True:
-                batch = await consumer.getmany(timeout_ms=1000)
+                batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
                         self.take(record.value)
+                if not self.loaded and await _caught_up(consumer, ends):
+                    version = self.snapshot.version if self.snapshot else "none (rules alone)"
+                    log.info("learned model loaded: version %s", version)
+                    self.loaded = True
         finally:
             await consumer.stop()

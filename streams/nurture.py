@@ -60,6 +60,8 @@ _CONTEXT_FIELDS = (
     "owner",
     "owner_name",
 )
+MERGED = "merged"  # `gone`: the lead was merged into another (undone by an unmerge)
+ERASED = "erased"  # `gone`: the person was erased; the entry is a tombstone without data
 MAX_SENDS_KEPT = 50  # sends remembered per lead for crediting opens and clicks
 MAX_SEEN_KEPT = 100  # engagement ids already reported
 NEW_LEAD_WINDOW = timedelta(days=1)  # a snapshot this long after first_seen is no new lead
@@ -136,13 +138,18 @@ def observe(entry: dict[str, Any], lead: LeadState, rules: NurtureRules, now: da
     """Fold one snapshot of the lead into its entry: exits, engagement and task news,
     enrolments. Sends nothing (steps run on ticks)."""
     out = Outcome()
+    if entry.get("gone") == ERASED:
+        return out  # a snapshot that was on its way when the person was erased
     fresh = entry["stage"] is None and not entry["ctx"]
     if lead.merged_into:
+        survivor = lead.merged_into
         for name in list(entry["active"]):
-            _exit(entry, name, f"merged into {lead.merged_into}", now, out)
+            _exit(entry, name, f"merged into {survivor}", now, out)
+        _drop_tasks(entry, f"merged into {survivor}", now, out)
         entry["pending"].clear()
-        entry["gone"] = True
+        entry["gone"] = MERGED
         return out
+    entry.pop("gone", None)  # an unmerged lead is followed up again
     entry["ctx"] = {
         name: value for name in _CONTEXT_FIELDS if (value := getattr(lead, name)) is not None
     }
@@ -165,7 +172,9 @@ def observe(entry: dict[str, Any], lead: LeadState, rules: NurtureRules, now: da
                 _enrol(entry, name, sequence, lead, now, out)
     for name, sequence in rules.sequences.items():
         pattern = sequence.trigger.engagement
-        if pattern is not None and _engagement_matches(pattern, lead, now):
+        # The lead's own clock (when it last changed), not the stage's: a late or replayed
+        # snapshot decides as the first reading did.
+        if pattern is not None and _engagement_matches(pattern, lead, lead.updated_at):
             _enrol(entry, name, sequence, lead, now, out)
     return out
 
@@ -388,8 +397,10 @@ def _run_step(
     step = sequence.steps[run["step"]]
     due = _at(run["due"])
     if step.business_hours:
-        opening = business_time(due, entry["ctx"].get("country"), rules)
-        if opening > due:
+        # The step goes out now (a late tick) or when due: that moment must be in hours.
+        moment = max(due, now)
+        opening = business_time(moment, entry["ctx"].get("country"), rules)
+        if opening > moment:
             run["due"] = _iso(opening)
             return
     if step.wait is not None:
@@ -563,10 +574,36 @@ def business_time(at: datetime, country: str | None, rules: NurtureRules) -> dat
 
 
 def forget(entry: dict[str, Any], now: datetime) -> Outcome:
-    """Erasure: every sequence of the lead ends; its tasks and timers go."""
+    """Erasure: every sequence of the lead ends, its tasks and timers go, and the entry
+    becomes a tombstone holding nothing of the person, so a snapshot of the lead that
+    was already on its way does not bring them back."""
     out = Outcome()
     for name in list(entry["active"]):
         _exit(entry, name, "erased", now, out)
-    entry["pending"].clear()
-    entry["tasks"].clear()
+    _drop_tasks(entry, "erased", now, out)
+    lead_id, filed = entry["lead_id"], entry.get("filed")
+    entry.clear()
+    # `filed` stays until the timer index lets the lead go (nurture_agent.file_due).
+    entry.update(new_entry(lead_id), gone=ERASED, filed=filed)
     return out
+
+
+def _drop_tasks(entry: dict[str, Any], why: str, now: datetime, out: Outcome) -> None:
+    """Open call tasks end without a call (not a rep's miss): an `exited` event under the
+    task's id, which the rep report leaves out."""
+    for task_id, task in entry["tasks"].items():
+        out.events.append(
+            _event(
+                entry,
+                "exited",
+                task["sequence"],
+                now,
+                step=task["step"],
+                ident=task_id,
+                send_id=task_id,
+                owner=task["owner"],
+                due_at=_at(task["due"]),
+                detail=f"task dropped: {why}",
+            )
+        )
+    entry["tasks"].clear()

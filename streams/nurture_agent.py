@@ -10,8 +10,9 @@ State, in the partition that owns the lead (table `nurture_state`), in three
 kinds of keys so that no write rewrites anything that grows with the number
 of enrolled leads:
     `lead|<lead id>`                      the lead's entry (streams/nurture.py)
-    `due|<partition>|<minute>|<shard>`    lead ids with something due in that minute
-    `due-minutes|<partition>`             the minutes that still hold due leads, sorted
+    `due|<partition>|<minute>|<shard>`    (lead id, due ms) of what is due in that minute
+    `due-days|<partition>`                the days that still hold due leads, sorted
+    `due-minutes|<partition>|<day>`       that day's minutes that still hold due leads
 A tick of partition p reads the minutes up to its time, fires the leads in
 them, and files each lead again under its next due minute. Timers are table
 entries like any other: they survive restarts, kill -9 and rebalances with
@@ -55,8 +56,18 @@ def _bucket(partition: int, minute: str, lead_id: str) -> str:
     return f"due|{partition}|{minute}|{zlib.crc32(lead_id.encode()) % DUE_SHARDS}"
 
 
-def _minutes_key(partition: int) -> str:
-    return f"due-minutes|{partition}"
+def _days_key(partition: int) -> str:
+    return f"due-days|{partition}"
+
+
+def _minutes_key(partition: int, day: str) -> str:
+    return f"due-minutes|{partition}|{day}"
+
+
+def _add_sorted(table: Table, key: str, item: str) -> None:
+    items = table.get(key) or []
+    if item not in items:
+        table[key] = sorted([*items, item])
 
 
 def _ms(at: datetime) -> int:
@@ -85,9 +96,10 @@ def file_due(table: Table, partition: int, entry: dict[str, Any]) -> None:
         minute = _minute(due)
         key = _bucket(partition, minute, lead_id)
         table[key] = [*(table.get(key) or []), [lead_id, due_ms]]
-        minutes = table.get(_minutes_key(partition)) or []
-        if minute not in minutes:
-            table[_minutes_key(partition)] = sorted([*minutes, minute])
+        # Two levels: a 30-day wait spreads leads over ~43,000 minutes, too many for one
+        # value rewritten whenever a minute is added.
+        _add_sorted(table, _days_key(partition), minute[:10])
+        _add_sorted(table, _minutes_key(partition, minute[:10]), minute)
     entry["filed"] = due_ms
 
 
@@ -137,36 +149,52 @@ def tick_step(
     now: datetime,
 ) -> int:
     """Fire every lead of the partition due by `now`; returns how many were fired."""
-    minutes = table.get(_minutes_key(partition)) or []
-    due_minutes = [m for m in minutes if m <= _minute(now)]
-    now_ms = _ms(now)
+    now_minute, now_ms = _minute(now), _ms(now)
     fired = 0
-    for minute in due_minutes:
-        for shard in range(DUE_SHARDS):
-            for lead_id, due_ms in table.get(f"due|{partition}|{minute}|{shard}") or []:
-                if due_ms > now_ms:
-                    continue  # later in its minute: a later tick
-                key = _lead_key(lead_id)
-                stored = table.get(key)
-                if stored is None:
-                    continue
-                entry = unpack(stored)
-                outcome = nurture.fire(entry, rules, now)
-                fired += 1
-                file_due(table, partition, entry)
-                table[key] = pack(entry)
-                _emit(out, topics, outcome)
-    if due_minutes:
-        # Filing may have added minutes since: read the list again, drop the emptied ones.
-        still = [
-            m
-            for m in table.get(_minutes_key(partition)) or []
-            if m not in due_minutes
-            or any(table.get(f"due|{partition}|{m}|{s}") for s in range(DUE_SHARDS))
-        ]
-        if still != minutes:
-            table[_minutes_key(partition)] = still
+    for day in [d for d in table.get(_days_key(partition)) or [] if d <= now_minute[:10]]:
+        minutes = table.get(_minutes_key(partition, day)) or []
+        due_minutes = [m for m in minutes if m <= now_minute]
+        for minute in due_minutes:
+            for shard in range(DUE_SHARDS):
+                for lead_id, due_ms in table.get(f"due|{partition}|{minute}|{shard}") or []:
+                    if due_ms > now_ms:
+                        continue  # later in its minute: a later tick
+                    key = _lead_key(lead_id)
+                    stored = table.get(key)
+                    if stored is None:
+                        continue
+                    entry = unpack(stored)
+                    outcome = nurture.fire(entry, rules, now)
+                    fired += 1
+                    file_due(table, partition, entry)
+                    packed = pack(entry)
+                    if packed != stored:
+                        table[key] = packed
+                    _emit(out, topics, outcome)
+        if due_minutes:
+            _drop_empty_minutes(table, partition, day, due_minutes)
     return fired
+
+
+def _drop_empty_minutes(table: Table, partition: int, day: str, looked: list[str]) -> None:
+    """Forget the minutes (and the day) a tick emptied; filing may have added some since."""
+    minutes = table.get(_minutes_key(partition, day)) or []
+    still = [
+        m
+        for m in minutes
+        if m not in looked or any(table.get(f"due|{partition}|{m}|{s}") for s in range(DUE_SHARDS))
+    ]
+    if still == minutes:
+        return
+    if still:
+        table[_minutes_key(partition, day)] = still
+        return
+    table.pop(_minutes_key(partition, day), None)
+    days = [d for d in table.get(_days_key(partition)) or [] if d != day]
+    if days:
+        table[_days_key(partition)] = days
+    else:
+        table.pop(_days_key(partition), None)
 
 
 def forget_step(
@@ -174,12 +202,11 @@ def forget_step(
 ) -> None:
     key = _lead_key(lead_id)
     stored = table.get(key)
-    if stored is None:
-        return
-    entry = unpack(stored)
+    # No entry yet: still a tombstone, for a snapshot that may be on its way.
+    entry = unpack(stored) if stored is not None else nurture.new_entry(lead_id)
     outcome = nurture.forget(entry, now)
     file_due(table, partition, entry)
-    table.pop(key, None)
+    table[key] = pack(entry)  # a tombstone: no data of the person, only "erased"
     _emit(out, topics, outcome)
 
 

@@ -64,6 +64,11 @@ async def task_report(clickhouse: ClickHouse, as_of: datetime) -> list[dict[str,
             SELECT send_id, any(owner) AS owner, any(due_at) AS due_at
             FROM {db}.nurture_events FINAL
             WHERE kind = 'task_created'
+              -- a task dropped without a call (its lead merged or erased) is no rep's miss
+              AND send_id NOT IN (
+                  SELECT send_id FROM {db}.nurture_events FINAL
+                  WHERE kind = 'exited' AND send_id != ''
+              )
             GROUP BY send_id
         ) AS c
         LEFT JOIN (

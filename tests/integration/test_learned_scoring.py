@@ -69,7 +69,8 @@ def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
         }
     )
     assert status == 202, answer
-    lead = wait_for(stack, email, lambda: stack.leads(email=email)["leads"])
+    # Long enough for the two workers' first rebalances on a busy CI machine.
+    lead = wait_for(stack, email, lambda: stack.leads(email=email)["leads"], timeout_s=240)
     return str(lead[0]["lead_id"])
 
 
@@ -145,7 +146,8 @@ def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: St
         timeout=120,
     )
     report = json.loads(replayed.stdout)
-    assert report["judged"] == OUTCOMES and report["won"] == OUTCOMES // 2
+    assert report["judged"] == OUTCOMES
+    assert report["won"] == OUTCOMES // 2
     assert report["model_auc"] > report["rules_auc"]
     best = explained[0]["score"]
     assert best["fit_probability"] > 0.5

@@ -230,7 +230,7 @@ async def test_sequences_follow_people_up_on_the_stage_clock(
     for name in ("ana", "bo"):
         for _ in range(3):
             post_event(
-                stack, "/v1/events/engagement", engagement(address[name], "pricing_page_view")
+                stack, "/v1/events/engagement", engagement(address[name], "pricing_page_visit")
             )
     # dai and eve become MQLs: a call task each for their owner. fay is lost.
     for name in ("dai", "eve"):
@@ -310,7 +310,8 @@ async def test_sequences_follow_people_up_on_the_stage_clock(
 
     # Thirty days after fay was lost: the win-back email; a click on it re-engages fay,
     # who goes back to the same rep.
-    await tick(stack, in_business_hours(datetime.now(UTC) + timedelta(days=31)))
+    win_back_sent = in_business_hours(datetime.now(UTC) + timedelta(days=31))
+    await tick(stack, win_back_sent)
     mails.wait(address["fay"], 2, stack)
     win_back = mails.to(address["fay"])[1]
     assert win_back["Subject"] == "A lot has changed at Acme, Fay"
@@ -324,20 +325,28 @@ async def test_sequences_follow_people_up_on_the_stage_clock(
     assert redirect.value.code == 302
     assert redirect.value.headers["Location"] == "https://www.example.com/whats-new"
     fay_id = leads["fay"]["lead_id"]
-    wait_until(
-        lambda: any(
-            e["kind"] == "exited" and e["detail"] == "stage re_engaged"
-            for e in nurture_history(stack, fay_id)
-        ),
-        stack,
-        "fay re-engaged (the win-back sequence ends there)",
-    )
+    wait_until(has(stack, fay_id, "clicked", "win_back"), stack, "fay's click on the win-back")
     fay = wait_until(
         lambda: (lead := lead_of(stack, address["fay"]))["stage"] == "assigned" and lead,
         stack,
-        "fay routed again",
+        "fay re-engaged and routed again",
     )
     assert fay["owner"] == fay_owner
+    # A week after the win-back email: fay clicked, so the sequence asks her rep to call.
+    await tick(stack, win_back_sent + timedelta(days=7, hours=1))
+    task = wait_until(
+        lambda: next(
+            (
+                e
+                for e in nurture_history(stack, fay_id)
+                if e["kind"] == "task_created" and e["sequence"] == "win_back"
+            ),
+            None,
+        ),
+        stack,
+        "the call task after the click",
+    )
+    assert task["owner"] == fay_owner
     post_event(
         stack,
         "/v1/events/crm",

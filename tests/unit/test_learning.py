@@ -255,3 +255,53 @@ def test_a_backtest_learns_nothing_from_after_its_period() -> None:
     shuffled = later[:250] + data[:1500] + later[250:]
     assert judge(shuffled, start, end, rules) == report
     assert judge(data + data[:10], start, end, rules) == report  # a repeat counts once
+
+
+def test_an_outcome_teaches_the_lead_as_it_was_then_and_once_per_label(rules: Rules) -> None:
+    from schemas import Engagement, Touch
+    from streams.lead_agent import outcome_of
+
+    late = T0 + timedelta(days=90)
+    lead = LeadState(
+        lead_id="l5",
+        first_seen=T0,
+        updated_at=late,
+        email="ana@fabrikam.com",
+        touches=[Touch(event_id="t1", channel="web", source="google", medium="cpc", at=T0)],
+        engagements=[
+            Engagement(event_id="e1", kind="demo_requested", at=T0 + timedelta(days=1)),
+            Engagement(event_id="e2", kind="email_click", at=late),  # after the outcome
+        ],
+    )
+    won = CrmEvent(
+        event_id="crm-won", lead_id="l5", action="won", occurred_at=T0 + timedelta(days=30)
+    )
+    outcome = outcome_of(won, lead, rules)
+    assert outcome is not None
+    assert outcome.label is True
+    assert "engaged:demo_requested:1" in outcome.features
+    assert not any(f.startswith("engaged:email_click") for f in outcome.features)
+    learner = Learner(ModelRules())
+    converted = outcome.model_copy(update={"event_id": "crm-convert"})
+    learner.learn(converted.model_dump_json().encode())
+    learner.learn(outcome.model_dump_json().encode())  # converted, then won: one lesson
+    assert learner.table["model"]["outcomes"] == 1
+    lost = outcome.model_copy(update={"event_id": "crm-lost", "label": False})
+    learner.learn(lost.model_dump_json().encode())  # a different lesson: learned
+    assert learner.table["model"]["outcomes"] == 2
+
+
+def test_the_model_keeps_at_most_its_bound_of_weights() -> None:
+    learner = Learner(ModelRules(publish_every=1000))
+    for n in range(learning.MAX_WEIGHTS + 300):
+        outcome = Outcome(
+            event_id=f"o{n}",
+            lead_id=f"l{n}",
+            label=n % 10 != 0,
+            features=[f"campaign:c{n}", "region:apac"],
+            rule_score=1.0,
+            at=T0,
+        )
+        learner.learn(outcome.model_dump_json().encode())
+    assert len(learner.table["model"]["weights"]) == learning.MAX_WEIGHTS
+    assert "region:apac" in learner.table["model"]["weights"]

@@ -194,7 +194,7 @@ def test_no_consent_no_email_and_it_says_why() -> None:
 
 def test_a_pricing_page_lingerer_gets_the_reasons_email_unless_a_demo_was_asked() -> None:
     views = [
-        Engagement(event_id=f"v{n}", kind="pricing_page_view", at=T0 - timedelta(days=n * 4))
+        Engagement(event_id=f"v{n}", kind="pricing_page_visit", at=T0 - timedelta(days=n * 4))
         for n in range(3)
     ]
     stage = Stage()
@@ -216,7 +216,7 @@ def test_the_frequency_cap_holds_an_email_back_until_the_window_allows_it() -> N
         update={"frequency_cap": rules.frequency_cap.model_copy(update={"max_emails": 1})}
     )
     stage = Stage(rules)
-    views = [Engagement(event_id=f"v{n}", kind="pricing_page_view", at=T0) for n in range(3)]
+    views = [Engagement(event_id=f"v{n}", kind="pricing_page_visit", at=T0) for n in range(3)]
     stage.snapshot(web_lead(engagements=views), T0)
     assert {e.sequence for e in stage.events} == {"welcome", "pricing_lingerer"}
     stage.tick(T0)
@@ -299,15 +299,41 @@ def test_a_lost_lead_that_comes_back_before_thirty_days_is_not_won_back() -> Non
     assert "win_back" not in {e.sequence for e in stage.events}
 
 
-def test_an_erased_lead_is_forgotten_with_its_timers() -> None:
+def test_an_erased_lead_is_forgotten_with_its_timers_and_stays_forgotten() -> None:
     stage = Stage()
     stage.snapshot(web_lead(), T0)
     stage.forget("L1", T0)
-    assert "lead|L1" not in stage.table
+    assert stage.table["lead|L1"] == {"lead_id": "L1", "gone": "erased"}  # nothing of them
     assert not any(k.startswith("due|") for k in stage.table)
+    # A snapshot that was on its way when the person was erased brings nothing back.
+    stage.snapshot(web_lead(), T0 + timedelta(seconds=1))
+    assert stage.table["lead|L1"] == {"lead_id": "L1", "gone": "erased"}
     stage.tick(T0 + timedelta(days=5))
     assert stage.emails == []
     assert stage.kinds("welcome") == ["enrolled", "exited"]
+    assert not any(k.startswith("due-") for k in stage.table)  # the tick tidied the index
+    stage.forget("L2", T0)  # erased before any snapshot of it arrived: a tombstone too
+    stage.snapshot(web_lead(lead_id="L2"), T0)
+    assert stage.kinds() == ["enrolled", "exited"]
+
+
+def test_a_merged_lead_drops_its_tasks_and_an_unmerge_brings_it_back() -> None:
+    stage = Stage()
+    mql = web_lead(touches=[], stage="mql", owner="r1")
+    stage.snapshot(mql, T0)
+    stage.tick(T0)
+    assert stage.kinds("first_call") == ["enrolled", "task_created", "exited"]
+    merged = mql.model_copy(update={"merged_into": "L9", "updated_at": T0})
+    stage.snapshot(merged, T0 + timedelta(minutes=1))
+    dropped = stage.events[-1]
+    assert (dropped.kind, dropped.detail) == ("exited", "task dropped: merged into L9")
+    assert dropped.send_id == stage.events[1].send_id  # the task's id
+    back = web_lead(touches=[], stage="sql", owner="r1", updated_at=T0 + timedelta(hours=1))
+    stage.snapshot(back, T0 + timedelta(hours=1))
+    lost = back.model_copy(update={"stage": "lost", "stage_at": T0 + timedelta(hours=2)})
+    stage.snapshot(lost, T0 + timedelta(hours=2))
+    stage.tick(T0 + timedelta(days=31, hours=3))  # a Thursday, 14:00 in Berlin
+    assert [e.template for e in stage.emails] == ["win_back"]
 
 
 def test_timers_are_bucketed_so_no_write_grows_with_every_enrolled_lead() -> None:
