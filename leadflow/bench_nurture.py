@@ -19,7 +19,6 @@ snapshots on `leads.identified`, as the lead stage would, and reports:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import statistics
@@ -36,7 +35,7 @@ from aiosmtpd.controller import Controller
 from rich.console import Console
 from rich.table import Table
 
-from leadflow.bench_pipeline import Run, percentile
+from leadflow.bench_pipeline import Run, percentile, save_figures
 from leadflow.broker.local import LocalKafka, free_port
 from leadflow.kafka_clients import make_producer
 from schemas import LeadState, Touch
@@ -208,10 +207,7 @@ def bench_nurture(
     finally:
         smtp.stop()
     _print(report, console)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"figures written to {out}")
+    save_figures(report, out, console)
     return report
 
 

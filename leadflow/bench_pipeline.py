@@ -438,11 +438,16 @@ def bench_pipeline(
         finally:
             broker.stop()
     print_report(report, console)
+    save_figures(report, out, console)
+    return report
+
+
+def save_figures(report: dict[str, Any], out: Path | None, console: Console) -> None:
+    """The figures as JSON in `out` (none: printed only)."""
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"figures written to {out}")
-    return report
 
 
 async def latencies_ms(chdb_dir: Path, since: datetime) -> list[float]:

@@ -15,7 +15,6 @@ scoring one lead (`streams.features.features` + `streams.learning.probability`).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from leadflow.bench_pipeline import save_figures
 from schemas import LeadState
 from schemas.scoring import Outcome
 from streams import learning
@@ -172,8 +172,5 @@ def bench_scoring(
         f"(features + probability) {report['score_lead_us']} µs; "
         f"{report['features_in_model']} features in the model"
     )
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"figures written to {out}")
+    save_figures(report, out, console)
     return report

@@ -239,3 +239,52 @@ async def replay_topic(
             batch = await reader.getmany(timeout_ms=500)
     finally:
         await reader.stop()
+
+
+async def caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
+async def all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    for _ in range(50):
+        # aiokafka has no public call for a topic's partitions without subscribing.
+        cluster = await consumer._client.fetch_all_metadata()
+        found = cluster.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} does not exist; run leadflow once to declare it")
+
+
+async def follow_topic(
+    kafka: KafkaSettings,
+    bootstrap: str,
+    topic: str,
+    on_record: Callable[[ConsumerRecord[bytes, bytes]], None],
+    on_caught_up: Callable[[], None],
+) -> None:
+    """Hand every record of every partition of `topic`, from the start, to `on_record`;
+    call `on_caught_up` once the end it had when reading began is reached; then keep
+    reading until cancelled. For compacted topics every process follows whole (the
+    suppression lists, the learned model)."""
+    consumer = make_consumer(kafka, bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        partitions = await all_partitions(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        caught = False
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    on_record(record)
+            if not caught and await caught_up(consumer, ends):
+                caught = True
+                on_caught_up()
+    finally:
+        await consumer.stop()

@@ -29,11 +29,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import ConsumerRecord
 
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
-from leadflow.kafka_clients import make_consumer
+from leadflow.kafka_clients import follow_topic
 from leadflow.settings import KafkaSettings
 from schemas import DeadLetter
 from streams.normalize import fields_country, normalize_email, normalize_phone
@@ -101,27 +101,19 @@ class SuppressionList:
 
     async def follow(self, kafka: KafkaSettings, bootstrap: str, topic: str) -> None:
         """Read the topic from the start, set `loaded` once caught up, then keep reading."""
-        consumer: AIOKafkaConsumer = make_consumer(kafka, bootstrap, group_id=None)
-        await consumer.start()
-        try:
-            partitions = await all_partitions(consumer, topic)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        digest = (record.key or b"").decode()
-                        if record.value is None:
-                            self.discard(digest)
-                        else:
-                            self.add(digest)
-                if not self.loaded and await _caught_up(consumer, ends):
-                    log.info("suppression list loaded: %d identifiers", len(self))
-                    self.mark_loaded()
-        finally:
-            await consumer.stop()
+
+        def take(record: ConsumerRecord[bytes, bytes]) -> None:
+            digest = (record.key or b"").decode()
+            if record.value is None:
+                self.discard(digest)
+            else:
+                self.add(digest)
+
+        def caught_up() -> None:
+            log.info("suppression list loaded: %d identifiers", len(self))
+            self.mark_loaded()
+
+        await follow_topic(kafka, bootstrap, topic, take, caught_up)
 
 
 def identifiers_in_fields(fields: Mapping[str, Any], default_region: str) -> list[str]:
@@ -198,21 +190,3 @@ def event_id_of(body: bytes | None) -> str | None:
         if isinstance(data, dict) and isinstance(data.get("event_id"), str):
             return str(data["event_id"])[:200]
     return None
-
-
-async def _caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True
-
-
-async def all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    for _ in range(50):
-        # aiokafka has no public call for a topic's partitions without subscribing.
-        cluster = await consumer._client.fetch_all_metadata()
-        found = cluster.partitions_for_topic(topic)
-        if found:
-            return [TopicPartition(topic, p) for p in sorted(found)]
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} does not exist; run leadflow once to declare it")

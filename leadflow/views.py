@@ -202,50 +202,26 @@ def pipeline_table(answer: dict[str, Any]) -> Table:
     return table
 
 
+_NURTURE_COLUMNS = (
+    ("enrolled", "enrolled"), ("sent", "sent"), ("opened", "opened"), ("clicked", "clicked"),
+    ("replied", "replied"), ("bounced", "bounced"), ("unsubscribed", "unsubscribed"),
+    ("skipped", "skipped"), ("exited", "exited"), ("tasks", "task_created"),
+    ("done", "task_done"),
+)  # fmt: skip
+
+
 def nurture_table(answer: dict[str, Any]) -> Table:
     """Each sequence's steps for people: leads per kind of event, with the open rate."""
     table = Table(title="nurture sequences: leads per step")
-    columns = [
-        "sequence",
-        "step",
-        "enrolled",
-        "sent",
-        "opened",
-        "clicked",
-        "replied",
-        "bounced",
-        "unsubscribed",
-        "skipped",
-        "exited",
-        "tasks",
-        "done",
-        "open rate",
-    ]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("sequence", "step") else "right")
+    table.add_column("sequence")
+    table.add_column("step")
+    for column, _ in _NURTURE_COLUMNS:
+        table.add_column(column, justify="right")
+    table.add_column("open rate", justify="right")
     for row in answer["rows"]:
         rate = _percent(row["opened"] / row["sent"]) if row["sent"] else ""
-        table.add_row(
-            row["sequence"],
-            row["step"] or "(sequence)",
-            *(
-                str(row[k])
-                for k in (
-                    "enrolled",
-                    "sent",
-                    "opened",
-                    "clicked",
-                    "replied",
-                    "bounced",
-                    "unsubscribed",
-                    "skipped",
-                    "exited",
-                    "task_created",
-                    "task_done",
-                )
-            ),
-            rate,
-        )
+        cells = [str(row[key]) for _, key in _NURTURE_COLUMNS]
+        table.add_row(row["sequence"], row["step"] or "(sequence)", *cells, rate)
     return table
 
 

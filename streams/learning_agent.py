@@ -25,8 +25,7 @@ import faust
 from pydantic import ValidationError
 
 from leadflow import stages
-from leadflow.kafka_clients import make_consumer
-from leadflow.privacy import all_partitions
+from leadflow.kafka_clients import follow_topic
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas.scoring import ModelSnapshot, Outcome
@@ -87,13 +86,6 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: ModelRul
     return app.agent(source, name=STAGE, concurrency=1)(learn_outcomes)
 
 
-async def _caught_up(consumer: Any, ends: dict[Any, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True
-
-
 class ModelFollower:
     """The newest readable snapshot on `scoring.models`, kept current. `loaded` once the
     topic was read to its end: the lead stage waits for it, so a restarted worker does
@@ -119,21 +111,10 @@ class ModelFollower:
 
     async def follow(self, kafka: KafkaSettings, bootstrap: str, topic: str) -> None:
         """Read the topic from its start, then every new snapshot, until cancelled."""
-        consumer = make_consumer(kafka, bootstrap, group_id=None)
-        await consumer.start()
-        try:
-            partitions = await all_partitions(consumer, topic)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        self.take(record.value)
-                if not self.loaded and await _caught_up(consumer, ends):
-                    version = self.snapshot.version if self.snapshot else "none (rules alone)"
-                    log.info("learned model loaded: version %s", version)
-                    self.loaded = True
-        finally:
-            await consumer.stop()
+
+        def caught_up() -> None:
+            version = self.snapshot.version if self.snapshot else "none (rules alone)"
+            log.info("learned model loaded: version %s", version)
+            self.loaded = True
+
+        await follow_topic(kafka, bootstrap, topic, lambda r: self.take(r.value), caught_up)

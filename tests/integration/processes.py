@@ -120,6 +120,18 @@ class Stack:
         )
 
 
+def wait_until(check: Any, what: str, stack: Stack, timeout_s: float = 60.0) -> Any:
+    """Poll `check` until it returns something true (returned); fail with the logs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        stack.assert_running()
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: not reached in {timeout_s}s\n{stack.logs()}")
+
+
 def run_cli(*args: str) -> str:
     """`leadflow ARGS` as a person runs it; its output, or CalledProcessError."""
     result = subprocess.run(

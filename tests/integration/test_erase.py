@@ -19,7 +19,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 from leadflow.kafka_clients import make_producer
@@ -27,7 +26,7 @@ from leadflow.privacy import identifier_hash
 from leadflow.settings import KafkaSettings
 from leadflow.stack import http_json
 from schemas import DeadLetter
-from tests.integration.processes import Stack, read_topic
+from tests.integration.processes import Stack, read_topic, wait_until
 from tests.keys import ADMIN_KEY, KEYS, bearer
 
 EMAIL = "erase.me@example.com"
@@ -199,14 +198,7 @@ UNSEEN = "never.seen@example.com"
 
 
 def wait_for(check: Any, what: str, stack: Stack, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        stack.assert_running()
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not reached in {timeout_s}s\n{stack.logs()}")
+    return wait_until(check, what, stack, timeout_s)
 
 
 def pipeline_leads(stack: Stack) -> int:

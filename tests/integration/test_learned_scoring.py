@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from streams.rules import default_rules_dir
-from tests.integration.processes import Stack, start_stack
+from tests.integration.processes import Stack, start_stack, wait_until
 
 OUTCOMES = 40
 
@@ -46,14 +46,7 @@ def learning_stack(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> I
 
 
 def wait_for(stack: Stack, what: str, check: Any, timeout_s: float = 90) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        stack.assert_running()
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{stack.logs()}")
+    return wait_until(check, what, stack, timeout_s)
 
 
 def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:

@@ -35,6 +35,7 @@ from leadflow.settings import KafkaSettings
 from leadflow.stack import spawn, wait_healthy
 from schemas.nurture import NurtureTick
 from tests.integration.processes import Stack, start_stack
+from tests.integration.processes import wait_until as poll
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -136,14 +137,7 @@ def lead_of(stack: Stack, address: str) -> dict[str, Any]:
 
 
 def wait_until(check: Callable[[], Any], stack: Stack, what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        stack.assert_running()
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{stack.logs()}")
+    return poll(check, what, stack, timeout_s)
 
 
 def nurture_history(stack: Stack, lead_id: str) -> list[dict[str, Any]]:
