@@ -63,6 +63,8 @@ bench: $(STAMP)         ## benchmarks (figures printed and written to bench-resu
 	$(BIN)/leadflow bench upload
 	$(BIN)/leadflow bench ingest --out bench-results/ingest.json
 	$(BIN)/leadflow bench pipeline --persons 8000 --frames on,off --latency-seconds 5 --out bench-results/pipeline.json
+	$(BIN)/leadflow bench scoring --out bench-results/scoring.json
+	$(BIN)/leadflow bench nurture --enrolled 10000 --wait-seconds 60 --out bench-results/nurture.json
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start
