@@ -9,7 +9,7 @@ Python finds every shape in `leadflow schemas`.
   visiting its keys) or `EraseKey` (`leadflow erase`).
 - `lead.updates` (key: the lead id the message is for): `NewLead`,
   `MergeCommand`, `AbsorbCommand`, `UnmergeCommand`, `DetachCommand`,
-  `EngagementUpdate`, `AcceptUpdate`, `CrmUpdate`, `EraseLead`.
+  `EngagementUpdate`, `AcceptUpdate`, `CrmUpdate`, `EraseLead`, `RescoreLead`.
 - `routing.requests` (key: the team): `RouteRequest`, `AcceptedNotice`,
   `SlaTick`.
 
@@ -159,6 +159,15 @@ class EraseLead(_Message):
     lead_id: str
 
 
+class RescoreLead(_Message):
+    """A new version of the learned model: score this open lead again (sent at a bounded
+    rate by each worker's re-scorer, streams/learning_agent.py)."""
+
+    type: Literal["rescore"] = "rescore"
+    lead_id: str
+    version: int = Field(description="The model version that asked.")
+
+
 LeadUpdate = Annotated[
     NewLead
     | MergeCommand
@@ -168,7 +177,8 @@ LeadUpdate = Annotated[
     | EngagementUpdate
     | AcceptUpdate
     | CrmUpdate
-    | EraseLead,
+    | EraseLead
+    | RescoreLead,
     Field(discriminator="type"),
 ]
 # Updates that name the lead they are about and follow it when it was merged.
@@ -268,6 +278,7 @@ LEAD_UPDATE: TypeAdapter[
     | AcceptUpdate
     | CrmUpdate
     | EraseLead
+    | RescoreLead
 ] = TypeAdapter(LeadUpdate)
 ROUTING_MESSAGE: TypeAdapter[RouteRequest | AcceptedNotice | SlaTick] = TypeAdapter(RoutingMessage)
 

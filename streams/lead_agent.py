@@ -42,6 +42,7 @@ from schemas.messages import (
     LeadUpdate,
     MergeCommand,
     NewLead,
+    RescoreLead,
     RouteRequest,
     RoutingSubject,
     UnmergeCommand,
@@ -51,14 +52,24 @@ from streams import leads
 from streams.features import features
 from streams.identity import combine
 from streams.learning import scoring_with
-from streams.learning_agent import ModelFollower
+from streams.learning_agent import ModelFollower, Rescorer
 from streams.routing import choose_team
 from streams.rules import Rules
 from streams.scoring import score_lead
 from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
-from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
+from streams.wiring import (
+    Outbox,
+    Outputs,
+    StagedTable,
+    Table,
+    json_table,
+    raw_topic,
+    run_batches,
+)
 
 STAGE = stages.LEAD
+# Stages whose leads a new model does not score again: decided, or gone.
+_NOT_RESCORED = frozenset({"won", "lost", "disqualified", "converted", MERGED})
 _DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
 
 
@@ -529,6 +540,15 @@ def handle_update(
                 (topics.scoring_outcomes, "model", outcome.model_dump_json().encode())
             )
         return effects
+    if isinstance(update, RescoreLead):
+        # An open lead that still exists, here: a merged or closed one is left as it is.
+        if state is None or state.merged_into or state.stage in _NOT_RESCORED:
+            return effects
+        new = leads.rescored(state, rules)
+        if new is not state:
+            new.updated_at = now
+            _after_change(effects, topics, state, new, rules, now)
+        return effects
     # EraseLead: the agent forgets the state before it gets here (see `register`).
     raise BadRecordError("unexpected_message", f"the lead stage does not fold {update.type!r}")
 
@@ -647,8 +667,21 @@ def register(
     )
     table = json_table(app, "lead_state", settings)
 
+    rescorer = None
+    if model is not None and rules.scoring.model.enabled:
+        closed = _NOT_RESCORED | frozenset(rules.stages.closed)
+        updates = raw_topic(app, topics.lead_updates)
+        rescorer = Rescorer(model, table, updates, rules.scoring.model, closed)
+
+        async def rescore_open_leads() -> None:
+            await rescorer.run()
+
+        app.task(rescore_open_leads)
+
     def fold_one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
         assert staged is not None
+        if rescorer is not None:
+            rescorer.tables_ready = True
         with scoring_with(model.snapshot if model is not None else None):
             fold_step(record, staged, out, topics=topics, rules=rules, now=datetime.now(UTC))
 

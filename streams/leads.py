@@ -121,6 +121,18 @@ def lead_notes(lead: Lead) -> list[Note]:
     return [Note(event_id=lead.event_id, source=source, at=lead.touched_at, text=lead.message)]
 
 
+def rescored(state: LeadState, rules: Rules) -> LeadState:
+    """The lead scored again (with the model of the moment); the same object when
+    nothing of its score changed."""
+    new = state.fork()
+    _rescore(new, rules)
+    fields = ("score", "grade", "rule_score", "fit_probability", "model_version", "mql_at")
+    if all(getattr(new, f) == getattr(state, f) for f in fields):
+        return state
+    new.version += 1
+    return new
+
+
 def _rescore(state: LeadState, rules: Rules) -> None:
     result = score_lead(state, rules.scoring, rules.identity.free_mail_domains)
     state.rule_score, state.score_rules = result.score, result.rules

@@ -28,6 +28,7 @@ from leadflow import stages
 from leadflow.kafka_clients import follow_topic
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
+from schemas.messages import RescoreLead
 from schemas.scoring import ModelSnapshot, Outcome
 from streams import learning
 from streams.rules import ModelRules
@@ -118,3 +119,76 @@ class ModelFollower:
             self.loaded = True
 
         await follow_topic(kafka, bootstrap, topic, lambda r: self.take(r.value), caught_up)
+
+
+class Rescorer:
+    """Open leads scored again when the model moved: for each new version that is in use
+    and differs materially from the last one acted on, every open lead of this worker's
+    `lead_state` stores gets a `RescoreLead` on `lead.updates`, at most `rescore_per_s`
+    a second. The lead stage scores it in order with its other updates; a lead another
+    worker also asked for (a standby, a rebalance) is scored once: the second finds its
+    score unchanged. A newer version during a pass starts the pass over."""
+
+    def __init__(
+        self,
+        follower: ModelFollower,
+        table: Any,
+        updates: Any,
+        rules: ModelRules,
+        closed: frozenset[str],
+    ) -> None:
+        self._follower = follower
+        self._table = table
+        self._updates = updates
+        self._rules = rules
+        self._closed = closed
+        self.acted_on: dict[str, float] | None = None
+        self.asked = 0
+        # Set by the lead stage once it handles records, i.e. its tables are recovered.
+        self.tables_ready = False
+
+    def due(self) -> ModelSnapshot | None:
+        snapshot = self._follower.snapshot
+        if snapshot is None or not learning.in_use(snapshot, self._rules):
+            return None
+        threshold = self._rules.rescore_when_weight_moves
+        return snapshot if learning.moved(self.acted_on, snapshot, threshold) else None
+
+    def wanted(self, value: Any) -> bool:
+        return (
+            isinstance(value, dict)
+            and not value.get("merged_into")
+            and value.get("stage") not in self._closed
+        )
+
+    async def run(self, poll_s: float = 1.0, ready_within_s: float = 60.0) -> None:
+        # A pass before the tables are recovered would miss leads; a worker with no
+        # traffic at all goes after `ready_within_s`.
+        for _ in range(int(ready_within_s / poll_s)):
+            if self.tables_ready:
+                break
+            await asyncio.sleep(poll_s)
+        while True:
+            snapshot = self.due()
+            if snapshot is None:
+                await asyncio.sleep(poll_s)
+                continue
+            if await self.rescore(snapshot):
+                self.acted_on = {**snapshot.weights, "~intercept": snapshot.intercept}
+
+    async def rescore(self, snapshot: ModelSnapshot) -> bool:
+        """One pass over the open leads; False when a newer version cut it short."""
+        pause = 1.0 / self._rules.rescore_per_s
+        asked = 0
+        for key, value in self._table.items():
+            if not self.wanted(value):
+                continue
+            if self._follower.snapshot is not snapshot:
+                return False
+            command = RescoreLead(lead_id=key, version=snapshot.version)
+            await self._updates.send(key=key.encode(), value=command.model_dump_json().encode())
+            asked += 1
+            self.asked += 1
+            await asyncio.sleep(pause)
+        log.info("model version %d: %d open leads asked to re-score", snapshot.version, asked)
+        return True

@@ -126,6 +126,14 @@ class ModelRules(_Rule):
     positive: list[Positive] = Field(default_factory=lambda: list(_POSITIVE))
     negative: list[Negative] = Field(default_factory=lambda: list(_NEGATIVE))
     factors_shown: Annotated[int, Field(ge=1, le=20)] = 5
+    rescore_when_weight_moves: Annotated[float, Field(gt=0)] = Field(
+        default=0.1,
+        description="A new version re-scores the open leads when a weight moved this much "
+        "(log-odds) since the version they were last re-scored for.",
+    )
+    rescore_per_s: Annotated[float, Field(gt=0)] = Field(
+        default=200.0, description="Open leads re-scored per second and worker, at most."
+    )
 
 
 class ScoringRules(_Rule):

@@ -70,6 +70,8 @@ def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
 @pytest.mark.integration
 def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: Stack) -> None:
     stack = learning_stack
+    # Open leads from before any model: a new version scores them again.
+    early = [post_lead(stack, 900 + n, "biotech", "salesforce") for n in range(2)]
     for n in range(OUTCOMES):
         won = n % 2 == 0
         lead_id = post_lead(
@@ -142,6 +144,16 @@ def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: St
     assert report["judged"] == OUTCOMES
     assert report["won"] == OUTCOMES // 2
     assert report["model_auc"] > report["rules_auc"]
+    rescored = wait_for(
+        stack,
+        "the open leads from before the model scored again",
+        lambda: (
+            (found := [stack.http("GET", f"/v1/leads/{i}/explain")[1]["score"] for i in early])
+            and all(score["model_version"] for score in found)
+            and found
+        ),
+    )
+    assert all(score["fit_probability"] > 0.5 for score in rescored)
     best = explained[0]["score"]
     assert best["fit_probability"] > 0.5
     assert best["rule_score"] == explained[1]["score"]["rule_score"]

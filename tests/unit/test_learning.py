@@ -305,3 +305,56 @@ def test_the_model_keeps_at_most_its_bound_of_weights() -> None:
         learner.learn(outcome.model_dump_json().encode())
     assert len(learner.table["model"]["weights"]) == learning.MAX_WEIGHTS
     assert "region:apac" in learner.table["model"]["weights"]
+
+
+def test_a_new_model_version_rescores_an_open_lead_once_and_leaves_closed_ones(
+    rules: Rules,
+) -> None:
+    from schemas.messages import RescoreLead
+    from streams.lead_agent import handle_update
+
+    model = learning.snapshot_of(
+        {
+            "version": 7,
+            "outcomes": 80,
+            "positives": 30,
+            "intercept": -0.2,
+            "weights": {"tool:salesforce": 2.5, "industry:biotech": 1.0},
+        },
+        T0,
+    )
+    lead = LeadState(
+        lead_id="l6",
+        first_seen=T0,
+        updated_at=T0,
+        version=3,
+        stage="assigned",
+        industry="biotech",
+        attributes={"tools": "Salesforce"},
+        email="x@bio.example.com",
+    )
+    ask = RescoreLead(lead_id="l6", version=7)
+    with learning.scoring_with(model):
+        first = handle_update(ask, lead, TOPICS, rules, T0 + timedelta(days=1))
+        assert first.state is not None
+        assert first.state.model_version == 7
+        assert first.state.version == 4
+        assert first.state.score > lead.score
+        again = handle_update(ask, first.state, TOPICS, rules, T0 + timedelta(days=1))
+        assert again.state is None
+        assert again.sends == []
+        won = lead.model_copy(update={"stage": "won"})
+        assert handle_update(ask, won, TOPICS, rules, T0).sends == []
+        assert handle_update(ask, None, TOPICS, rules, T0).sends == []
+
+
+def test_a_version_is_acted_on_only_when_a_weight_moved_enough() -> None:
+    before = {"a": 1.0, "~intercept": 0.0}
+    small = learning.snapshot_of(
+        {"version": 2, "outcomes": 9, "positives": 3, "intercept": 0.05, "weights": {"a": 1.05}},
+        T0,
+    )
+    large = small.model_copy(update={"weights": {"a": 1.05, "b": -0.3}})
+    assert learning.moved(None, small, 0.1)
+    assert not learning.moved(before, small, 0.1)
+    assert learning.moved(before, large, 0.1)
