@@ -519,8 +519,14 @@ def test_leadflow_schemas_exports_every_message_of_every_topic(tmp_path: Path) -
     shapes = {ref["$ref"].rpartition("/")[2] for ref in written["IdentityKeysMessage"]["oneOf"]}
     assert shapes == {"IdentityProbe", "EraseKey"}
     assert kinds["LeadUpdatesMessage"] == {
-        "lead", "merge", "absorb", "unmerge", "detach", "engagement", "accept", "crm", "erase"
+        "lead", "merge", "absorb", "unmerge", "detach", "engagement", "accept", "crm", "erase",
+        "rescore",
     }  # fmt: skip
+    assert set(written["NurtureCommandsMessage"]["discriminator"]["mapping"]) == {
+        "tick", "forget"
+    }  # fmt: skip
+    for name in ("Outcome", "ModelSnapshot", "Evaluation", "NurtureEmail", "NurtureEvent"):
+        assert name in written, sorted(written)
     assert kinds["RoutingRequestsMessage"] == {"route", "accepted", "tick"}
 
 
