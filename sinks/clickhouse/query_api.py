@@ -18,7 +18,7 @@ import functools
 import json
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
 from typing import Any
 
@@ -48,8 +48,17 @@ def json_answer(data: Any, status: int = 200) -> web.Response:
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """Times as ISO 8601 in UTC with an explicit offset (the columns are all UTC)."""
-    return {k: _iso_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+    """Times as ISO 8601 in UTC with an explicit offset (the columns are all UTC); days
+    (a week's first day) as ISO dates."""
+    return {k: _iso_value(v) for k, v in row.items()}
+
+
+def _iso_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _iso_utc(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 def deep_jsonable(value: Any) -> Any:
@@ -57,9 +66,7 @@ def deep_jsonable(value: Any) -> Any:
         return {k: deep_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [deep_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return _iso_utc(value)
-    return value
+    return _iso_value(value)
 
 
 def _iso_utc(value: datetime) -> str:

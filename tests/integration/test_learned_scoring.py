@@ -45,7 +45,8 @@ def learning_stack(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> I
         running.stop()
 
 
-def wait_for(stack: Stack, what: str, check: Any, timeout_s: float = 90) -> Any:
+def wait_for(stack: Stack, what: str, check: Any, timeout_s: float = 240) -> Any:
+    # Generous: two workers rebalance while the leads arrive, beside a busy CI machine.
     return wait_until(check, what, stack, timeout_s)
 
 
