@@ -32,7 +32,15 @@ from schemas.messages import RescoreLead
 from schemas.scoring import ModelSnapshot, Outcome
 from streams import learning
 from streams.rules import ModelRules
-from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
+from streams.wiring import (
+    Outbox,
+    Outputs,
+    StagedTable,
+    Table,
+    json_table,
+    raw_topic,
+    run_batches,
+)
 
 STAGE = stages.LEARN
 MODEL_KEY = "model"
@@ -68,13 +76,7 @@ def learn_step(
 
 def register(app: faust.App, topics: Topics, settings: Settings, rules: ModelRules) -> Any:
     learning.require_river_internals()
-    source = app.topic(
-        topics.scoring_outcomes,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    source = raw_topic(app, topics.scoring_outcomes)
     table = json_table(app, "scoring_model", settings)
 
     def one(record: Any, staged: StagedTable | None, out: Outbox) -> None:

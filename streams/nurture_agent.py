@@ -38,7 +38,15 @@ from schemas import LeadState
 from schemas.nurture import NURTURE_COMMAND, NurtureForget, NurtureTick
 from streams import nurture
 from streams.nurture_rules import NurtureRules
-from streams.wiring import Outbox, Outputs, StagedTable, Table, json_table, run_batches
+from streams.wiring import (
+    Outbox,
+    Outputs,
+    StagedTable,
+    Table,
+    json_table,
+    raw_topic,
+    run_batches,
+)
 
 STAGE = stages.NURTURE
 DUE_SHARDS = 64
@@ -256,13 +264,7 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: NurtureR
         key_serializer="raw",
         value_serializer="raw",
     )
-    commands = app.topic(
-        topics.nurture_commands,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    commands = raw_topic(app, topics.nurture_commands)
     table = json_table(app, "nurture_state", settings)
 
     def one(record: Any, staged: StagedTable | None, out: Outbox) -> None:
