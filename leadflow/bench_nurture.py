@@ -181,7 +181,7 @@ def bench_nurture(
         "enrolled": enrolled,
         "partitions": partitions,
         "tick_interval_s": tick_s,
-        "wait_between_emails_s": WAIT.seconds,
+        "wait_between_emails_s": wait.total_seconds(),
     }
     try:
         with tempfile.TemporaryDirectory(prefix="leadflow-bench-nurture-") as folder:

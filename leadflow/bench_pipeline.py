@@ -13,6 +13,11 @@ Runs on a broker of its own and the real processes (worker(s) and a
    own topics carrying frames of records (streams/frames.py) and with every
    record a message of its own; the Kafka messages written per lead (every
    topic but `leads.raw`, changelogs included) are counted from the log ends.
+   `--learning on,off` runs each again with the learned score in use
+   (a model that learned 200 outcomes before the clock starts, and one won
+   or lost outcome per 10 envelopes published with them, so the learner
+   trains, publishes versions and open leads are re-scored during the run)
+   and with it switched off in the rules (`model.enabled: false`).
 3. **Latency**: after 5 s of warm-up at the same rate (drained, not counted),
    envelopes published at a steady offered rate, stamped when
    sent; a lead's latency is its first row's `inserted_at` minus that stamp.
@@ -28,15 +33,18 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import product
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
@@ -54,7 +62,7 @@ from leadflow.topics import Topics
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
 from streams.normalize import envelope_bytes, normalize_lead
-from streams.rules import load_rules
+from streams.rules import default_rules_dir, load_rules
 
 
 def _vm_kib(pid: int, field: str) -> int:
@@ -133,6 +141,9 @@ class Run:
         self.key, entry = new_key("bench", ["read:pii"])
         self.env["AUTH_KEYS"] = env_line([entry]).partition("=")[2]
         self.children: list[Child] = []
+        # The learner's input too: a run that feeds it outcomes is drained once it
+        # learned them.
+        self.sources = [*self.topics.worker_sources(), self.topics.scoring_outcomes]
 
     @property
     def base_url(self) -> str:
@@ -191,14 +202,27 @@ class Run:
 
         return await self._send(ready)
 
-    async def _send(self, source: Callable[[float], AsyncIterator[tuple[bytes, bytes]]]) -> float:
+    async def publish_outcomes(self, values: list[bytes]) -> float:
+        """Won and lost outcomes on `scoring.outcomes`, under the learner's one key."""
+
+        async def ready(_: float) -> AsyncIterator[tuple[bytes, bytes]]:
+            for value in values:
+                yield b"model", value
+
+        return await self._send(ready, self.topics.scoring_outcomes)
+
+    async def _send(
+        self,
+        source: Callable[[float], AsyncIterator[tuple[bytes, bytes]]],
+        topic: str | None = None,
+    ) -> float:
         producer = make_producer(self.kafka, self.broker.bootstrap, linger_ms=20)
         await producer.start()
         started = time.perf_counter()
         try:
             pending = []
             async for key, value in source(started):
-                pending.append(await producer.send(self.topics.leads_raw, value, key=key))
+                pending.append(await producer.send(topic or self.topics.leads_raw, value, key=key))
                 if len(pending) >= 2000:
                     await asyncio.gather(*pending)
                     pending.clear()
@@ -212,7 +236,7 @@ class Run:
         from sinks.clickhouse.writer import routes
 
         groups = {
-            f"{self.prefix}leadflow": self.topics.worker_sources(),
+            f"{self.prefix}leadflow": self.sources,
             self.topics.group("clickhouse-writer"): list(routes(self.topics)),
         }
         return sum((await consumer_lag(self.kafka, self.broker.bootstrap, groups)).values())
@@ -322,6 +346,35 @@ def _latency_sql(db: str, since: datetime) -> str:
     )
 
 
+WARM_OUTCOMES = 200  # learned before the clock: the model is in use from the first lead
+LEADS_PER_OUTCOME = 10  # during the run, one won or lost outcome per this many envelopes
+
+
+def learning_rules(folder: Path, learned: bool) -> Path:
+    """The project's rule files, with the learned score on (as shipped) or off."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in default_rules_dir().glob("*.yaml"):
+        shutil.copy(path, folder / path.name)
+    if not learned:
+        scoring = yaml.safe_load((folder / "scoring.yaml").read_text("utf-8"))
+        scoring.setdefault("model", {})["enabled"] = False
+        text = yaml.safe_dump(scoring, allow_unicode=True, sort_keys=False)
+        (folder / "scoring.yaml").write_text(text, "utf-8")
+    return folder
+
+
+def _publish_run(run: Run, payloads: list[tuple[bytes, bytes]], outcomes: list[bytes]) -> float:
+    """The envelopes, and beside them the outcomes; seconds the envelopes took."""
+
+    async def both() -> float:
+        published, _ = await asyncio.gather(
+            run.publish_prepared(payloads), run.publish_outcomes(outcomes)
+        )
+        return published
+
+    return asyncio.run(both())
+
+
 def bench_pipeline(
     persons: int,
     partitions: int,
@@ -331,6 +384,7 @@ def bench_pipeline(
     console: Console,
     worker_counts: tuple[int, ...] = (1, 2),
     frame_modes: tuple[bool, ...] = (True,),
+    learning_modes: tuple[bool, ...] = (True,),
 ) -> dict[str, Any]:
     sample = generate(persons, duplicate_share=0.3, seed=11)
     envelopes = sample.envelopes
@@ -349,26 +403,35 @@ def bench_pipeline(
     with console.status(f"encoding {len(envelopes):,} envelopes as the adapters publish them ..."):
         # Before the clock starts: the adapters' work is not the stream's.
         payloads = [(e.event_id.encode(), as_published(e, region)) for e in envelopes]
+    # The learner's lessons, from the scoring bench's history (its module uses this one's).
+    from leadflow.bench_scoring import outcome_values
+
+    outcomes = outcome_values(WARM_OUTCOMES + len(envelopes) // LEADS_PER_OUTCOME)
     with tempfile.TemporaryDirectory(prefix="leadflow-bench-pipeline-") as folder:
         home = Path(folder)
         broker = LocalKafka(home / "kafka", port=free_port(), controller_port=free_port())
         with console.status("starting a broker for the run ..."):
             broker.start()
         try:
-            for workers, framed in [(w, f) for w in worker_counts for f in frame_modes]:
-                mode = "frames" if framed else "no-frames"
+            runs = product(worker_counts, frame_modes, learning_modes)
+            for workers, framed, learned in runs:
+                mode = ("frames" if framed else "no-frames") + ("" if learned else "-rules")
+                env = {"WORKER_RULES_DIR": str(learning_rules(home / f"rules-{mode}", learned))}
+                if not framed:
+                    env["WORKER_FRAME_MAX_BYTES"] = "0"
                 run = Run(
-                    broker,
-                    home / f"w{workers}-{mode}",
-                    f"bench{workers}{mode}.",
-                    partitions,
-                    None if framed else {"WORKER_FRAME_MAX_BYTES": "0"},
+                    broker, home / f"w{workers}-{mode}", f"bench{workers}{mode}.", partitions, env
                 )
                 with console.status(f"{workers} worker(s): starting ..."), run.running(workers):
+                    if learned:
+                        with console.status("the model learns its first outcomes ..."):
+                            asyncio.run(run.publish_outcomes(outcomes[:WARM_OUTCOMES]))
+                            run.wait_drained()
+                    during = outcomes[WARM_OUTCOMES:] if learned else []
                     started = time.perf_counter()
                     title = f"{workers} worker(s): {len(envelopes):,} leads"
                     with console.status(f"{title} ...") as status:
-                        publish_s = asyncio.run(run.publish_prepared(payloads))
+                        publish_s = _publish_run(run, payloads, during)
 
                         def show(
                             behind: int,
@@ -401,6 +464,8 @@ def bench_pipeline(
                     entry = {
                         "workers": workers,
                         "frames": framed,
+                        "learning": learned,
+                        "outcomes_during_run": len(during),
                         "messages_per_lead": round(sum(written.values()) / len(envelopes), 2),
                         "messages_by_topic": written,
                         "leads_per_s": round(len(envelopes) / elapsed),
@@ -480,6 +545,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     columns = (
         "workers",
         "frames",
+        "learning",
         "leads/s",
         "messages / lead",
         "bare consumer",
@@ -493,6 +559,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(
             str(r["workers"]),
             "on" if r.get("frames", True) else "off",
+            "on" if r.get("learning", True) else "off",
             f"{r['leads_per_s']:,}",
             str(r.get("messages_per_lead", "")),
             f"{r['bare_consumer_leads_per_s']:,}/s",

@@ -30,7 +30,7 @@ from schemas import LeadState
 from schemas.scoring import Outcome
 from streams import learning
 from streams.features import features
-from streams.rules import load_rules
+from streams.rules import Rules, load_rules
 from streams.scoring import score_lead
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -76,6 +76,28 @@ def history(n: int, seed: int) -> list[tuple[LeadState, float, bool]]:
     return out
 
 
+def as_outcome(n: int, lead: LeadState, won: bool, rules: Rules) -> Outcome:
+    """Lead `n` of the history as the lead stage hands it to the learner."""
+    free = rules.identity.free_mail_domains
+    return Outcome(
+        event_id=f"o{n}",
+        lead_id=lead.lead_id,
+        label=won,
+        features=features(lead, rules.scoring.model.tool_fields, free),
+        rule_score=score_lead(lead, rules.scoring, free).score,
+        at=lead.updated_at,
+    )
+
+
+def outcome_values(count: int, seed: int = 21) -> list[bytes]:
+    """`count` outcomes of the history, as published on `scoring.outcomes`."""
+    rules = load_rules()
+    return [
+        as_outcome(n, lead, won, rules).model_dump_json().encode()
+        for n, (lead, _, won) in enumerate(history(count, seed))
+    ]
+
+
 def auc(scores: list[float], labels: list[bool]) -> float:
     """Mann-Whitney AUC with ties counted half, by ranks (n log n)."""
     order = sorted(range(len(scores)), key=lambda i: scores[i])
@@ -107,15 +129,8 @@ def bench_scoring(
     rows: list[tuple[float, float, float, bool]] = []  # model p, rules score, truth, label
     learn_s = 0.0
     for n, (lead, truth, won) in enumerate(data):
-        rule_score = score_lead(lead, rules.scoring, free).score
-        outcome = Outcome(
-            event_id=f"o{n}",
-            lead_id=lead.lead_id,
-            label=won,
-            features=features(lead, model_rules.tool_fields, free),
-            rule_score=rule_score,
-            at=lead.updated_at,
-        )
+        outcome = as_outcome(n, lead, won, rules)
+        rule_score = outcome.rule_score
         started = time.perf_counter()
         learned = learning.learn(state, outcome, model_rules, lead.updated_at)
         learn_s += time.perf_counter() - started

@@ -460,9 +460,11 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
         from leadflow.bench_pipeline import bench_pipeline
 
         modes = [mode.strip() for mode in args.frames.split(",")]
-        if not modes or set(modes) - {"on", "off"}:
-            console.print(f"[red]--frames takes on, off or on,off; not {args.frames!r}[/]")
-            return 2
+        learning = [mode.strip() for mode in args.learning.split(",")]
+        for option, given in (("--frames", modes), ("--learning", learning)):
+            if not given or set(given) - {"on", "off"}:
+                console.print(f"[red]{option} takes on, off or on,off; not {','.join(given)!r}[/]")
+                return 2
         bench_pipeline(
             args.persons,
             args.partitions,
@@ -472,6 +474,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
             console,
             tuple(int(n) for n in args.workers.split(",")),
             tuple(mode == "on" for mode in modes),
+            tuple(mode == "on" for mode in learning),
         )
         return 0
     if args.suite == "scoring":
@@ -767,7 +770,16 @@ def build_parser() -> argparse.ArgumentParser:
         "frames, or each a message of its own (side by side in one run)",
     )
     bench.add_argument(
-        "--latency-rate", type=float, default=2000.0, help="pipeline: offered leads/s for latency"
+        "--learning",
+        default="on",
+        help="pipeline: `on`, `off` or `on,off`: a learned model in use, learning from "
+        "outcomes during the run, or rules alone (side by side in one run)",
+    )
+    bench.add_argument(
+        "--latency-rate",
+        type=float,
+        default=80.0,
+        help="pipeline: offered leads/s for latency (80: about half of one worker's capacity)",
     )
     bench.add_argument(
         "--latency-seconds", type=float, default=15.0, help="pipeline: length of the latency run"

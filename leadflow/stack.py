@@ -228,6 +228,10 @@ def run_up(settings: Settings, console: Console, samples: bool = True) -> int:
             "`leadflow` commands use it automatically",
             highlight=False,
         )
+        console.print(
+            f"[green]✓[/] dashboard: {base_url}/dashboard (it asks for that key once per tab)",
+            highlight=False,
+        )
         supervisor = Supervisor(services, lambda line: _say(console, line))
         supervisor.start()
         if samples:

@@ -127,9 +127,15 @@ class Rescorer:
     """Open leads scored again when the model moved: for each new version that is in use
     and differs materially from the last one acted on, every open lead of this worker's
     `lead_state` stores gets a `RescoreLead` on `lead.updates`, at most `rescore_per_s`
-    a second. The lead stage scores it in order with its other updates; a lead another
-    worker also asked for (a standby, a rebalance) is scored once: the second finds its
-    score unchanged. A newer version during a pass starts the pass over."""
+    a second. The lead stage scores it in order with its other updates, with the newest
+    version it holds; a lead another worker also asked for (a standby, a rebalance) is
+    scored once: the second finds its score unchanged.
+
+    A newer version during a pass does not start the pass over (with versions every few
+    outcomes, that would ask the first leads of the store again and again and never
+    reach the rest): the pass goes on, asking for the newest version, and once it ends
+    the version it started with is the one acted on, so a newer one that moved enough
+    since then gets a pass of its own."""
 
     def __init__(
         self,
@@ -175,22 +181,21 @@ class Rescorer:
             if snapshot is None:
                 await asyncio.sleep(poll_s)
                 continue
-            if await self.rescore(snapshot):
-                self.acted_on = {**snapshot.weights, "~intercept": snapshot.intercept}
+            await self.rescore(snapshot)
+            self.acted_on = {**snapshot.weights, "~intercept": snapshot.intercept}
 
-    async def rescore(self, snapshot: ModelSnapshot) -> bool:
-        """One pass over the open leads; False when a newer version cut it short."""
+    async def rescore(self, snapshot: ModelSnapshot) -> int:
+        """One pass over the open leads, begun for `snapshot`; how many were asked."""
         pause = 1.0 / self._rules.rescore_per_s
         asked = 0
         for key, value in self._table.items():
             if not self.wanted(value):
                 continue
-            if self._follower.snapshot is not snapshot:
-                return False
-            command = RescoreLead(lead_id=key, version=snapshot.version)
+            newest = self._follower.snapshot or snapshot
+            command = RescoreLead(lead_id=key, version=newest.version)
             await self._updates.send(key=key.encode(), value=command.model_dump_json().encode())
             asked += 1
             self.asked += 1
             await asyncio.sleep(pause)
         log.info("model version %d: %d open leads asked to re-score", snapshot.version, asked)
-        return True
+        return asked

@@ -358,3 +358,49 @@ def test_a_version_is_acted_on_only_when_a_weight_moved_enough() -> None:
     assert learning.moved(None, small, 0.1)
     assert not learning.moved(before, small, 0.1)
     assert learning.moved(before, large, 0.1)
+
+
+async def test_a_newer_version_mid_pass_goes_on_and_asks_every_open_lead_once() -> None:
+    """Versions come every few outcomes: a pass that started over at each would ask the
+    first leads of the store again and again and never reach the last ones."""
+    from schemas.messages import RescoreLead
+    from streams.learning_agent import Rescorer
+
+    def version(n: int, weight: float) -> bytes:
+        state = {
+            "version": n,
+            "outcomes": 100 + n,
+            "positives": 40,
+            "intercept": 0.0,
+            "weights": {"industry:biotech": weight},
+        }
+        return learning.snapshot_of(state, T0).model_dump_json().encode()
+
+    follower = ModelFollower()
+    follower.take(version(1, 1.0))
+    store = {f"l{n}": {"lead_id": f"l{n}", "stage": "assigned"} for n in range(6)}
+    store["won"] = {"lead_id": "won", "stage": "won"}
+    store["gone"] = {"lead_id": "gone", "stage": "assigned", "merged_into": "l0"}
+    asked: list[RescoreLead] = []
+
+    class Updates:
+        async def send(self, key: bytes, value: bytes) -> None:
+            asked.append(RescoreLead.model_validate_json(value))
+            if len(asked) == 2:  # the learner publishes a version that moved a lot
+                follower.take(version(2, 3.0))
+
+    rules = ModelRules(min_outcomes=10, rescore_per_s=10_000)
+    rescorer = Rescorer(follower, store, Updates(), rules, frozenset({"won", "lost"}))
+    first = rescorer.due()
+    assert first is not None
+    assert first.version == 1
+    assert await rescorer.rescore(first) == 6
+    assert [a.lead_id for a in asked] == [f"l{n}" for n in range(6)]
+    assert [a.version for a in asked] == [1, 1, 2, 2, 2, 2]
+    rescorer.acted_on = {**first.weights, "~intercept": first.intercept}
+    # Version 2 moved a weight by 2 since the version the pass began with: one more pass.
+    again = rescorer.due()
+    assert again is not None
+    assert again.version == 2
+    rescorer.acted_on = {**again.weights, "~intercept": again.intercept}
+    assert rescorer.due() is None
