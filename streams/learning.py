@@ -85,14 +85,17 @@ def in_use(snapshot: ModelSnapshot | None, rules: ModelRules) -> bool:
     )
 
 
+INTERCEPT = "~intercept"  # its key beside the weights in a version acted on
+
+
 def moved(before: dict[str, float] | None, after: ModelSnapshot, threshold: float) -> bool:
     """Whether some weight (or the intercept) moved by `threshold` or more since `before`
     (None: no version was acted on yet)."""
     if before is None:
         return True
-    names = before.keys() | after.weights.keys()
+    names = (before.keys() - {INTERCEPT}) | after.weights.keys()
     shifts = [abs(after.weights.get(n, 0.0) - before.get(n, 0.0)) for n in names]
-    shifts.append(abs(after.intercept - before.get("~intercept", 0.0)))
+    shifts.append(abs(after.intercept - before.get(INTERCEPT, 0.0)))
     return max(shifts) >= threshold
 
 

@@ -182,7 +182,7 @@ class Rescorer:
                 await asyncio.sleep(poll_s)
                 continue
             await self.rescore(snapshot)
-            self.acted_on = {**snapshot.weights, "~intercept": snapshot.intercept}
+            self.acted_on = {**snapshot.weights, learning.INTERCEPT: snapshot.intercept}
 
     async def rescore(self, snapshot: ModelSnapshot) -> int:
         """One pass over the open leads, begun for `snapshot`; how many were asked."""

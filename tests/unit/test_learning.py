@@ -371,7 +371,7 @@ async def test_a_newer_version_mid_pass_goes_on_and_asks_every_open_lead_once() 
             "version": n,
             "outcomes": 100 + n,
             "positives": 40,
-            "intercept": 0.0,
+            "intercept": -0.8,
             "weights": {"industry:biotech": weight},
         }
         return learning.snapshot_of(state, T0).model_dump_json().encode()
@@ -397,10 +397,11 @@ async def test_a_newer_version_mid_pass_goes_on_and_asks_every_open_lead_once() 
     assert await rescorer.rescore(first) == 6
     assert [a.lead_id for a in asked] == [f"l{n}" for n in range(6)]
     assert [a.version for a in asked] == [1, 1, 2, 2, 2, 2]
-    rescorer.acted_on = {**first.weights, "~intercept": first.intercept}
+    rescorer.acted_on = {**first.weights, learning.INTERCEPT: first.intercept}
     # Version 2 moved a weight by 2 since the version the pass began with: one more pass.
     again = rescorer.due()
     assert again is not None
     assert again.version == 2
-    rescorer.acted_on = {**again.weights, "~intercept": again.intercept}
+    rescorer.acted_on = {**again.weights, learning.INTERCEPT: again.intercept}
+    # Acted on, a version is not due again (its intercept is not a weight that moved).
     assert rescorer.due() is None
