@@ -778,8 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--latency-rate",
         type=float,
-        default=80.0,
-        help="pipeline: offered leads/s for latency (80: about half of one worker's capacity)",
+        default=50.0,
+        help="pipeline: offered leads/s for latency (50: about half of one worker's capacity)",
     )
     bench.add_argument(
         "--latency-seconds", type=float, default=15.0, help="pipeline: length of the latency run"
