@@ -14,6 +14,17 @@ snapshots on `leads.identified`, as the lead stage would, and reports:
   measured window;
 - **state bytes per enrolled lead**: the worker's `nurture_state` stores
   (RocksDB folders) over the number of leads, with every lead mid-sequence.
+
+That is the burst: every lead enrolled at once, so their later emails fall
+due as fast as the stage took them in (about 250 a second), while the mailer
+sends the first ones on the same two cores.
+
+With `fire_rate` (`--fire-rate R`), the steady case instead: the `enrolled`
+leads go into a sequence that holds them (a 6-hour wait first, so all of
+them stay pending in the timer index for the whole run), and once the stage
+has taken them all in, a probe cohort of `R × 60 s` leads is enrolled at `R`
+a second in the 5-step sequence. The lags of the probes' second and third
+emails are the timers firing at `R` a second beside the held ones.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from rich.table import Table
 
 from leadflow.bench_pipeline import Run, percentile, save_figures
 from leadflow.broker.local import LocalKafka, free_port
-from leadflow.kafka_clients import make_producer
+from leadflow.kafka_clients import consumer_lag, make_producer
 from schemas import LeadState, Touch
 from schemas.nurture import NurtureEmail
 from streams.rules import default_rules_dir
@@ -46,8 +57,13 @@ WAIT = timedelta(minutes=2)  # between the emails: the timers the bench measures
 STEPS = ("first", "second", "third")
 
 
+HOLD = timedelta(hours=6)  # the held leads' first wait: longer than any run
+
+
 def bench_rules(folder: Path, wait: timedelta = WAIT) -> Path:
-    """The project's rule files, with a nurture file of one 5-step sequence."""
+    """The project's rule files, with a nurture file of two 5-step sequences: `bench`
+    (email, wait, email, wait, email) for leads of source `bench`, and `held` (a long
+    wait first) for leads of source `held`."""
     folder.mkdir(parents=True, exist_ok=True)
     for path in default_rules_dir().glob("*.yaml"):
         if path.name != "nurture.yaml":
@@ -64,8 +80,18 @@ def bench_rules(folder: Path, wait: timedelta = WAIT) -> Path:
         "frequency_cap": {"max_emails": 10, "per": "7d"},
         "templates": {"note": text},
         "sequences": {
+            "held": {
+                "trigger": {"new_lead": {"sources": ["held"]}},
+                "steps": [
+                    {"name": "hold", "wait": f"{HOLD.total_seconds() / 3600:g}h"},
+                    {"name": "held_first", "email": "note"},
+                    {"name": "held_pause", "wait": minutes},
+                    {"name": "held_second", "email": "note"},
+                    {"name": "held_third", "email": "note"},
+                ],
+            },
             "bench": {
-                "trigger": {"new_lead": {}},
+                "trigger": {"new_lead": {"sources": ["bench"]}},
                 "steps": [
                     {"name": "first", "email": "note"},
                     {"name": "pause_1", "wait": minutes},
@@ -73,7 +99,7 @@ def bench_rules(folder: Path, wait: timedelta = WAIT) -> Path:
                     {"name": "pause_2", "wait": minutes},
                     {"name": "third", "email": "note"},
                 ],
-            }
+            },
         },
     }
     (folder / "nurture.yaml").write_text(yaml.safe_dump(nurture), "utf-8")
@@ -93,9 +119,9 @@ class Counter:
         return "250 OK"
 
 
-def snapshot(n: int, at: datetime) -> LeadState:
+def snapshot(n: int, at: datetime, source: str = "bench") -> LeadState:
     return LeadState(
-        lead_id=f"bench-{n:07d}",
+        lead_id=f"{source}-{n:07d}",
         first_seen=at,
         updated_at=at,
         email=f"person{n}@example.com",
@@ -104,18 +130,26 @@ def snapshot(n: int, at: datetime) -> LeadState:
         country="DE",
         stage="new",
         stage_at=at,
-        touches=[Touch(event_id=f"e{n}", channel="web", source="bench", medium="form", at=at)],
+        touches=[Touch(event_id=f"e{n}", channel="web", source=source, medium="form", at=at)],
     )
 
 
-async def publish_snapshots(run: Run, count: int) -> float:
+async def publish_snapshots(
+    run: Run, count: int, source: str = "bench", rate: float | None = None
+) -> float:
+    """`count` new leads of `source` on `leads.identified`, at `rate` a second (None: at
+    once); the seconds it took."""
     producer = make_producer(run.kafka, run.broker.bootstrap, linger_ms=20)
     await producer.start()
     started = time.perf_counter()
     try:
-        pending = []
+        pending: list[Any] = []
         for n in range(count):
-            state = snapshot(n, datetime.now(UTC))
+            if rate is not None and (ahead := started + n / rate - time.perf_counter()) > 0:
+                await asyncio.gather(*pending)
+                pending.clear()
+                await asyncio.sleep(ahead)
+            state = snapshot(n, datetime.now(UTC), source)
             value = state.model_dump_json(exclude_defaults=True).encode()
             pending.append(
                 await producer.send(run.topics.leads_identified, value, key=state.lead_id.encode())
@@ -171,6 +205,7 @@ def bench_nurture(
     console: Console,
     tick_s: float = 0.5,
     wait: timedelta = WAIT,
+    fire_rate: float | None = None,
 ) -> dict[str, Any]:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per command
     counter = Counter()
@@ -182,6 +217,7 @@ def bench_nurture(
         "partitions": partitions,
         "tick_interval_s": tick_s,
         "wait_between_emails_s": wait.total_seconds(),
+        "mode": "burst" if fire_rate is None else "steady",
     }
     try:
         with tempfile.TemporaryDirectory(prefix="leadflow-bench-nurture-") as folder:
@@ -201,7 +237,11 @@ def bench_nurture(
                     console.status("starting a worker and the mailer ..."),
                     run.running(1, roles="notifier"),
                 ):
-                    report.update(_measure(run, enrolled, counter, console, wait))
+                    if fire_rate is None:
+                        report.update(_measure(run, enrolled, counter, console, wait))
+                    else:
+                        figures = _measure_steady(run, enrolled, counter, console, wait, fire_rate)
+                        report.update(figures)
             finally:
                 broker.stop()
     finally:
@@ -227,10 +267,52 @@ def _measure(
         "publish_seconds": round(publish_s, 1),
         "enrolment_seconds": round(enrolled_s, 1),
         "enrolled_per_s": round(enrolled / enrolled_s) if enrolled_s else None,
-        "emails_emitted": len(emails),
         "state_bytes_per_enrolled_lead": round(state_bytes / enrolled),
-        "lag_ms": {},
     }
+    return figures | _email_figures(emails, counter)
+
+
+PROBE_S = 60  # the steady case enrols its probes over this long
+
+
+def _measure_steady(
+    run: Run, enrolled: int, counter: Counter, console: Console, wait: timedelta, rate: float
+) -> dict[str, Any]:
+    with console.status(f"enrolling {enrolled:,} leads that stay pending ..."):
+        started = time.perf_counter()
+        publish_s = asyncio.run(publish_snapshots(run, enrolled, "held"))
+        enrolled_s = _taken_in(run, timeout_s=max(600.0, enrolled / 50)) - started
+    state_bytes = _state_bytes(run.home)  # every held lead pending, nothing else yet
+    probes = int(rate * PROBE_S)
+    with console.status(f"{probes:,} probe leads at {rate:g}/s beside {enrolled:,} pending ..."):
+        asyncio.run(publish_snapshots(run, probes, "bench", rate))
+        horizon = 2 * wait.total_seconds() + 180
+        emails = asyncio.run(read_sends(run, 3 * probes, timeout_s=horizon))
+    figures: dict[str, Any] = {
+        "fire_rate_per_s": rate,
+        "probes": probes,
+        "held_pending": enrolled,
+        "publish_seconds": round(publish_s, 1),
+        "enrolment_seconds": round(enrolled_s, 1),
+        "enrolled_per_s": round(enrolled / enrolled_s) if enrolled_s else None,
+        "state_bytes_per_enrolled_lead": round(state_bytes / enrolled),
+    }
+    return figures | _email_figures(emails, counter)
+
+
+def _taken_in(run: Run, timeout_s: float) -> float:
+    """When the worker has committed past every snapshot on `leads.identified`."""
+    group = {f"{run.prefix}leadflow": [run.topics.leads_identified]}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not asyncio.run(consumer_lag(run.kafka, run.broker.bootstrap, group)):
+            return time.perf_counter()
+        time.sleep(0.5)
+    raise RuntimeError("the nurture stage did not take in every snapshot")
+
+
+def _email_figures(emails: list[tuple[str, float, float]], counter: Counter) -> dict[str, Any]:
+    figures: dict[str, Any] = {"emails_emitted": len(emails), "lag_ms": {}}
     for step in STEPS:
         lags = [lag for name, lag, _ in emails if name == step]
         figures["lag_ms"][step] = {
@@ -249,7 +331,13 @@ def _measure(
 
 
 def _print(report: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"nurture: {report['enrolled']:,} enrolled leads, 5-step sequence")
+    title = f"nurture: {report['enrolled']:,} enrolled leads, 5-step sequence"
+    if report.get("mode") == "steady":
+        title = (
+            f"nurture: {report['probes']:,} probe leads firing at {report['fire_rate_per_s']:g}/s "
+            f"beside {report['held_pending']:,} pending"
+        )
+    table = Table(title=title)
     for column in ("email", "emitted", "lag p50 ms", "lag p99 ms", "lag max ms"):
         table.add_column(column, justify="left" if column == "email" else "right")
     for step, lag in report.get("lag_ms", {}).items():

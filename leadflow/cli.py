@@ -491,6 +491,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
             args.out or Path("bench-results/nurture.json"),
             console,
             wait=timedelta(seconds=args.wait_seconds),
+            fire_rate=args.fire_rate,
         )
         return 0
     if args.suite == "ingest":
@@ -753,6 +754,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--wait-seconds", type=float, default=120, help="nurture: the wait between its emails"
+    )
+    bench.add_argument(
+        "--fire-rate",
+        type=float,
+        default=None,
+        help="nurture: hold the enrolled leads pending and measure a probe cohort whose "
+        "timers fire at this many a second (default: every lead at once, a burst)",
     )
     bench.add_argument(
         "--persons", type=int, default=20_000, help="pipeline: generated people (~1.3 leads each)"

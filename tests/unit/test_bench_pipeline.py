@@ -88,3 +88,23 @@ def test_the_blocked_oracle_agrees_with_every_pair_compared() -> None:
     pairwise = sorted(sorted(g) for g in groups.values())
     assert pairwise == sorted(sorted(g) for g in expected_people(envelopes, rules))
     assert len(pairwise) < len(leads)  # the sample does hold people who came back
+
+
+def test_the_benches_rule_files_load_as_a_worker_loads_them(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from leadflow.bench_nurture import bench_rules
+    from leadflow.bench_pipeline import learning_rules
+    from streams.rules import load_rules
+
+    assert load_rules(learning_rules(tmp_path / "on", learned=True)).scoring.model.enabled
+    off = load_rules(learning_rules(tmp_path / "off", learned=False))
+    assert not off.scoring.model.enabled
+    assert off.scoring.mql_threshold == load_rules().scoring.mql_threshold  # the rest kept
+    nurture = load_rules(bench_rules(tmp_path / "nurture", timedelta(seconds=20))).nurture
+    held, probe = nurture.sequences["held"], nurture.sequences["bench"]
+    assert held.trigger.new_lead is not None
+    assert held.trigger.new_lead.sources == ["held"]
+    assert probe.trigger.new_lead is not None
+    assert probe.trigger.new_lead.sources == ["bench"]
+    assert len(held.steps) == len(probe.steps) == 5
