@@ -65,6 +65,7 @@ bench: $(STAMP)         ## benchmarks (figures printed and written to bench-resu
 	$(BIN)/leadflow bench pipeline --persons 8000 --frames on,off --latency-seconds 5 --out bench-results/pipeline.json
 	$(BIN)/leadflow bench scoring --out bench-results/scoring.json
 	$(BIN)/leadflow bench nurture --enrolled 10000 --wait-seconds 60 --out bench-results/nurture.json
+	$(BIN)/leadflow bench nurture --enrolled 20000 --fire-rate 50 --wait-seconds 60 --out bench-results/nurture-steady.json
 
 kafka-start: $(STAMP)
 	$(BIN)/leadflow kafka start
