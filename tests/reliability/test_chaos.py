@@ -33,13 +33,10 @@ def check(rows: list[dict[str, Any]]) -> None:
 
 
 def test_short_drill(tmp_path: Path) -> None:
+    """The two crashes that matter most, in the default suite; `make chaos` repeats every fault."""
     with Drill(tmp_path, seed=20261126) as drill:
-        drill.run("worker kill -9 mid-batch", drill.worker_kill9, runs=2)
+        drill.run("worker kill -9 mid-batch", drill.worker_kill9)
         drill.run("writer (serve) kill -9 mid-batch", drill.writer_kill9)
-        drill.run("worker SIGTERM", drill.worker_sigterm)
-        drill.run("ClickHouse inserts failing 10 s", drill.clickhouse_down(10))
-        drill.run("poison messages on leads.raw", drill.poison_on_raw)
-        drill.run("writer group reset to earliest", drill.writer_group_reset)
         check(drill.reconcile())
 
 
