@@ -4,8 +4,9 @@
 It knows nothing of partitions, hops or merges. Two leads are one person when
 an exact key is equal (email; phone with its extension), or when a fuzzy rule
 finds their names similar (rapidfuzz token-sort ratio at least the rule's
-threshold, at the same company key or the same corporate email domain) and
-their exact identifiers do not disagree; people are the connected
+threshold, at the same company key or the same corporate email domain, and a
+word of each starting with the same two characters) and their exact
+identifiers do not disagree; people are the connected
 components. The survivor is the lead that entered leadflow first
 (`received_at`), then the smaller lead id; never an event's own time.
 
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from rapidfuzz import fuzz
 
 from schemas import Lead, RawLead
-from streams.identity import name_key
+from streams.identity import name_blocks, name_key
 from streams.normalize import normalize_lead, phone_match_key
 from streams.rules import Rules
 from streams.scoring import email_domain
@@ -76,7 +77,13 @@ def expected_survivors(
         for other in members[1:]:
             union(members[0], other)
     names = {i: name_key(lead.full_name or "") for i, lead in enumerate(leads)}
-    for (kind, _), members in fuzzy.items():
+    # Names are compared where they share a block (streams.identity.name_blocks).
+    blocked: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for (kind, value), members in fuzzy.items():
+        for i in members:
+            for block in name_blocks(names[i]):
+                blocked[(kind, value, block)].append(i)
+    for (kind, _, _), members in blocked.items():
         threshold = thresholds[kind] or 101.0
         for n, i in enumerate(members):
             for j in members[:n]:

@@ -11,8 +11,9 @@ It never reads state of another key:
 - an exact key (email, phone with its extension: `+498912340;ext=12`) maps to
   the lead that first claimed it;
 - a fuzzy key (company, email domain) holds the names seen under it, each with
-  the email and phone key of the lead that brought it. A name at least
-  `name_threshold` similar (rapidfuzz token-sort ratio) matches, unless the
+  the email and phone key of the lead that brought it, filed by block (the first
+  two characters of each word, `name_blocks`). A name that shares a block and is
+  at least `name_threshold` similar (rapidfuzz token-sort ratio) matches, unless the
   two leads' exact identifiers disagree (both have an email and they differ,
   or both have a phone and the numbers, or both extensions, differ): then the
   pair is only a *suggested* duplicate (`probe.suggested`), never a merge.
@@ -32,7 +33,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rapidfuzz import fuzz, process
 
@@ -128,56 +129,132 @@ def _suggest(probe: IdentityProbe, records: list[MatchRecord]) -> IdentityProbe:
     return probe.model_copy(update={"suggested": best[:MAX_SUGGESTIONS]})
 
 
+def name_blocks(name: str) -> list[str]:
+    """The blocks a name is filed under at a fuzzy key: the first two characters of each
+    of its words (`anna schmidt`: `an`, `sc`). Two names are compared only when they share
+    a block, so a key's names are split into small entries instead of one list of all;
+    similar names almost always share one (a typo changes one word, rarely its start)."""
+    return sorted({word[:2] for word in name.split()})
+
+
+def block_key(key: str, block: str) -> str:
+    """The entry of one block of a fuzzy key (`company:fabrikam|sc`); company keys and
+    domains never hold `|`, names' blocks are word characters."""
+    return f"{key}|{block}"
+
+
 def visit_key(
     probe: IdentityProbe,
     entry: dict[str, Any] | None,
     rules: IdentityRules,
 ) -> tuple[IdentityProbe, dict[str, Any]]:
-    """One hop: the probe's head key against that key's entry. Returns (probe, new entry)."""
+    """One hop at an exact key: the probe against that key's entry. Returns (probe, new
+    entry). Fuzzy keys keep their names in several entries: `visit_names`."""
     kind, value, rule_name = probe.keys[0]
+    assert kind in ("email", "phone"), kind
     rest = probe.keys[1:]
     rule = next(r for r in rules.rules if r.name == rule_name)
     seen = probe.first_seen.isoformat()
-    if kind in ("email", "phone"):
-        if entry is None:
-            new_entry = {"lead_id": probe.lead_id, "first_seen": seen}
-            return probe.model_copy(update={"keys": rest}), new_entry
-        owner_id = entry["lead_id"]
-        if owner_id == probe.lead_id:
-            return probe.model_copy(update={"keys": rest}), entry
-        record = MatchRecord(
-            rule=rule.name, key=kind, value=value, matched_lead_id=owner_id, score=100.0
-        )
-        resolved, mine_survives = _adopt(
-            probe, owner_id, datetime.fromisoformat(entry["first_seen"]), record
-        )
-        if mine_survives:
-            entry = {"lead_id": resolved.lead_id, "first_seen": seen}
-        return resolved.model_copy(update={"keys": rest}), entry
+    if entry is None:
+        new_entry = {"lead_id": probe.lead_id, "first_seen": seen}
+        return probe.model_copy(update={"keys": rest}), new_entry
+    owner_id = entry["lead_id"]
+    if owner_id == probe.lead_id:
+        return probe.model_copy(update={"keys": rest}), entry
+    record = MatchRecord(
+        rule=rule.name, key=kind, value=value, matched_lead_id=owner_id, score=100.0
+    )
+    resolved, mine_survives = _adopt(
+        probe, owner_id, datetime.fromisoformat(entry["first_seen"]), record
+    )
+    if mine_survives:
+        entry = {"lead_id": resolved.lead_id, "first_seen": seen}
+    return resolved.model_copy(update={"keys": rest}), entry
 
-    # Entries: [name, lead id, first seen, email, phone key] (older ones lack the last two).
-    # The entry may be the batch's own staged value: rows are copied before they change.
-    names: list[list[Any]] = list((entry or {}).get("names", []))
+
+class Index(Protocol):
+    """What a visit reads: the stage's table (a dict in tests)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+Row = list[Any]  # [name, lead id, first seen, email, phone key]; older rows lack the last two
+
+
+def _row_blocks(row: Row) -> list[str]:
+    return name_blocks(row[0])
+
+
+def _unfiled(key: str, index: Index, writes: dict[str, Any]) -> dict[str, Any]:
+    """The key's directory of blocks, filing an older single list of names by block first
+    (`writes` gets the block entries; the directory is the caller's to write)."""
+    directory = writes.get(key, index.get(key)) or {}
+    if "names" not in directory:
+        return {"blocks": list(directory.get("blocks", []))}
+    blocks: set[str] = set()
+    for row in directory["names"]:
+        for block in _row_blocks(row):
+            bkey = block_key(key, block)
+            entry = writes.get(bkey, index.get(bkey)) or {"names": []}
+            writes[bkey] = {"names": [*entry["names"], list(row)]}
+            blocks.add(block)
+    return {"blocks": sorted(blocks)}
+
+
+def visit_names(
+    probe: IdentityProbe,
+    index: Index,
+    rules: IdentityRules,
+) -> tuple[IdentityProbe, dict[str, Any]]:
+    """One hop at a fuzzy key (company, domain): the probe's name against the names filed
+    under the blocks it shares with them. Returns (probe, writes: table key → new value).
+
+    The key's own entry lists its blocks (`{"blocks": […]}`, for erasure); each block
+    entry `key|block` lists the rows of the names filed there, the newest
+    `max_names_per_key` of them. A name is filed under each of its blocks, so a row that
+    changes (it now points at the survivor) changes in each."""
+    kind, value, rule_name = probe.keys[0]
+    rest = probe.keys[1:]
+    rule = next(r for r in rules.rules if r.name == rule_name)
+    key = table_key(kind, value)
     mine = name_key(probe.lead.full_name or "")
+    my_blocks = name_blocks(mine)
+    if not my_blocks:  # a name of punctuation only: nothing to compare
+        return probe.model_copy(update={"keys": rest}), {}
+    writes: dict[str, Any] = {}
+    directory = _unfiled(key, index, writes)
+
+    def block_rows(block: str) -> list[Row]:
+        bkey = block_key(key, block)
+        return list((writes.get(bkey, index.get(bkey)) or {}).get("names", []))
+
+    # Every row of my blocks once, in block order then stored order.
+    candidates: list[Row] = []
+    known: set[tuple[Any, ...]] = set()
+    for block in my_blocks:
+        for row in block_rows(block):
+            if (ident := tuple(row[:5])) not in known:
+                known.add(ident)
+                candidates.append(row)
     my_email = probe.lead.email
     my_phone = phone_match_key(probe.lead.phone, probe.lead.phone_extension)
     threshold = rule.name_threshold or 100.0
     resolved = probe
-    adopted: list[int] = []
+    adopted: list[Row] = []
     suggestions: list[MatchRecord] = []
     duplicate = False
     # Only the similar names, compared in rapidfuzz's own loop, then taken in stored order.
     similar = process.extract(
         mine,
-        [item[0] for item in names],
+        [row[0] for row in candidates],
         scorer=fuzz.token_sort_ratio,
         score_cutoff=threshold,
         limit=None,
     )
-    for _, similarity, index in sorted(similar, key=lambda found: found[2]):
-        item = names[index]
-        other_name, other_id, other_seen = item[0], item[1], item[2]
-        other_email, other_phone = (item[3], item[4]) if len(item) >= 5 else (None, None)
+    for _, similarity, position in sorted(similar, key=lambda found: found[2]):
+        row = candidates[position]
+        other_name, other_id, other_seen = row[0], row[1], row[2]
+        other_email, other_phone = (row[3], row[4]) if len(row) >= 5 else (None, None)
         score = round(similarity, 1)
         if identifiers_disagree(my_email, my_phone, other_email, other_phone):
             suggestions.append(
@@ -186,7 +263,7 @@ def visit_key(
                 )
             )
             continue
-        if len(item) >= 5 and (other_name, other_email, other_phone) == (mine, my_email, my_phone):
+        if len(row) >= 5 and (other_name, other_email, other_phone) == (mine, my_email, my_phone):
             duplicate = True  # this very name and identifiers are here already
         if other_id == resolved.lead_id:
             continue
@@ -194,16 +271,44 @@ def visit_key(
             rule=rule.name, key=kind, value=value, matched_lead_id=other_id, score=score
         )
         resolved, _ = _adopt(resolved, other_id, datetime.fromisoformat(other_seen), record)
-        adopted.append(index)
-    # Every name this person went by points at the survivor: the earliest of them all.
+        adopted.append(row)
+    # Every name this person went by points at the survivor: the earliest of them all,
+    # in every block the name is filed under.
     resolved_seen = resolved.first_seen.isoformat()
-    for index in adopted:
-        names[index] = [names[index][0], resolved.lead_id, resolved_seen, *names[index][3:]]
+    changed = {tuple(row[:5]) for row in adopted}
+    touched = {block for row in adopted for block in _row_blocks(row)}
     if not duplicate:
-        names.append([mine, resolved.lead_id, resolved_seen, my_email, my_phone])
+        touched |= set(my_blocks)
+    for block in sorted(touched):
+        rows = [
+            [row[0], resolved.lead_id, resolved_seen, *row[3:]]
+            if tuple(row[:5]) in changed
+            else row
+            for row in block_rows(block)
+        ]
+        if not duplicate and block in my_blocks:
+            rows.append([mine, resolved.lead_id, resolved_seen, my_email, my_phone])
+        writes[block_key(key, block)] = {"names": rows[-rules.max_names_per_key :]}
+    blocks = sorted(set(directory["blocks"]) | set(my_blocks))
+    if index.get(key) != {"blocks": blocks}:
+        writes[key] = {"blocks": blocks}
     suggested = {r.matched_lead_id for r in suggestions} - {resolved.lead_id}
     resolved = _suggest(resolved, [r for r in suggestions if r.matched_lead_id in suggested])
-    return resolved.model_copy(update={"keys": rest}), {"names": names[-rules.max_names_per_key :]}
+    return resolved.model_copy(update={"keys": rest}), writes
+
+
+def visit(
+    probe: IdentityProbe, index: Index, rules: IdentityRules
+) -> tuple[IdentityProbe, dict[str, Any]]:
+    """The probe's head key, whichever its kind. Returns (probe, writes: table key → new
+    value); the caller writes only what changed."""
+    kind, value, _ = probe.keys[0]
+    if kind in ("email", "phone"):
+        key = table_key(kind, value)
+        entry = index.get(key)
+        resolved, new_entry = visit_key(probe, entry, rules)
+        return resolved, ({} if new_entry == entry else {key: new_entry})
+    return visit_names(probe, index, rules)
 
 
 def scatter(probe: IdentityProbe) -> list[tuple[str, bytes]]:

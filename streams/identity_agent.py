@@ -1,12 +1,14 @@
 """The agent of stage `identity`: one match key visited per message.
 
 Input: `identity.keys`, keyed by match key (`email:…`, `phone:…`, …); the
-partition that owns a key owns its entry in the `identity_index` table
-(changelog-backed, RocksDB on disk). Output: the probe, resolved against its
-key, on `lead.updates`: keyed by the lead's own id when it is one of several
-probes of the lead (the lead stage gathers them), by the lead it resolved to
-when it is the only one. Unreadable probes go to `dlq.identity`. Replaying a
-probe is harmless: a key already pointing at the probe's lead is a no-op.
+partition that owns a key owns its entries in the `identity_index` table
+(changelog-backed, RocksDB on disk): one for an exact key, and for a fuzzy key
+its list of blocks plus one entry per block (`company:fabrikam|sc`).
+Output: the probe, resolved against its key, on `lead.updates`: keyed by the
+lead's own id when it is one of several probes of the lead (the lead stage
+gathers them), by the lead it resolved to when it is the only one. Unreadable
+probes go to `dlq.identity`. Replaying a probe is harmless: a key already
+pointing at the probe's lead is a no-op, a name already filed is not filed again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import IdentityProbe
 from schemas.messages import IDENTITY_MESSAGE, EraseKey, NewLead
-from streams.identity import table_key, visit_key
+from streams.identity import block_key, table_key, visit
 from streams.rules import Rules
 from streams.wiring import (
     Outbox,
@@ -67,22 +69,36 @@ def resolve_step(record: Any, index: Table, out: Outputs, *, topics: Topics, rul
         out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
         return
     if isinstance(message, EraseKey):
-        # `leadflow erase`: forget the person under this key (Faust tombstones the
-        # changelog when nothing of the key is left).
+        # `leadflow erase`: forget the person under this key and, for a fuzzy key,
+        # under each of its blocks (Faust tombstones the changelog when nothing of an
+        # entry is left).
         key = (record.key or b"").decode()
-        kept = erase_from_entry(index.get(key), message)
-        if kept is None:
+        entry = index.get(key)
+        blocks = entry.get("blocks", []) if isinstance(entry, dict) else []
+        left = []
+        for block in blocks:
+            bkey = block_key(key, block)
+            kept = erase_from_entry(index.get(bkey), message)
+            if kept is None:
+                index.pop(bkey, None)
+            else:
+                index[bkey] = kept
+                left.append(block)
+        if blocks and left:
+            index[key] = {"blocks": left}
+        elif blocks:  # even the first letters of the names go with the last of them
             index.pop(key, None)
-        else:
-            index[key] = kept
+        if not blocks:  # an exact key, or a fuzzy key's single list of an older worker
+            kept = erase_from_entry(entry, message)
+            if kept is None:
+                index.pop(key, None)
+            else:
+                index[key] = kept
         return
     probe = message
-    kind, value, _ = probe.keys[0]
-    key = table_key(kind, value)
-    entry = index.get(key)
-    probe, new_entry = visit_key(probe, entry, rules.identity)
-    if new_entry != entry:
-        index[key] = new_entry
+    probe, writes = visit(probe, index, rules.identity)
+    for key, value in writes.items():
+        index[key] = value
     if probe.keys:
         # A chain an older worker started: on to its next key.
         kind, value, _ = probe.keys[0]

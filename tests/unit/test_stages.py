@@ -12,8 +12,10 @@ import yaml
 from leadflow.errors import BadRecordError, ConfigurationError
 from schemas import Engagement, Lead, LeadState, RawLead
 from schemas.lead_state import MAX_ENGAGEMENTS, MAX_EVENT_IDS, MAX_TOUCHES
+from schemas.messages import EraseKey
 from schemas.rows import LeadRow
-from streams.identity import start_probe, visit_key
+from streams.identity import start_probe, visit, visit_key
+from streams.identity_agent import resolve_step
 from streams.leads import absorb, apply_lead
 from streams.normalize import company_key, normalize_lead
 from streams.routing import TeamView, assign_owner, choose_team, in_working_hours
@@ -219,12 +221,78 @@ def test_fuzzy_name_at_the_same_company_matches(lead: Callable[..., Lead], rules
     )
     company_a = next(k for k in a.keys if k[0] == "company")
     assert all(k[0] != "domain" for k in a.keys)  # gmail says nothing about the employer
-    _, entry = visit_key(a.model_copy(update={"keys": [company_a]}), None, rules.identity)
+    _, index = visit(a.model_copy(update={"keys": [company_a]}), {}, rules.identity)
     company_b = next(k for k in b.keys if k[0] == "company")
-    matched, _ = visit_key(b.model_copy(update={"keys": [company_b]}), entry, rules.identity)
+    matched, _ = visit(b.model_copy(update={"keys": [company_b]}), index, rules.identity)
     assert matched.lead_id == a.lead_id
     assert matched.matches[0].rule == "name_company_fuzzy"
     assert 88 <= matched.matches[0].score < 100
+
+
+def test_a_fuzzy_key_files_names_by_block_and_takes_over_an_older_single_list(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    """An index written before blocks kept one list of names per key: the first visit
+    files its rows by block, and a name from that list is still found."""
+    old = start_probe(
+        lead({"name": "Anna Schmidt", "company": "Contoso", "email": "anna@contoso-de.com"}),
+        rules.identity,
+    )
+    legacy = {
+        "names": [
+            ["anna schmidt", old.lead_id, T0.isoformat(), "anna@contoso-de.com", None],
+            ["bernd weber", "bernd-lead", T0.isoformat(), "bernd@contoso-de.com", None],
+        ]
+    }
+    later = start_probe(
+        lead(
+            {"name": "Anna Schmitt", "company": "Contoso GmbH", "phone": "+49 89 2123 4567"},
+            event_id="later",
+            received_at=T0 + timedelta(days=1),
+        ),
+        rules.identity,
+    )
+    company = next(k for k in later.keys if k[0] == "company")
+    resolved, writes = visit(
+        later.model_copy(update={"keys": [company]}), {"company:contoso": legacy}, rules.identity
+    )
+    assert resolved.lead_id == old.lead_id
+    assert writes["company:contoso"] == {"blocks": ["an", "be", "sc", "we"]}
+    assert [row[0] for row in writes["company:contoso|we"]["names"]] == ["bernd weber"]
+    filed = [row[0] for row in writes["company:contoso|an"]["names"]]
+    assert filed == ["anna schmidt", "anna schmitt"]
+    assert writes["company:contoso|sc"]["names"][-1][1] == old.lead_id
+
+
+def test_an_erase_at_a_fuzzy_key_clears_the_persons_rows_in_every_block(
+    lead: Callable[..., Lead], rules: Rules
+) -> None:
+    topology = Topology(rules, partitions=1)
+    for event_id, name, email in (
+        ("a", "Anna Schmidt", "anna@contoso-de.com"),
+        ("b", "Bernd Schulz", "bernd@contoso-de.com"),
+    ):
+        probe = start_probe(
+            lead({"name": name, "company": "Contoso", "email": email}, event_id=event_id),
+            rules.identity,
+        )
+        company = next(k for k in probe.keys if k[0] == "company")
+        _, writes = visit(
+            probe.model_copy(update={"keys": [company]}), topology.identity, rules.identity
+        )
+        topology.identity.update(writes)
+    assert topology.identity["company:contoso"] == {"blocks": ["an", "be", "sc"]}
+    anna = next(row[1] for row in topology.identity["company:contoso|an"]["names"])
+    erase = EraseKey(key="company:contoso", lead_ids=[anna], emails=["anna@contoso-de.com"])
+
+    class Record:
+        key = b"company:contoso"
+        value = erase.model_dump_json().encode()
+
+    resolve_step(Record(), topology.identity, topology, topics=topology.topics, rules=rules)
+    assert "company:contoso|an" not in topology.identity
+    assert [row[0] for row in topology.identity["company:contoso|sc"]["names"]] == ["bernd schulz"]
+    assert topology.identity["company:contoso"] == {"blocks": ["be", "sc"]}
 
 
 # Folding a lead ------------------------------------------------------------------

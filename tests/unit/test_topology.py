@@ -154,6 +154,101 @@ def test_a_lead_that_loses_after_claiming_a_key_still_redirects_that_key(rules: 
         assert {lead.lead_id: set(lead.event_ids) for lead in topology.people()} == expected
 
 
+_FIRST = [
+    "Anna",
+    "Bernd",
+    "Chen",
+    "Dmitri",
+    "Elif",
+    "Fatima",
+    "Goran",
+    "Hana",
+    "Ines",
+    "Jonas",
+    "Kaito",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Oskar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tariq",
+]
+_LAST = [
+    "Schmidt",
+    "Weber",
+    "Novak",
+    "Okafor",
+    "Petrov",
+    "Quispe",
+    "Rossi",
+    "Suzuki",
+    "Tanaka",
+    "Ulrich",
+    "Varga",
+    "Wagner",
+    "Xu",
+    "Yilmaz",
+    "Zielinski",
+    "Moreau",
+    "Lindqvist",
+    "Kim",
+]
+
+
+def _one_big_company(people: int, seed: int) -> list[RawLead]:
+    """Many colleagues at one company, each first with an email, then again with a
+    new phone and their name typed a little differently: only the fuzzy rule joins them."""
+    rng = random.Random(seed)
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    envelopes = []
+    for i in range(people):
+        name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        at = start + timedelta(minutes=rng.randint(0, 600))
+        envelopes.append(
+            _raw(f"p{i}", at, name=name, email=f"p{i}@contoso-de.com", company="Contoso GmbH")
+        )
+        if rng.random() < 0.6:
+            cut = rng.randrange(2, len(name))  # a letter lost past each word's start
+            again = name[:cut] + name[cut + 1 :] if name[cut] != " " else name
+            envelopes.append(
+                _raw(
+                    f"p{i}-again",
+                    at + timedelta(days=1),
+                    name=again,
+                    phone=f"+49 89 555 {i:04d}",
+                    company="Contoso",
+                )
+            )
+    return envelopes
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_company_with_more_names_than_a_block_holds_matches_the_oracle(
+    rules: Rules, seed: int
+) -> None:
+    """Names are filed by block (the first letters of each word), and the bound on names
+    applies per block: a company of many more names than that bound still gives the
+    oracle's people in any interleaving (a bound on the whole key made it order-dependent)."""
+    small = rules.model_copy(
+        update={"identity": rules.identity.model_copy(update={"max_names_per_key": 80})}
+    )
+    envelopes = _one_big_company(300, seed)
+    expected = expected_survivors(envelopes, small)
+    assert len(expected) < 300  # the re-arrivals really joined their first lead
+    for partitions, interleaving in ((1, 0), (2, 1), (4, 2)):
+        topology = Topology(small, partitions=partitions, seed=interleaving)
+        for envelope in envelopes:
+            topology.publish_lead(normalize_lead(envelope, default_region="DE"))
+        topology.run()
+        assert {lead.lead_id: set(lead.event_ids) for lead in topology.people()} == expected
+        filed = [v for k, v in topology.identity.items() if k.startswith("company:contoso|")]
+        assert max(len(entry["names"]) for entry in filed) < 80  # no block overflowed
+        assert sum(len(entry["names"]) for entry in filed) > 4 * 80  # the key did, many times
+
+
 def _raw(event_id: str, received_at: datetime, **fields: str) -> RawLead:
     return RawLead(
         event_id=event_id,
