@@ -262,7 +262,7 @@ def _machine_ticks() -> tuple[int, int] | None:
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
-def _cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float]:
+def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds used so far by each role's processes, and `ticks` of the whole machine."""
     snapshot = {role: sum(_cpu_seconds(p) or 0.0 for p in group) for role, group in pids.items()}
     ticks = _machine_ticks()
@@ -351,9 +351,9 @@ def _run_phase(
         "load generator": [w.pid for w in workers if w.pid is not None],
     }
     time.sleep(max(0.0, warm_until - time.time()))
-    cpu_before = _cpu_snapshot(watched)
+    cpu_before = cpu_snapshot(watched)
     time.sleep(max(0.0, measure_until - time.time()))
-    cpu_after = _cpu_snapshot(watched)
+    cpu_after = cpu_snapshot(watched)
     samples: list[LoadSample] = [_receive(pipe, 60, "report") for pipe in pipes]
     for finished in workers:
         finished.join(10)

@@ -51,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from leadflow.auth import env_line, new_key
+from leadflow.bench_ingest import cpu_percent, cpu_snapshot
 from leadflow.broker.local import LocalKafka, free_port
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
@@ -286,6 +287,15 @@ class Run:
             written[name] = written.get(name, 0) + end
         return written
 
+    def roles(self) -> dict[str, list[int]]:
+        """The processes whose CPU a run reports: workers, the sink server, the broker."""
+        return {
+            "worker": [c.process.pid for c in self.children if "worker" in c.name],
+            "serve": [c.process.pid for c in self.children if c.name == "serve"],
+            "broker": [pid] if (pid := self.broker.pid()) else [],
+            "bench": [os.getpid()],
+        }
+
     def worker_peaks(self) -> tuple[float, float]:
         """(peak RSS MB of the largest worker, RocksDB MB over all workers)."""
         rss = max(_vm_kib(c.process.pid, "VmHWM") for c in self.children if "worker" in c.name)
@@ -429,6 +439,7 @@ def bench_pipeline(
                             run.wait_drained()
                     during = outcomes[WARM_OUTCOMES:] if learned else []
                     started = time.perf_counter()
+                    cpu_before = cpu_snapshot(run.roles())
                     title = f"{workers} worker(s): {len(envelopes):,} leads"
                     with console.status(f"{title} ...") as status:
                         publish_s = _publish_run(run, payloads, during)
@@ -446,6 +457,7 @@ def bench_pipeline(
                             timeout_s=max(1200.0, len(envelopes) / 50), on_lag=show
                         )
                     elapsed = finished - started
+                    cpu_after = cpu_snapshot(run.roles())
                     rss_mb, state_mb = run.worker_peaks()
                     written = asyncio.run(run.messages_written())
                     written.pop("leads.raw", None)
@@ -475,6 +487,17 @@ def bench_pipeline(
                         "ratio_to_bare": round(bare_s / elapsed, 4),
                         "distinct_leads": people,
                         "worker_peak_rss_mb": round(rss_mb, 1),
+                        # What each party spent per lead, and its share of a core: the
+                        # worker's is its own ceiling, whoever else runs.
+                        "cpu_ms_per_lead": {
+                            role: round(
+                                1000 * (cpu_after[role] - cpu_before[role]) / len(envelopes), 2
+                            )
+                            for role in ("worker", "serve", "broker", "bench")
+                        },
+                        "cpu_percent": cpu_percent(
+                            cpu_before, cpu_after, elapsed, os.cpu_count() or 1
+                        ),
                         "state_mb": round(state_mb, 1),
                         "state_mb_per_million_leads": round(state_mb * 1e6 / max(people, 1), 1),
                         # None: more leads than one query returns, not checked.
@@ -552,6 +575,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         "ratio",
         "peak RSS",
         "state / 1M leads",
+        "CPU ms/lead worker / broker",
     )
     for column in (*columns, "people (oracle)", "differences"):
         table.add_column(column, justify="right")
@@ -566,6 +590,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"{r['ratio_to_bare']:.3f}",
             f"{r['worker_peak_rss_mb']} MB",
             f"{r['state_mb_per_million_leads']:,} MB",
+            " / ".join(str(r.get("cpu_ms_per_lead", {}).get(k, "-")) for k in ("worker", "broker")),
             f"{r['distinct_leads']:,}"
             + ("" if report["oracle_people"] is None else f" ({report['oracle_people']:,})"),
             "not checked" if r["oracle_differences"] is None else str(r["oracle_differences"]),
