@@ -129,12 +129,18 @@ def _suggest(probe: IdentityProbe, records: list[MatchRecord]) -> IdentityProbe:
     return probe.model_copy(update={"suggested": best[:MAX_SUGGESTIONS]})
 
 
+MAX_NAME_BLOCKS = 6  # blocks of a name's six longest words: a name of hundreds of words
+# would otherwise be filed (and rewritten) hundreds of times
+
+
 def name_blocks(name: str) -> list[str]:
     """The blocks a name is filed under at a fuzzy key: the first two characters of each
-    of its words (`anna schmidt`: `an`, `sc`). Two names are compared only when they share
-    a block, so a key's names are split into small entries instead of one list of all;
-    similar names almost always share one (a typo changes one word, rarely its start)."""
-    return sorted({word[:2] for word in name.split()})
+    of its words (`anna schmidt`: `an`, `sc`), of its six longest words at most. Two names
+    are compared only when they share a block, so a key's names are split into small
+    entries instead of one list of all; similar names almost always share one (a typo
+    changes one word, rarely its start)."""
+    words = sorted(set(name.split()), key=lambda word: (-len(word), word))
+    return sorted({word[:2] for word in words[:MAX_NAME_BLOCKS]})
 
 
 def block_key(key: str, block: str) -> str:

@@ -588,3 +588,13 @@ def test_names_the_fuzzy_rule_finds_similar_almost_always_share_a_block(rules: R
     print(f"{similar} similar pairs, {apart} in no common block")
     assert similar > 2_000
     assert apart / similar < 0.005
+
+
+def test_a_name_of_hundreds_of_words_is_filed_under_a_few_blocks() -> None:
+    """A hostile name cannot make one visit write hundreds of index entries."""
+    words = [f"{a}{b}x" for a in "abcdefghij" for b in "abcdefghij"]
+    blocks = name_blocks(name_key(" ".join(words)))
+    assert 1 <= len(blocks) <= 6
+    assert name_blocks(name_key("Maria de los Ángeles García López")) == sorted(
+        {"ma", "de", "lo", "án", "ga", "ló"}
+    )
