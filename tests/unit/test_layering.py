@@ -1,0 +1,120 @@
+"""The import direction between leadflow's top-level packages.
+
+schemas ← leadflow (the core every role uses) ← ingest_adapters / streams / sinks (the
+roles, which do not import each other) ← privacy ← the application shell ← tooling.
+Nothing imports upward or sideways, so (the ranks being strict) there is no
+cycle between packages. Every import
+counts, the ones inside functions too.
+
+`KNOWN` lists the edges the layout still has while it moves toward that picture; an
+edge that is gone must leave the list (the test says so), and no new one may join it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Higher imports lower; the same rank may not import a different package of that rank.
+RANK = {
+    "schemas": 0,
+    "leadflow": 1,
+    "ingest_adapters": 2,
+    "streams": 2,
+    "sinks": 2,
+    "privacy": 3,
+    "leadflow_app": 4,
+    "leadflow_tools": 5,
+}
+
+# (importing module, imported top-level package) still pointing the wrong way.
+KNOWN = {
+    ("ingest_adapters.call_center", "streams"),
+    ("ingest_adapters.form_guard", "streams"),
+    ("ingest_adapters.http_app", "streams"),
+    ("ingest_adapters.nurture_tracking", "streams"),
+    ("ingest_adapters.tradeshow", "streams"),
+    ("leadflow.access", "ingest_adapters"),
+    ("leadflow.backfill", "ingest_adapters"),
+    ("leadflow.bench", "sinks"),
+    ("leadflow.bench", "streams"),
+    ("leadflow.bench_nurture", "streams"),
+    ("leadflow.bench_pipeline", "sinks"),
+    ("leadflow.bench_pipeline", "streams"),
+    ("leadflow.bench_scoring", "streams"),
+    ("leadflow.cli", "ingest_adapters"),
+    ("leadflow.cli", "sinks"),
+    ("leadflow.cli", "streams"),
+    ("leadflow.duplicates", "ingest_adapters"),
+    ("leadflow.duplicates", "sinks"),
+    ("leadflow.erase", "ingest_adapters"),
+    ("leadflow.erase", "sinks"),
+    ("leadflow.erase", "streams"),
+    ("leadflow.oracle", "streams"),
+    ("leadflow.privacy", "streams"),
+    ("leadflow.scoring_backtest", "streams"),
+    ("leadflow.server", "ingest_adapters"),
+    ("leadflow.server", "sinks"),
+    ("leadflow.server", "streams"),
+    ("leadflow.upload", "ingest_adapters"),
+    ("leadflow.upload", "streams"),
+    ("sinks.clickhouse.funnel", "streams"),
+    ("sinks.mailer", "streams"),
+    ("sinks.notifier", "streams"),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Top-level packages this module imports, relative imports resolved."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                found.add(base[0] if base else "")
+            elif node.module:
+                found.add(node.module.partition(".")[0])
+    return found
+
+
+def edges() -> dict[tuple[str, str], int]:
+    """(module, imported package) → rank gap, for every import between our packages."""
+    found: dict[tuple[str, str], int] = {}
+    for package in RANK:
+        folder = ROOT / package
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*.py")):
+            module = _module_name(path)
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for target in _imported(tree, module, path.name == "__init__.py"):
+                if target in RANK and target != package:
+                    found[(module, target)] = RANK[target] - RANK[package]
+    return found
+
+
+def test_nothing_imports_upward_or_sideways_beyond_the_known_edges() -> None:
+    wrong = {edge for edge, gap in edges().items() if gap >= 0}
+    new = sorted(wrong - KNOWN)
+    assert not new, f"imports against the layering (docs/architecture.md, folder map): {new}"
+    gone = sorted(KNOWN - wrong)
+    assert not gone, f"these edges are gone: take them out of KNOWN: {gone}"
+
+
+def test_the_layering_check_sees_an_upward_import() -> None:
+    tree = ast.parse("def f():\n    from streams.rules import Rules\n")
+    assert _imported(tree, "leadflow.settings", False) == {"streams"}
+    relative = ast.parse("from .rules import Rules\n")
+    assert _imported(relative, "streams.identity", False) == {"streams"}
