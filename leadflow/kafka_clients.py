@@ -24,7 +24,10 @@ from leadflow.topics import Topics
 log = logging.getLogger(__name__)
 
 
-def _security(kafka: KafkaSettings) -> dict[str, Any]:
+def security(kafka: KafkaSettings) -> dict[str, Any]:
+    """The one mapping of leadflow's Kafka security settings, as aiokafka options
+    (`security_protocol`, `ssl_context`, `sasl_*`); the worker's Faust credentials are
+    made from it too (`streams.app.broker_credentials`)."""
     options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = ssl.create_default_context(
@@ -47,7 +50,7 @@ def make_producer(kafka: KafkaSettings, bootstrap: str, **overrides: Any) -> AIO
         "enable_idempotence": True,
         "linger_ms": 2,
         "request_timeout_ms": int(kafka.request_timeout_s * 1000),
-        **_security(kafka),
+        **security(kafka),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -64,7 +67,7 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "request_timeout_ms": int(kafka.request_timeout_s * 1000) + 30_000,
-        **_security(kafka),
+        **security(kafka),
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
@@ -104,7 +107,7 @@ async def ensure_topics(
     extra = extra or {}
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(kafka))
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security(kafka))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -187,7 +190,7 @@ async def consumer_lag(
 
     A partition a group never committed on counts from its start.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(kafka))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security(kafka))
     reader = make_consumer(kafka, bootstrap, group_id=None)
     await admin.start()
     await reader.start()
@@ -223,7 +226,7 @@ async def replay_topic(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **_security(kafka),
+        **security(kafka),
     )
     await reader.start()
     try:

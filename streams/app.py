@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import ssl
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from leadflow.kafka_clients import ensure_topics, wait_for_topics
+from leadflow.kafka_clients import ensure_topics, security, wait_for_topics
 from leadflow.privacy import SuppressionList
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
@@ -47,17 +46,14 @@ def broker_url(bootstrap: str) -> str:
 
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
-    """Faust's credentials for the same security settings the aiokafka clients use."""
-    context = None
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
-        )
-    if kafka.sasl_mechanism:
+    """Faust's credentials, made from the options the aiokafka clients get."""
+    options = security(kafka)
+    context = options.get("ssl_context")
+    if "sasl_mechanism" in options:
         return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            mechanism=kafka.sasl_mechanism,
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"],
             ssl_context=context,
         )
     return faust.SSLCredentials(context) if context is not None else None

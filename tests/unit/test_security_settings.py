@@ -7,7 +7,7 @@ import ssl
 
 from pydantic import SecretStr
 
-from leadflow.kafka_clients import _security
+from leadflow.kafka_clients import security
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
 from sinks.clickhouse.client import ClickHouse
 from streams.app import broker_credentials
@@ -22,7 +22,7 @@ SCRAM = KafkaSettings(
 
 
 def test_sasl_ssl_scram_reaches_the_kafka_clients() -> None:
-    options = _security(SCRAM)
+    options = security(SCRAM)
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_username"] == "leadflow"
