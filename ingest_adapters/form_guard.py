@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from leadflow.errors import BadRecordError
-from streams.rules import FormConfig, FormRules
+from leadflow.rules import FormConfig, FormRules
 
 TOKEN_FIELD = "_token"  # noqa: S105 - a field name, not a secret
 

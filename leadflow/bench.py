@@ -27,10 +27,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from leadflow.rules import load_rules
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import activity_funnel, sync_stage_definitions
 from sinks.clickhouse.migrations import migrate
-from streams.rules import load_rules
 
 START = "2026-01-01 00:00:00"
 ViewQuery = Callable[[ClickHouse], Awaitable[list[dict[str, Any]]]]

@@ -49,9 +49,9 @@ from rich.table import Table
 from leadflow.bench_pipeline import Run, percentile, save_figures
 from leadflow.broker.local import LocalKafka, free_port
 from leadflow.kafka_clients import consumer_lag, make_producer
+from leadflow.rules import default_rules_dir
 from schemas import LeadState, Touch
 from schemas.nurture import NurtureEmail
-from streams.rules import default_rules_dir
 
 WAIT = timedelta(minutes=2)  # between the emails: the timers the bench measures
 STEPS = ("first", "second", "third")

@@ -56,6 +56,7 @@ from leadflow.broker.local import LocalKafka, free_port
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
 from leadflow.oracle import differences, expected_survivors
+from leadflow.rules import default_rules_dir, load_rules
 from leadflow.samples.generate import generate
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.stack import Child, http_json, spawn, wait_healthy
@@ -63,7 +64,6 @@ from leadflow.topics import Topics
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
 from streams.normalize import envelope_bytes, normalize_lead
-from streams.rules import default_rules_dir, load_rules
 
 
 def _vm_kib(pid: int, field: str) -> int:

@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.table import Table
 
 from leadflow.bench_pipeline import save_figures
+from leadflow.rules import Rules, load_rules
 from schemas import LeadState
 from schemas.scoring import Outcome
 from streams import learning
 from streams.features import features
-from streams.rules import Rules, load_rules
 from streams.scoring import score_lead
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

@@ -417,8 +417,8 @@ def _backtest(settings: Settings, args: argparse.Namespace, console: Console) ->
 
     from rich.table import Table
 
+    from leadflow.rules import load_rules
     from leadflow.scoring_backtest import backtest
-    from streams.rules import load_rules
 
     if not args.start or not args.end:
         console.print("[red]backtest needs --from and --to (ISO dates)[/]")

@@ -21,11 +21,11 @@ from pydantic import ValidationError
 
 from leadflow.bench_scoring import auc
 from leadflow.kafka_clients import replay_topic
+from leadflow.rules import ModelRules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas.scoring import Outcome
 from streams import learning
-from streams.rules import ModelRules
 
 
 def judge(

@@ -37,6 +37,7 @@ from leadflow.erase import PrivacyRoutes
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.privacy import SuppressionList
+from leadflow.rules import load_rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas.limits import configure as configure_limits
@@ -48,7 +49,6 @@ from sinks.clickhouse.query_api import QueryRoutes
 from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
 from sinks.mailer import Mailer, mailer_consumer
 from sinks.notifier import Notifier
-from streams.rules import load_rules
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.kafka_clients import replay_topic
 from leadflow.metrics import Metrics
+from leadflow.rules import Notify, RoutingRules
 from leadflow.settings import KafkaSettings, NotifySettings
 from leadflow.topics import Topics
 from schemas import Assignment
-from streams.rules import Notify, RoutingRules
 
 log = logging.getLogger(__name__)
 STAGE = stages.NOTIFY

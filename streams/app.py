@@ -18,6 +18,7 @@ import faust
 
 from leadflow.kafka_clients import ensure_topics, security, wait_for_topics
 from leadflow.privacy import SuppressionList
+from leadflow.rules import Rules, load_rules
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas.limits import configure as configure_limits
@@ -34,7 +35,6 @@ from streams import (
 )
 from streams.internals import leader_topic_name, require_stream_internals
 from streams.learning_agent import ModelFollower
-from streams.rules import Rules, load_rules
 
 log = logging.getLogger(__name__)
 CLEAN_STOP_MARK = ".stopped-cleanly"

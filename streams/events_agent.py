@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.privacy import SuppressionList
+from leadflow.rules import Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
@@ -29,7 +30,6 @@ from schemas.messages import AcceptUpdate, CrmUpdate, EngagementUpdate
 from streams.events import call_probe, crm_update, engagement_update
 from streams.identity import scatter
 from streams.normalize_agent import raw_identifiers, suppressed_letter
-from streams.rules import Rules
 from streams.wiring import Outbox, Outputs, StagedTable, run_batches
 
 STAGE = stages.EVENTS

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime
 
 from leadflow.ids import stable_id
+from leadflow.rules import Rules
 from schemas import Assignment, Engagement, IdentityProbe, Lead, LeadState, MergeRecord, Touch
 from schemas.lead_state import (
     MAX_ENGAGEMENTS,
@@ -26,7 +27,6 @@ from schemas.lead_state import (
 )
 from streams import learning
 from streams.features import features
-from streams.rules import Rules
 from streams.scoring import grade_for, score_lead
 from streams.tagging import tag_source
 

@@ -26,8 +26,8 @@ from typing import Any
 from river import linear_model, optim, utils
 
 from leadflow.errors import FatalError
+from leadflow.rules import ModelRules
 from schemas.scoring import Evaluation, ModelSnapshot, Outcome
-from streams.rules import ModelRules
 
 # Weights kept (a snapshot of 5,000 is ~250 KB of JSON, within a Kafka message).
 MAX_WEIGHTS = 5000

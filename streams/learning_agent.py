@@ -26,12 +26,12 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.kafka_clients import follow_topic
+from leadflow.rules import ModelRules
 from leadflow.settings import KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas.messages import RescoreLead
 from schemas.scoring import ModelSnapshot, Outcome
 from streams import learning
-from streams.rules import ModelRules
 from streams.wiring import (
     Outbox,
     Outputs,

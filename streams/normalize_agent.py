@@ -25,12 +25,12 @@ from leadflow.privacy import (
     identifiers_in_body,
     suppressed_dead_letter,
 )
+from leadflow.rules import Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter, Lead
 from streams.identity import scatter, start_probe
 from streams.normalize import STAGE, normalize_message
-from streams.rules import Rules
 from streams.wiring import Outbox, Outputs, StagedTable, raw_topic, run_batches
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from leadflow.ids import stable_id
-from schemas import LeadState
-from schemas.nurture import NurtureEmail, NurtureEvent, NurtureEventKind
-from streams.nurture_rules import (
+from leadflow.nurture_rules import (
     DONE,
     EngagementTrigger,
     NewLeadTrigger,
@@ -37,6 +35,8 @@ from streams.nurture_rules import (
     Step,
     Template,
 )
+from schemas import LeadState
+from schemas.nurture import NurtureEmail, NurtureEvent, NurtureEventKind
 
 _NAMESPACE = uuid.UUID("5b1f0c3e-8a2d-4e7f-9c61-0d3a4b5e6f70")
 # Engagement kinds the tracking endpoints (and an ESP's reply hook) send, as nurture

@@ -31,13 +31,13 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.nurture_rules import NurtureRules
 from leadflow.privacy import identifier_hash
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import LeadState
 from schemas.nurture import NURTURE_COMMAND, NurtureForget, NurtureTick
 from streams import nurture
-from streams.nurture_rules import NurtureRules
 from streams.wiring import (
     Outbox,
     Outputs,

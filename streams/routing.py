@@ -22,9 +22,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from leadflow.ids import stable_id
+from leadflow.rules import AssignmentRule, Criteria, Rep, RoutingRules, Team, working_hours
 from schemas import Assignment, LeadState
 from schemas.messages import RoutingSubject
-from streams.rules import AssignmentRule, Criteria, Rep, RoutingRules, Team, working_hours
 from streams.scoring import email_domain
 
 _ASSIGNMENT_NAMESPACE = uuid.UUID("c4a1f9e2-5b3d-4c7a-8e6f-0a9b8c7d6e5f")

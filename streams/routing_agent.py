@@ -22,12 +22,12 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.rules import AssignmentRule, Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Assignment, LeadState
 from schemas.messages import ROUTING_MESSAGE, AcceptedNotice, RouteRequest, RoutingSubject, SlaTick
 from streams.routing import TeamView, account_key, assign_owner
-from streams.rules import AssignmentRule, Rules
 from streams.wiring import (
     Outbox,
     Outputs,

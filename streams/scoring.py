@@ -13,8 +13,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
 
+from leadflow.rules import FieldRule, ScoringRules
 from schemas import LeadState, ScoreResult
-from streams.rules import FieldRule, ScoringRules
 
 
 @lru_cache(maxsize=256)

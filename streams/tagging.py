@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from leadflow.rules import SourceRules
 from schemas import Lead, Touch
-from streams.rules import SourceRules
 
 
 def _lower(value: str | None) -> str:

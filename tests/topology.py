@@ -24,6 +24,7 @@ import orjson
 from pydantic import BaseModel
 
 from leadflow.oracle import expected_people, expected_survivors
+from leadflow.rules import Rules
 from leadflow.topics import Topics
 from schemas import Assignment, IdentityProbe, Lead, LeadState
 from schemas.scoring import Evaluation, ModelSnapshot
@@ -34,7 +35,6 @@ from streams.lead_agent import fold_step
 from streams.learning import scoring_with
 from streams.learning_agent import learn_step
 from streams.routing_agent import assign_step
-from streams.rules import Rules
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
 

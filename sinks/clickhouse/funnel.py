@@ -31,8 +31,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+from leadflow.rules import StageRules
 from sinks.clickhouse.client import ClickHouse
-from streams.rules import StageRules
 from streams.stage_engine import MERGED
 
 Dimension = Literal["channel", "source", "campaign", "team", "owner"]

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from leadflow.rules import load_rules
 from schemas import TransitionRow
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import (
@@ -25,7 +26,6 @@ from sinks.clickhouse.funnel import (
 )
 from sinks.clickhouse.layout import Layout
 from sinks.clickhouse.migrations import migrate
-from streams.rules import load_rules
 from tests.integration.test_funnel import at, rows
 
 CLUSTER = "leadflow_test"

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from leadflow.metrics import Metrics
 from leadflow.privacy import identifier_hash
+from leadflow.rules import load_rules
 from leadflow.server import Roles, build_app
 from leadflow.settings import AuthSettings, ClickHouseSettings, Settings
 from schemas import LeadRow, RawLead, StageTransition, TransitionRow
@@ -29,7 +30,6 @@ from sinks.clickhouse.funnel import sync_stage_definitions
 from streams.identity import start_probe
 from streams.leads import apply_lead
 from streams.normalize import normalize_lead
-from streams.rules import load_rules
 from tests.keys import ENTRIES, KEYS, bearer
 
 Client = TestClient[web.Request, web.Application]

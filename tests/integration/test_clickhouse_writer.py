@@ -16,6 +16,7 @@ from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.privacy import SuppressionList, identifier_hash
+from leadflow.rules import load_rules
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
@@ -25,7 +26,6 @@ from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
 from streams.identity import start_probe
 from streams.leads import apply_lead
 from streams.normalize import normalize_lead
-from streams.rules import load_rules
 from tests.builders import make_assignment
 from tests.integration.processes import read_topic
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from leadflow.kafka_clients import make_producer
+from leadflow.rules import load_rules
 from leadflow.settings import KafkaSettings
 from schemas import CrmEvent, StageTransition, TransitionRow
 from sinks.clickhouse.client import ClickHouse
@@ -27,7 +28,6 @@ from sinks.clickhouse.funnel import (
     stagnant,
     sync_stage_definitions,
 )
-from streams.rules import load_rules
 from tests.integration.processes import Stack, run_cli
 from tests.keys import KEYS
 

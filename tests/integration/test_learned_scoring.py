@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.rules import default_rules_dir
+from leadflow.rules import default_rules_dir
 from tests.integration.processes import Stack, start_stack, wait_until
 
 OUTCOMES = 40

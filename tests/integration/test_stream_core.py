@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from leadflow.kafka_clients import make_producer
+from leadflow.rules import Rules, load_rules
 from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
 from schemas import CallEvent, CrmEvent, DeadLetter, EngagementEvent
 from streams.frames import MAGIC, partition_for, unframe
-from streams.rules import Rules, load_rules
 from tests.integration.processes import Stack, read_topic, start_stack
 from tests.keys import ADMIN_KEY
 from tests.topology import expected_people

@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from leadflow.rules import load_rules
 from sinks.clickhouse.client import ClickHouse
-from streams.rules import load_rules
 
 SPECIAL = {"lost", "disqualified", "re_engaged", "merged", "won"}
 

@@ -133,7 +133,7 @@ def test_the_bench_posts_as_a_browser_the_bundled_form_accepts() -> None:
     refusals (it did, for a while)."""
     from ingest_adapters.form_guard import check_credentials
     from leadflow.bench_ingest import BENCH_FORM, BENCH_FORM_ORIGIN, BENCH_FORM_TOKEN
-    from streams.rules import load_rules
+    from leadflow.rules import load_rules
 
     headers = {"X-Form-Token": BENCH_FORM_TOKEN, "Origin": BENCH_FORM_ORIGIN}
     forms = load_rules().forms

@@ -48,10 +48,10 @@ def test_the_blocked_oracle_agrees_with_every_pair_compared() -> None:
     from rapidfuzz import fuzz
 
     from leadflow.oracle import disagree, expected_people
+    from leadflow.rules import load_rules
     from leadflow.samples.generate import generate
     from streams.identity import name_key
     from streams.normalize import normalize_lead, phone_match_key
-    from streams.rules import load_rules
     from streams.scoring import email_domain
 
     rules = load_rules()
@@ -95,7 +95,7 @@ def test_the_benches_rule_files_load_as_a_worker_loads_them(tmp_path: Path) -> N
 
     from leadflow.bench_nurture import bench_rules
     from leadflow.bench_pipeline import learning_rules
-    from streams.rules import load_rules
+    from leadflow.rules import load_rules
 
     assert load_rules(learning_rules(tmp_path / "on", learned=True)).scoring.model.enabled
     off = load_rules(learning_rules(tmp_path / "off", learned=False))

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from leadflow.errors import ConfigurationError
+from leadflow.nurture_rules import NurtureRules, load_nurture
 from leadflow.privacy import identifier_hash
 from leadflow.topics import Topics
 from schemas import Engagement, LeadState, Touch
 from schemas.nurture import NurtureEmail, NurtureEvent, NurtureForget, NurtureTick
 from streams.nurture_agent import nurture_step
-from streams.nurture_rules import NurtureRules, load_nurture
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC

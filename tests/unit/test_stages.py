@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from leadflow.errors import BadRecordError, ConfigurationError
+from leadflow.rules import Rep, Rules, load_rules
 from schemas import Engagement, Lead, LeadState, RawLead
 from schemas.lead_state import MAX_ENGAGEMENTS, MAX_EVENT_IDS, MAX_TOUCHES
 from schemas.messages import EraseKey
@@ -19,7 +20,6 @@ from streams.identity_agent import resolve_step
 from streams.leads import absorb, apply_lead
 from streams.normalize import company_key, normalize_lead
 from streams.routing import TeamView, assign_owner, choose_team, in_working_hours
-from streams.rules import Rep, Rules, load_rules
 from streams.scoring import score_lead
 from streams.tagging import tag_source
 from tests.topology import Topology

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from leadflow.rules import Rules, load_rules
 from leadflow.samples.generate import generate
 from schemas import RawLead
 from streams.identity import match_keys as topology_keys
 from streams.lead_agent import GATHER
 from streams.normalize import normalize_lead
-from streams.rules import Rules, load_rules
 from tests.topology import Topology, expected_people, expected_survivors
 
 

@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from leadflow.errors import ConfigurationError
+from leadflow.nurture_rules import NurtureRules, load_nurture
 from leadflow.settings import known_time_zone
-from streams.nurture_rules import NurtureRules, load_nurture
 
 
 class _Rule(BaseModel):
