@@ -42,9 +42,9 @@ from pydantic import ValidationError
 from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.errors import BadRecordError
+from leadflow.normalize import normalize_phone
 from schemas import CallEvent
 from schemas.limits import active, check_duration, check_event_time
-from streams.normalize import normalize_phone
 
 STAGE = stages.CALL_CENTER
 

@@ -34,11 +34,11 @@ from leadflow.access import ACCESS_KEY, CLIENT_KEY, principal_of, too_many
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError, RetriableError, TooLargeError
 from leadflow.metrics import Metrics
+from leadflow.normalize import envelope_bytes, normalize_lead
 from leadflow.rules import load_rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent
-from streams.normalize import envelope_bytes, normalize_lead
 
 log = logging.getLogger(__name__)
 

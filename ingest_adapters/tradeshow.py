@@ -41,10 +41,7 @@ from typing import IO, Any
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
-from leadflow.settings import LimitsSettings
-from schemas import RawLead
-from schemas.limits import check_event_time
-from streams.normalize import (
+from leadflow.normalize import (
     FIELD_ALIASES,
     MAX_FIELD_CHARS,
     fold_field_name,
@@ -53,6 +50,9 @@ from streams.normalize import (
     normalize_phone_parts,
     parse_consent,
 )
+from leadflow.settings import LimitsSettings
+from schemas import RawLead
+from schemas.limits import check_event_time
 
 STAGE = stages.TRADESHOW_UPLOAD
 SOURCE_SYSTEM = "tradeshow_upload"

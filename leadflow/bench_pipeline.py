@@ -55,6 +55,7 @@ from leadflow.bench_ingest import cpu_percent, cpu_snapshot
 from leadflow.broker.local import LocalKafka, free_port
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
+from leadflow.normalize import envelope_bytes, normalize_lead
 from leadflow.oracle import differences, expected_survivors
 from leadflow.rules import default_rules_dir, load_rules
 from leadflow.samples.generate import generate
@@ -63,7 +64,6 @@ from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
-from streams.normalize import envelope_bytes, normalize_lead
 
 
 def _vm_kib(pid: int, field: str) -> int:

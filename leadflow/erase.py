@@ -56,6 +56,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from ingest_adapters.strict_json import load_object
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import replay_topic
+from leadflow.normalize import normalize_country, normalize_email, normalize_phone
 from leadflow.privacy import identifier_hash
 from leadflow.settings import Settings
 from leadflow.topics import Topics
@@ -66,7 +67,6 @@ from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.writer import LEAD_ID_PREDICATES
 from streams.identity import table_key
-from streams.normalize import normalize_country, normalize_email, normalize_phone
 
 log = logging.getLogger(__name__)
 SETTLE_S = 2.0  # in-flight records the suppression did not stop land within this

@@ -21,10 +21,10 @@ from collections.abc import Iterable
 
 from rapidfuzz import fuzz
 
+from leadflow.normalize import normalize_lead, phone_match_key
 from leadflow.rules import Rules
 from schemas import Lead, RawLead
 from streams.identity import name_blocks, name_key
-from streams.normalize import normalize_lead, phone_match_key
 from streams.scoring import email_domain
 
 

@@ -34,9 +34,9 @@ from aiokafka import ConsumerRecord
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import follow_topic
+from leadflow.normalize import fields_country, normalize_email, normalize_phone
 from leadflow.settings import KafkaSettings
 from schemas import DeadLetter
-from streams.normalize import fields_country, normalize_email, normalize_phone
 
 log = logging.getLogger(__name__)
 SALT = b"leadflow-suppression-v1|"

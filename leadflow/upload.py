@@ -61,9 +61,9 @@ from ingest_adapters import tradeshow
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_producer, replay_topic
+from leadflow.normalize import MAX_FIELD_CHARS, envelope_bytes, normalize_lead
 from leadflow.settings import LimitsSettings, Settings
 from leadflow.topics import Topics
-from streams.normalize import MAX_FIELD_CHARS, envelope_bytes, normalize_lead
 
 log = logging.getLogger(__name__)
 

@@ -59,12 +59,12 @@ from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, LeadflowError, RetriableError
 from leadflow.kafka_clients import make_consumer, replay_topic
 from leadflow.metrics import Metrics
+from leadflow.normalize import normalize_email
 from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.settings import NurtureSettings, Settings
 from leadflow.topics import Topics
 from leadflow.tracking import LinkKind, TrackingClaims, link_url, tracking_secret
 from schemas.nurture import NurtureEmail, NurtureEvent, NurtureEventKind
-from streams.normalize import normalize_email
 
 log = logging.getLogger(__name__)
 STAGE = stages.MAILER

@@ -18,11 +18,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from leadflow.errors import BadRecordError
+from leadflow.normalize import lead_id_for, normalize_email, normalize_phone_parts
 from leadflow.rules import IdentityRules
 from schemas import CallEvent, CrmEvent, Engagement, EngagementEvent, IdentityProbe, Lead
 from schemas.messages import AcceptUpdate, CrmUpdate, EngagementUpdate
 from streams.identity import start_probe
-from streams.normalize import lead_id_for, normalize_email, normalize_phone_parts
 
 
 def _lead(

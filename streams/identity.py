@@ -37,10 +37,10 @@ from typing import Any, Protocol
 
 from rapidfuzz import fuzz, process
 
+from leadflow.normalize import phone_match_key
 from leadflow.rules import IdentityRules
 from schemas import IdentityProbe, Lead, MatchRecord
 from schemas.lead_state import MAX_SUGGESTIONS, MatchKey
-from streams.normalize import phone_match_key
 from streams.scoring import email_domain
 
 

@@ -19,6 +19,10 @@ from typing import Any
 
 import faust
 
+from leadflow import stages
+from leadflow.dead_letters import dead_letter_for
+from leadflow.errors import BadRecordError
+from leadflow.normalize import lead_of
 from leadflow.privacy import (
     SuppressionList,
     event_id_of,
@@ -28,12 +32,32 @@ from leadflow.privacy import (
 from leadflow.rules import Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
-from schemas import DeadLetter, Lead
+from schemas import DeadLetter, Lead, RawLead
 from streams.identity import scatter, start_probe
-from streams.normalize import STAGE, normalize_message
 from streams.wiring import Outbox, Outputs, StagedTable, raw_topic, run_batches
 
 log = logging.getLogger(__name__)
+STAGE = stages.NORMALIZE
+
+
+def normalize_message(
+    value: bytes,
+    *,
+    default_region: str,
+    key: bytes | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Lead | DeadLetter:
+    """Bytes from `leads.raw` in, a Lead or a DeadLetter out: errors are values here."""
+    try:
+        raw = RawLead.model_validate_json(value)
+        return lead_of(raw, default_region=default_region)
+    except (BadRecordError, ValueError) as exc:
+        # pydantic's ValidationError is a ValueError: an envelope that is not a RawLead.
+        return dead_letter_for(
+            exc, value, stage=STAGE, key=key, topic=topic, partition=partition, offset=offset
+        )
 
 
 def raw_identifiers(value: bytes | None, region: str) -> list[str]:

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from leadflow.metrics import Metrics
+from leadflow.normalize import normalize_lead
 from leadflow.privacy import identifier_hash
 from leadflow.rules import load_rules
 from leadflow.server import Roles, build_app
@@ -29,7 +30,6 @@ from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import sync_stage_definitions
 from streams.identity import start_probe
 from streams.leads import apply_lead
-from streams.normalize import normalize_lead
 from tests.keys import ENTRIES, KEYS, bearer
 
 Client = TestClient[web.Request, web.Application]

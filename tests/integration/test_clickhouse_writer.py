@@ -15,6 +15,7 @@ from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
+from leadflow.normalize import normalize_lead
 from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.rules import load_rules
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
@@ -25,7 +26,6 @@ from sinks.clickhouse.migrations import load_migrations, migrate
 from sinks.clickhouse.writer import ClickHouseWriter, apply_retention, routes
 from streams.identity import start_probe
 from streams.leads import apply_lead
-from streams.normalize import normalize_lead
 from tests.builders import make_assignment
 from tests.integration.processes import read_topic
 

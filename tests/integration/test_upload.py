@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from leadflow.normalize import normalized_with
 from schemas import DeadLetter, RawLead
-from streams.normalize import normalized_with
 from tests.integration.processes import Stack, read_topic
 
 

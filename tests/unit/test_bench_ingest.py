@@ -17,8 +17,8 @@ from leadflow.bench_ingest import (
     summarize,
 )
 from leadflow.errors import BadRecordError
+from leadflow.normalize import normalize_lead
 from schemas import Lead
-from streams.normalize import normalize_lead
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 BODIES = form_bodies(BODY_POOL)

@@ -47,11 +47,11 @@ def test_the_blocked_oracle_agrees_with_every_pair_compared() -> None:
     same people as comparing every pair, as the rules define them."""
     from rapidfuzz import fuzz
 
+    from leadflow.normalize import normalize_lead, phone_match_key
     from leadflow.oracle import disagree, expected_people
     from leadflow.rules import load_rules
     from leadflow.samples.generate import generate
     from streams.identity import name_key
-    from streams.normalize import normalize_lead, phone_match_key
     from streams.scoring import email_domain
 
     rules = load_rules()

@@ -10,12 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from leadflow.errors import BadRecordError
+from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
 from schemas import CallEvent, EngagementEvent, Lead, LeadState, RawLead
 from schemas.messages import EngagementUpdate
 from streams.events import call_probe, engagement_update
 from streams.lead_agent import handle_update
-from streams.normalize import normalize_lead
 from tests.topology import NOW, Topology
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)

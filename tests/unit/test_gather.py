@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
 from schemas import Lead, LeadState, RawLead
 from schemas.messages import AbsorbCommand
 from streams.lead_agent import GATHER
-from streams.normalize import normalize_lead
 from tests.topology import Topology
 
 AT = datetime(2026, 3, 1, 9, tzinfo=UTC)

@@ -24,13 +24,13 @@ import orjson
 import pytest
 from rapidfuzz import fuzz
 
+from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
 from leadflow.topics import Topics
 from schemas import CallEvent, EngagementEvent, IdentityProbe, Lead, LeadState, RawLead
 from streams.events import call_probe, engagement_update
 from streams.identity import name_blocks, name_key, start_probe, visit_key
 from streams.lead_agent import handle_update
-from streams.normalize import normalize_lead
 from tests.topology import Topology, expected_survivors
 
 MARCH = datetime(2026, 3, 3, 10, 0, tzinfo=UTC)  # the Meta lead arrives

@@ -31,14 +31,10 @@ RANK = {
 
 # (importing module, imported top-level package) still pointing the wrong way.
 KNOWN = {
-    ("ingest_adapters.call_center", "streams"),
-    ("ingest_adapters.http_app", "streams"),
-    ("ingest_adapters.tradeshow", "streams"),
     ("leadflow.access", "ingest_adapters"),
     ("leadflow.backfill", "ingest_adapters"),
     ("leadflow.bench", "sinks"),
     ("leadflow.bench_pipeline", "sinks"),
-    ("leadflow.bench_pipeline", "streams"),
     ("leadflow.bench_scoring", "streams"),
     ("leadflow.cli", "ingest_adapters"),
     ("leadflow.cli", "sinks"),
@@ -49,14 +45,11 @@ KNOWN = {
     ("leadflow.erase", "sinks"),
     ("leadflow.erase", "streams"),
     ("leadflow.oracle", "streams"),
-    ("leadflow.privacy", "streams"),
     ("leadflow.scoring_backtest", "streams"),
     ("leadflow.server", "ingest_adapters"),
     ("leadflow.server", "sinks"),
     ("leadflow.upload", "ingest_adapters"),
-    ("leadflow.upload", "streams"),
     ("sinks.clickhouse.funnel", "streams"),
-    ("sinks.mailer", "streams"),
 }
 
 

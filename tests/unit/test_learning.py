@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from leadflow.normalize import normalize_lead
 from leadflow.rules import ModelRules, Rules, load_rules
 from leadflow.topics import Topics
 from schemas import CrmEvent, LeadState, RawLead
@@ -19,7 +20,6 @@ from streams import learning
 from streams.events import crm_update
 from streams.features import features, seniority, size_band
 from streams.learning_agent import ModelFollower, learn_step
-from streams.normalize import normalize_lead
 from tests.topology import Topology
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

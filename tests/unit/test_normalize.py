@@ -13,18 +13,18 @@ from hypothesis import strategies as st
 
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
-from schemas import DeadLetter, Lead, RawLead
-from streams.normalize import (
+from leadflow.normalize import (
     clean_text,
     lead_id_for,
     normalize_country,
     normalize_email,
     normalize_lead,
-    normalize_message,
     normalize_phone,
     normalize_phone_parts,
     phone_match_key,
 )
+from schemas import DeadLetter, Lead, RawLead
+from streams.normalize_agent import normalize_message
 
 
 @pytest.mark.parametrize(
@@ -302,7 +302,7 @@ address_like = st.one_of(
 def test_the_plain_ascii_shortcut_agrees_with_the_validator(text: str) -> None:
     from email_validator import EmailNotValidError, validate_email
 
-    from streams.normalize import _plain_email
+    from leadflow.normalize import _plain_email
 
     shortcut = _plain_email(text)
     if shortcut is None:

@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-from schemas import Lead, RawLead
-from streams import normalize
-from streams.normalize import (
+from leadflow import normalize
+from leadflow.normalize import (
     NORMALIZED_MAX_BYTES,
     envelope_bytes,
     normalize_lead,
-    normalize_message,
 )
+from schemas import Lead, RawLead
+from streams.normalize_agent import normalize_message
 
 
 def published(raw: RawLead, region: str = "CN") -> tuple[Lead, bytes]:

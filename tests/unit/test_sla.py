@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from leadflow.errors import BadRecordError
+from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
 from schemas import CrmEvent, LeadState, RawLead
 from streams.events import crm_update
 from streams.lead_agent import handle_update
-from streams.normalize import normalize_lead
 from tests.topology import Topology
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)

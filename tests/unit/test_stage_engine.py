@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leadflow.errors import BadRecordError
+from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
 from schemas import CallEvent, CrmEvent, EngagementEvent, LeadState, RawLead
 from streams.events import call_probe, crm_update, engagement_update
 from streams.lead_agent import handle_update
-from streams.normalize import normalize_lead
 from streams.stage_engine import allowed
 from tests.topology import Topology
 

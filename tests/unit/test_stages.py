@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from leadflow.errors import BadRecordError, ConfigurationError
+from leadflow.normalize import company_key, normalize_lead
 from leadflow.rules import Rep, Rules, load_rules
 from schemas import Engagement, Lead, LeadState, RawLead
 from schemas.lead_state import MAX_ENGAGEMENTS, MAX_EVENT_IDS, MAX_TOUCHES
@@ -18,7 +19,6 @@ from schemas.rows import LeadRow
 from streams.identity import start_probe, visit, visit_key
 from streams.identity_agent import resolve_step
 from streams.leads import absorb, apply_lead
-from streams.normalize import company_key, normalize_lead
 from streams.routing import TeamView, assign_owner, choose_team, in_working_hours
 from streams.scoring import score_lead
 from streams.tagging import tag_source

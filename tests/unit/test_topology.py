@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
 from leadflow.samples.generate import generate
 from schemas import RawLead
 from streams.identity import match_keys as topology_keys
 from streams.lead_agent import GATHER
-from streams.normalize import normalize_lead
 from tests.topology import Topology, expected_people, expected_survivors
 
 

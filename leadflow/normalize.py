@@ -24,14 +24,11 @@ import phonenumbers
 import pycountry
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from leadflow import stages
-from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
-from schemas import DeadLetter, Lead, RawLead
+from schemas import Lead, RawLead
 from schemas.limits import checked_occurred_at
 
-STAGE = stages.NORMALIZE
 # Raise when `normalize_lead` gives another answer for the same envelope: envelopes an
 # adapter normalized under an older version are then normalized again by the stream.
 NORMALIZE_VERSION = 1
@@ -484,23 +481,3 @@ def lead_of(raw: RawLead, *, default_region: str) -> Lead:
     ):
         return done
     return normalize_lead(raw, default_region=default_region)
-
-
-def normalize_message(
-    value: bytes,
-    *,
-    default_region: str,
-    key: bytes | None = None,
-    topic: str | None = None,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> Lead | DeadLetter:
-    """Bytes from `leads.raw` in, a Lead or a DeadLetter out: errors are values here."""
-    try:
-        raw = RawLead.model_validate_json(value)
-        return lead_of(raw, default_region=default_region)
-    except (BadRecordError, ValueError) as exc:
-        # pydantic's ValidationError is a ValueError: an envelope that is not a RawLead.
-        return dead_letter_for(
-            exc, value, stage=STAGE, key=key, topic=topic, partition=partition, offset=offset
-        )
