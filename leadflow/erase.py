@@ -55,6 +55,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from ingest_adapters.strict_json import load_object
 from leadflow.errors import BadRecordError
+from leadflow.ids import table_key
 from leadflow.kafka_clients import replay_topic
 from leadflow.normalize import normalize_country, normalize_email, normalize_phone
 from leadflow.privacy import identifier_hash
@@ -66,7 +67,6 @@ from schemas.nurture import NurtureForget
 from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.writer import LEAD_ID_PREDICATES
-from streams.identity import table_key
 
 log = logging.getLogger(__name__)
 SETTLE_S = 2.0  # in-flight records the suppression did not stop land within this

@@ -11,6 +11,11 @@ import hashlib
 import uuid
 
 
+def table_key(kind: str, value: str) -> str:
+    """An identity-index key: `email:anna@contoso-de.com`, `company:contoso`."""
+    return f"{kind}:{value}"
+
+
 def stable_id(namespace: uuid.UUID, name: str) -> str:
     """The RFC 9562 version-5 UUID of `name` in `namespace`, as text."""
     digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])  # noqa: S324

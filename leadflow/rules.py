@@ -272,6 +272,9 @@ class WorkflowRule(_Rule):
     kind: str | None = None
 
 
+MERGED = "merged"  # not a configured stage: a lead that turned out to be another leaves by it
+
+
 class StageRules(_Rule):
     stages: list[StageDef]
     closed: list[str] = Field(default_factory=lambda: ["lost", "disqualified"])

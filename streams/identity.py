@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from rapidfuzz import fuzz, process
 
+from leadflow.ids import table_key
 from leadflow.normalize import phone_match_key
 from leadflow.rules import IdentityRules
 from schemas import IdentityProbe, Lead, MatchRecord
@@ -74,10 +75,6 @@ def start_probe(
         first_seen=entered_at or lead.received_at,
         keys=match_keys(lead, rules),
     )
-
-
-def table_key(kind: str, value: str) -> str:
-    return f"{kind}:{value}"
 
 
 def identifiers_disagree(

@@ -19,12 +19,13 @@ import faust
 from pydantic import ValidationError
 
 from leadflow import stages
+from leadflow.ids import table_key
 from leadflow.rules import Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import IdentityProbe
 from schemas.messages import IDENTITY_MESSAGE, EraseKey, NewLead
-from streams.identity import block_key, table_key, visit
+from streams.identity import block_key, visit
 from streams.wiring import (
     Outbox,
     Outputs,

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
-from leadflow.rules import Rules
+from leadflow.rules import MERGED, Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import Assignment, CrmEvent, IdentityProbe, LeadState
@@ -56,7 +56,7 @@ from streams.learning import scoring_with
 from streams.learning_agent import ModelFollower, Rescorer
 from streams.routing import choose_team
 from streams.scoring import score_lead
-from streams.stage_engine import MERGED, RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
+from streams.stage_engine import RE_ENGAGED, Move, allowed, apply_moves, workflow_moves
 from streams.wiring import (
     Outbox,
     Outputs,

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from leadflow.ids import stable_id
-from leadflow.rules import StageRules
+from leadflow.rules import MERGED, StageRules
 from schemas import LeadState
 from schemas.transition import StageTransition
 
 _TRANSITION_NAMESPACE = uuid.UUID("3b8e6d2f-9a41-4c57-8f0e-6d1c2b3a4e59")
 RE_ENGAGED = "re_engaged"
-MERGED = "merged"  # the lead turned out to be another one: it leaves the funnel
 
 
 @dataclass(frozen=True)

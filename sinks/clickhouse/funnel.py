@@ -31,9 +31,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from leadflow.rules import StageRules
+from leadflow.rules import MERGED, StageRules
 from sinks.clickhouse.client import ClickHouse
-from streams.stage_engine import MERGED
 
 Dimension = Literal["channel", "source", "campaign", "team", "owner"]
 DIMENSIONS: tuple[Dimension, ...] = ("channel", "source", "campaign", "team", "owner")

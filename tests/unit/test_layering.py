@@ -43,13 +43,11 @@ KNOWN = {
     ("leadflow.duplicates", "sinks"),
     ("leadflow.erase", "ingest_adapters"),
     ("leadflow.erase", "sinks"),
-    ("leadflow.erase", "streams"),
     ("leadflow.oracle", "streams"),
     ("leadflow.scoring_backtest", "streams"),
     ("leadflow.server", "ingest_adapters"),
     ("leadflow.server", "sinks"),
     ("leadflow.upload", "ingest_adapters"),
-    ("sinks.clickhouse.funnel", "streams"),
 }
 
 
