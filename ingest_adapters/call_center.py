@@ -39,10 +39,10 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.normalize import normalize_phone
+from leadflow.strict_json import load_object
 from schemas import CallEvent
 from schemas.limits import active, check_duration, check_event_time
 

@@ -46,11 +46,11 @@ from typing import IO, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from ingest_adapters.strict_json import load_object
 from ingest_adapters.tradeshow import detect_encoding
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
+from leadflow.strict_json import load_object
 from schemas import RawLead
 from schemas.limits import EventTime, check_event_time
 

@@ -37,9 +37,9 @@ from ingest_adapters.social import (
     linkedin_lead,
     meta_lead,
 )
-from ingest_adapters.strict_json import load_object
 from leadflow.errors import BadRecordError, ConfigurationError
 from leadflow.settings import SocialSettings
+from leadflow.strict_json import load_object
 from schemas import RawLead
 
 log = logging.getLogger(__name__)

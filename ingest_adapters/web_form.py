@@ -21,10 +21,10 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
+from leadflow.strict_json import load_object
 from schemas import RawLead
 
 STAGE = stages.WEB_FORM

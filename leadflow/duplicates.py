@@ -39,10 +39,10 @@ from typing import Any
 from aiohttp import web
 
 from ingest_adapters.publisher import Publisher
-from ingest_adapters.strict_json import load_object
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
+from leadflow.strict_json import load_object
 from leadflow.topics import Topics
 from schemas import MergeRecord
 from schemas.messages import MergeCommand, UnmergeCommand

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ValidationError
 
 from ingest_adapters.publisher import DEFAULT_MAX_MESSAGE_BYTES, Publisher, record_size
 from ingest_adapters.social import parse_linkedin_notification
-from ingest_adapters.strict_json import MAX_DEPTH, load_object, nesting_depth
 from leadflow.dead_letters import (
     KEEP_WHOLE_MAX_BYTES,
     MAX_PROBLEMS,
@@ -31,6 +30,7 @@ from leadflow.dead_letters import (
 from leadflow.errors import BadRecordError, RetriableError, TooLargeError
 from leadflow.metrics import Metrics
 from leadflow.settings import LimitsSettings
+from leadflow.strict_json import MAX_DEPTH, load_object, nesting_depth
 from schemas import CallEvent, CrmEvent, DeadLetter, DeadLetterRow, EngagementEvent, RawLead, limits
 from schemas.limits import InputLimits, configure, limits_in_force
 from schemas.rows import TRUNCATED_PROBLEM

@@ -41,7 +41,6 @@ KNOWN = {
     ("leadflow.cli", "streams"),
     ("leadflow.duplicates", "ingest_adapters"),
     ("leadflow.duplicates", "sinks"),
-    ("leadflow.erase", "ingest_adapters"),
     ("leadflow.erase", "sinks"),
     ("leadflow.oracle", "streams"),
     ("leadflow.scoring_backtest", "streams"),
