@@ -51,9 +51,9 @@ from leadflow.access import CLIENT_KEY, DeadLetterSink, too_many
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.metrics import Metrics
 from leadflow.nurture_rules import Template, load_nurture
-from leadflow.privacy import identifier_hash
 from leadflow.rules import default_rules_dir
 from leadflow.settings import Settings
+from leadflow.suppression import identifier_hash
 from leadflow.topics import Topics
 from leadflow.tracking import LinkKind, TrackingClaims, tracking_secret, verify
 from schemas import EngagementEvent

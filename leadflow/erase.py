@@ -57,9 +57,9 @@ from leadflow.errors import BadRecordError
 from leadflow.ids import table_key
 from leadflow.kafka_clients import replay_topic
 from leadflow.normalize import normalize_country, normalize_email, normalize_phone
-from leadflow.privacy import identifier_hash
 from leadflow.settings import Settings
 from leadflow.strict_json import load_object
+from leadflow.suppression import identifier_hash
 from leadflow.topics import Topics
 from schemas import DeadLetter
 from schemas.messages import EraseKey, EraseLead

@@ -36,9 +36,9 @@ from leadflow.duplicates import DuplicateRoutes
 from leadflow.erase import PrivacyRoutes
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
-from leadflow.privacy import SuppressionList
 from leadflow.rules import load_rules
 from leadflow.settings import Settings
+from leadflow.suppression import SuppressionList
 from leadflow.topics import Topics
 from schemas.limits import configure as configure_limits
 from sinks.clickhouse.client import ClickHouse

@@ -60,8 +60,8 @@ from leadflow.errors import BadRecordError, LeadflowError, RetriableError
 from leadflow.kafka_clients import make_consumer, replay_topic
 from leadflow.metrics import Metrics
 from leadflow.normalize import normalize_email
-from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.settings import NurtureSettings, Settings
+from leadflow.suppression import SuppressionList, identifier_hash
 from leadflow.topics import Topics
 from leadflow.tracking import LinkKind, TrackingClaims, link_url, tracking_secret
 from schemas.nurture import NurtureEmail, NurtureEvent, NurtureEventKind

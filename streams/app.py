@@ -17,9 +17,9 @@ from typing import Any
 import faust
 
 from leadflow.kafka_clients import ensure_topics, security, wait_for_topics
-from leadflow.privacy import SuppressionList
 from leadflow.rules import Rules, load_rules
 from leadflow.settings import KafkaSettings, Settings
+from leadflow.suppression import SuppressionList
 from leadflow.topics import Topics
 from schemas.limits import configure as configure_limits
 from streams import (

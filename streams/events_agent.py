@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from leadflow import stages
 from leadflow.errors import BadRecordError
-from leadflow.privacy import SuppressionList
 from leadflow.rules import Rules
 from leadflow.settings import Settings
+from leadflow.suppression import SuppressionList
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent, IdentityProbe
 from schemas.messages import AcceptUpdate, CrmUpdate, EngagementUpdate

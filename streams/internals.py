@@ -202,7 +202,7 @@ async def _missing_on_probes() -> list[str]:
 
 def _missing_on_inner(consumer: Any) -> list[str]:
     """`_client.fetch_all_metadata` and `_subscription.subscription` on an aiokafka consumer
-    (leadflow.kafka_clients.wait_for_topics, leadflow.privacy, streams.stall_guard)."""
+    (leadflow.kafka_clients.wait_for_topics, leadflow.suppression, streams.stall_guard)."""
     missing: list[str] = []
     if not callable(getattr(getattr(consumer, "_client", None), "fetch_all_metadata", None)):
         missing.append("aiokafka AIOKafkaConsumer._client.fetch_all_metadata()")

@@ -23,14 +23,14 @@ from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.normalize import lead_of
-from leadflow.privacy import (
+from leadflow.rules import Rules
+from leadflow.settings import Settings
+from leadflow.suppression import (
     SuppressionList,
     event_id_of,
     identifiers_in_body,
     suppressed_dead_letter,
 )
-from leadflow.rules import Rules
-from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import DeadLetter, Lead, RawLead
 from streams.identity import scatter, start_probe

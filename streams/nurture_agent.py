@@ -32,8 +32,8 @@ from pydantic import ValidationError
 from leadflow import stages
 from leadflow.errors import BadRecordError
 from leadflow.nurture_rules import NurtureRules
-from leadflow.privacy import identifier_hash
 from leadflow.settings import Settings
+from leadflow.suppression import identifier_hash
 from leadflow.topics import Topics
 from schemas import LeadState
 from schemas.nurture import NURTURE_COMMAND, NurtureForget, NurtureTick

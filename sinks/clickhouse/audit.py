@@ -4,7 +4,7 @@ Rows go to `audit_log` (migration 0007). Who is the API key of the request
 (its principal, set by the access middleware): its id and name,
 never the key; `''` when a request carries none. What is described without
 personal data: an email, phone or lead id is stored as its salted hash
-(`leadflow.privacy.identifier_hash`, the same the suppression list uses), so
+(`leadflow.suppression.identifier_hash`, the same the suppression list uses), so
 an auditor who knows an identifier finds its rows by hashing it
 (`GET /v1/audit?identifier=…`), and an erasure leaves nothing readable here.
 
@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from leadflow.access import principal_of
-from leadflow.privacy import identifier_hash
+from leadflow.suppression import identifier_hash
 from sinks.clickhouse.client import ClickHouse
 
 TABLE = "audit_log"

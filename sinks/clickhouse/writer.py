@@ -22,7 +22,7 @@ committed only after the rows of every message up to them are in ClickHouse.
   dead-letter topic, stored as an unreadable dead letter) and the batch goes on.
 - A terminal ClickHouse error (`FatalError`) stops the writer uncommitted.
 
-Erased people (leadflow/privacy.py) stay out:
+Erased people (leadflow/suppression.py) stay out:
 - a row carrying a suppressed identifier (lead id, email, phone) is not
   written; the lead rows of a poll are checked first, and a lead refused for
   its email or phone has its lead id suppressed too (published on
@@ -56,7 +56,8 @@ from leadflow import stages
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
-from leadflow.privacy import (
+from leadflow.settings import Settings
+from leadflow.suppression import (
     SUPPRESSED,
     SuppressionList,
     event_id_of,
@@ -64,7 +65,6 @@ from leadflow.privacy import (
     identifiers_in_body,
     suppressed_dead_letter,
 )
-from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import (
     Assignment,

@@ -16,9 +16,9 @@ from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.normalize import normalize_lead
-from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.rules import load_rules
 from leadflow.settings import ClickHouseSettings, KafkaSettings, Settings
+from leadflow.suppression import SuppressionList, identifier_hash
 from leadflow.topics import Topics
 from schemas import DeadLetter, DeadLetterRow, LeadRow, RawLead, StageTransition
 from sinks.clickhouse.client import ClickHouse

@@ -30,9 +30,9 @@ from pydantic import SecretStr
 from leadflow.broker.local import free_port
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
-from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.settings import KafkaSettings, NurtureSettings, Settings
 from leadflow.stack import spawn, wait_healthy
+from leadflow.suppression import SuppressionList, identifier_hash
 from leadflow.topics import Topics
 from leadflow.tracking import tracking_secret, verify
 from schemas import DeadLetter

@@ -18,9 +18,9 @@ from ingest_adapters.nurture_tracking import PIXEL
 from ingest_adapters.publisher import Publisher
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
-from leadflow.privacy import SuppressionList, identifier_hash
 from leadflow.server import Roles, build_app
 from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, NurtureSettings, Settings
+from leadflow.suppression import SuppressionList, identifier_hash
 from leadflow.topics import Topics
 from leadflow.tracking import TrackingClaims, sign
 from schemas import DeadLetter, EngagementEvent

@@ -12,7 +12,7 @@ import pytest
 
 from leadflow.errors import ConfigurationError
 from leadflow.nurture_rules import NurtureRules, load_nurture
-from leadflow.privacy import identifier_hash
+from leadflow.suppression import identifier_hash
 from leadflow.topics import Topics
 from schemas import Engagement, LeadState, Touch
 from schemas.nurture import NurtureEmail, NurtureEvent, NurtureForget, NurtureTick
