@@ -16,7 +16,7 @@ first 64 KiB when the file was received):
   `EVENT_MAX_CHARS`), `invalid_mapping` (past `MAPPING_MAX_BYTES`, or not
   `column: field` YAML), `invalid_timezone` (the optional `timezone` part, the
   zone of scan times written without an offset, is no IANA zone, UTC or offset),
-  and the file's own refusals from `leadflow.upload`
+  and the file's own refusals from `ingest_adapters.upload`
   (`invalid_csv`, `invalid_xlsx`, `too_many_columns`, `cell_too_large`,
   `no_header` …; `too_many_rows` and a zip bomb's `too_large` are 413).
 
@@ -49,9 +49,9 @@ from rich.console import Console
 
 from ingest_adapters import tradeshow
 from ingest_adapters.answers import STATUS_BY_REASON, error_body
+from ingest_adapters.upload import HEAD_BYTES, UploadRefusedError, parse_mapping, upload
 from leadflow.errors import BadRecordError
 from leadflow.settings import Settings
-from leadflow.upload import HEAD_BYTES, UploadRefusedError, parse_mapping, upload
 
 # (error, body, stage, detail, key) -> the dead letter's id, once Kafka has it.
 DeadLetterSink = Callable[[BadRecordError, bytes, str, str, str | None], Awaitable[str]]

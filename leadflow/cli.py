@@ -507,7 +507,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) ->
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.backfill import backfill
+    from ingest_adapters.backfill import backfill
 
     if not args.file.is_file():
         console.print(f"[red]error:[/] no such file: {args.file}")
@@ -524,7 +524,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console)
 
 def cmd_upload(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from ingest_adapters.tradeshow import parse_timezone
-    from leadflow.upload import UploadRefusedError, problems_table, summary_table, upload
+    from ingest_adapters.upload import UploadRefusedError, problems_table, summary_table, upload
 
     if not args.file.is_file():
         console.print(f"[red]error:[/] no such file: {args.file}")

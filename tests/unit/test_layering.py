@@ -32,7 +32,6 @@ RANK = {
 # (importing module, imported top-level package) still pointing the wrong way.
 KNOWN = {
     ("leadflow.access", "ingest_adapters"),
-    ("leadflow.backfill", "ingest_adapters"),
     ("leadflow.bench", "sinks"),
     ("leadflow.bench_pipeline", "sinks"),
     ("leadflow.bench_scoring", "streams"),
@@ -46,7 +45,6 @@ KNOWN = {
     ("leadflow.scoring_backtest", "streams"),
     ("leadflow.server", "ingest_adapters"),
     ("leadflow.server", "sinks"),
-    ("leadflow.upload", "ingest_adapters"),
 }
 
 

@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ingest_adapters.upload_http import client_file_name, prune_error_files
-from leadflow.errors import BadRecordError
-from leadflow.settings import LimitsSettings
-from leadflow.upload import (
+from ingest_adapters.upload import (
     CHUNK_ROWS,
     LETTER_BODY_MAX,
     RowProblem,
@@ -26,6 +23,9 @@ from leadflow.upload import (
     problems_table,
     summary_table,
 )
+from ingest_adapters.upload_http import client_file_name, prune_error_files
+from leadflow.errors import BadRecordError
+from leadflow.settings import LimitsSettings
 from schemas import DeadLetter
 from tests.unit.test_tradeshow import styled_rows_xlsx
 
