@@ -8,6 +8,7 @@ COPY schemas ./schemas
 COPY streams ./streams
 COPY sinks ./sinks
 COPY ingest_adapters ./ingest_adapters
+COPY privacy ./privacy
 COPY config ./config
 RUN pip install --no-cache-dir . && useradd --system --home /var/lib/leadflow leadflow \
     && mkdir -p /var/lib/leadflow && chown leadflow /var/lib/leadflow

@@ -33,13 +33,13 @@ from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
 from leadflow import __version__, access, openapi
 from leadflow.duplicates import DuplicateRoutes
-from leadflow.erase import PrivacyRoutes
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.rules import load_rules
 from leadflow.settings import Settings
 from leadflow.suppression import SuppressionList
 from leadflow.topics import Topics
+from privacy.erase import PrivacyRoutes
 from schemas.limits import configure as configure_limits
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.funnel import sync_stage_definitions

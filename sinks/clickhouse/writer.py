@@ -161,7 +161,7 @@ _IDENTIFYING = frozenset(
     {"lead_id", "survivor_id", "merged_id", "email", "phone", "emails", "phones"}
 )
 # The tables keyed by lead id besides `leads` (pipeline_current is lead_transitions' view
-# target): what a lead id's rows are deleted from. `leadflow.erase` uses them too.
+# target): what a lead id's rows are deleted from. `privacy.erase` uses them too.
 LEAD_ID_PREDICATES: dict[str, str] = {
     "lead_transitions": "lead_id IN {ids:Array(String)}",
     "pipeline_current": "lead_id IN {ids:Array(String)}",

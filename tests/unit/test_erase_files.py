@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from leadflow.erase import Person, scrub_upload_error_files
+from privacy.erase import Person, scrub_upload_error_files
 
 
 def _write(path: Path, rows: list[list[str]]) -> None:

@@ -40,10 +40,10 @@ KNOWN = {
     ("leadflow.cli", "streams"),
     ("leadflow.duplicates", "ingest_adapters"),
     ("leadflow.duplicates", "sinks"),
-    ("leadflow.erase", "sinks"),
     ("leadflow.oracle", "streams"),
     ("leadflow.scoring_backtest", "streams"),
     ("leadflow.server", "ingest_adapters"),
+    ("leadflow.server", "privacy"),
     ("leadflow.server", "sinks"),
 }
 

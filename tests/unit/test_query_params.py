@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from leadflow.erase import EraseRequest, parse_erase_request
 from leadflow.errors import BadRecordError
+from privacy.erase import EraseRequest, parse_erase_request
 from sinks.clickhouse.query_api import _whole, finite, json_answer, limit_param
 
 
