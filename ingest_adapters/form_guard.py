@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from leadflow.errors import BadRecordError
@@ -103,26 +102,3 @@ def without_control_fields(fields: Mapping[str, str], rules: FormRules) -> dict[
     """The person's fields, without the honeypot, the render time and the token."""
     control = {rules.honeypot_field, rules.started_at_field, TOKEN_FIELD}
     return {name: value for name, value in fields.items() if name not in control}
-
-
-@dataclass
-class RateLimiter:
-    """Token buckets per key: `rate` posts per second sustained, `burst` at once."""
-
-    rate: float
-    burst: int
-    max_keys: int = 100_000
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    def wait_for(self, key: str, now: float) -> float:
-        """0 when a post under `key` may go now (and counts it), else seconds to wait."""
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-        if len(self._buckets) >= self.max_keys and key not in self._buckets:
-            # Forget full buckets first: they hold no information.
-            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
-        self._buckets[key] = (tokens - 1, now)
-        return 0.0

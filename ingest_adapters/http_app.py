@@ -25,14 +25,20 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ingest_adapters import call_center, form_guard, social, web_form
-from ingest_adapters.answers import STATUS_BY_REASON, error_body
 from ingest_adapters.nurture_tracking import NurtureTrackingRoutes
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.upload_http import UploadRoutes
 from leadflow import stages
-from leadflow.access import ACCESS_KEY, CLIENT_KEY, principal_of, too_many
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError, RetriableError, TooLargeError
+from leadflow.http_shared import (
+    ACCESS_KEY,
+    CLIENT_KEY,
+    STATUS_BY_REASON,
+    error_body,
+    principal_of,
+    too_many,
+)
 from leadflow.metrics import Metrics
 from leadflow.normalize import envelope_bytes, normalize_lead
 from leadflow.rules import load_rules

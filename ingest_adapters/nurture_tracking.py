@@ -43,12 +43,10 @@ from aiohttp import web
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from ingest_adapters.answers import error_body
-from ingest_adapters.form_guard import RateLimiter
 from ingest_adapters.publisher import Publisher
 from leadflow import stages
-from leadflow.access import CLIENT_KEY, DeadLetterSink, too_many
 from leadflow.errors import BadRecordError, RetriableError
+from leadflow.http_shared import CLIENT_KEY, DeadLetterSink, RateLimiter, error_body, too_many
 from leadflow.metrics import Metrics
 from leadflow.nurture_rules import Template, load_nurture
 from leadflow.rules import default_rules_dir

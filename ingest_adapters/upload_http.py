@@ -48,9 +48,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from rich.console import Console
 
 from ingest_adapters import tradeshow
-from ingest_adapters.answers import STATUS_BY_REASON, error_body
 from ingest_adapters.upload import HEAD_BYTES, UploadRefusedError, parse_mapping, upload
 from leadflow.errors import BadRecordError
+from leadflow.http_shared import STATUS_BY_REASON, error_body
 from leadflow.settings import Settings
 
 # (error, body, stage, detail, key) -> the dead letter's id, once Kafka has it.

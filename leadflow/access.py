@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 
-from ingest_adapters.answers import error_body
-from ingest_adapters.form_guard import RateLimiter
 from leadflow import stages
-from leadflow.auth import KeyRing, Principal, presented_key
+from leadflow.auth import KeyRing, presented_key
 from leadflow.errors import BadRecordError, ConfigurationError
+from leadflow.http_shared import (
+    ACCESS_KEY,
+    CLIENT_KEY,
+    PRINCIPAL_KEY,
+    DeadLetterSink,
+    RateLimiter,
+    error_body,
+    too_many,
+)
 from leadflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,12 +103,6 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),
     ("POST", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),
 }
-
-PRINCIPAL_KEY = web.RequestKey("principal", Principal)
-CLIENT_KEY = web.RequestKey("client", str)
-
-# (error, body, stage, detail, key) -> dead letter id; what the ingest routes use.
-DeadLetterSink = Callable[[BadRecordError, bytes, str, str, str | None], Awaitable[str]]
 
 
 def rule_for(method: str, path: str) -> Rule | None:
@@ -223,23 +223,17 @@ class AccessControl:
         return self._writes.wait_for(bucket, time.monotonic())
 
 
-ACCESS_KEY = web.AppKey("access", AccessControl)
-
-
-def too_many(wait: float, message: str) -> web.Response:
-    response = error_body(429, "rate_limited", message)
-    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return response
-
-
-def principal_of(request: web.Request) -> Principal | None:
-    return request.get(PRINCIPAL_KEY)
+def control_of(app: web.Application) -> AccessControl:
+    """The middleware's state, as `install` put it on the application."""
+    control = app[ACCESS_KEY]
+    assert isinstance(control, AccessControl), control
+    return control
 
 
 @web.middleware
 async def access_control(request: web.Request, handler: Any) -> web.StreamResponse:
     """Decide who may call this route before its handler runs."""
-    control = request.app[ACCESS_KEY]
+    control = control_of(request.app)
     request[CLIENT_KEY] = control.proxies.client(
         request.remote, request.headers.get("X-Forwarded-For")
     )

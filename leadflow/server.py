@@ -117,7 +117,7 @@ def build_app(
             PrivacyRoutes(settings, bootstrap, clickhouse, publisher.producer).add_to(app)
     access.install(app, settings, ingest.dead_letter if ingest is not None else None)
     access.check_routes(app)
-    access.check_exposure(settings, app[access.ACCESS_KEY].keys)
+    access.check_exposure(settings, access.control_of(app).keys)
     return app
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 import orjson
 from aiohttp import web
 
-from leadflow.access import principal_of
+from leadflow.http_shared import principal_of
 from leadflow.suppression import identifier_hash
 from sinks.clickhouse.client import ClickHouse
 

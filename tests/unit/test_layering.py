@@ -31,7 +31,6 @@ RANK = {
 
 # (importing module, imported top-level package) still pointing the wrong way.
 KNOWN = {
-    ("leadflow.access", "ingest_adapters"),
     ("leadflow.bench", "sinks"),
     ("leadflow.bench_pipeline", "sinks"),
     ("leadflow.bench_scoring", "streams"),
