@@ -9,6 +9,7 @@ COPY streams ./streams
 COPY sinks ./sinks
 COPY ingest_adapters ./ingest_adapters
 COPY privacy ./privacy
+COPY leadflow_app ./leadflow_app
 COPY config ./config
 RUN pip install --no-cache-dir . && useradd --system --home /var/lib/leadflow leadflow \
     && mkdir -p /var/lib/leadflow && chown leadflow /var/lib/leadflow

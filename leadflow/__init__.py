@@ -1,3 +1,4 @@
-"""leadflow: the composition root — settings, error taxonomy, topic and stage names, CLI."""
+"""leadflow's core, which every role imports: settings, errors, topic and stage names,
+ids, Kafka clients, rules, normalization, dead letters and the suppression list."""
 
 __version__ = "0.1.0"

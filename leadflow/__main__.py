@@ -1,7 +1,6 @@
-"""`python -m leadflow` is the `leadflow` command."""
+"""`python -m leadflow` is the `leadflow` command, which the application shell holds;
+run by name, so the core imports nothing of the shell."""
 
-import sys
+import runpy
 
-from leadflow.cli import main
-
-sys.exit(main())
+runpy.run_module("leadflow_app", run_name="__main__", alter_sys=True)

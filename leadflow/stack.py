@@ -46,7 +46,7 @@ from leadflow.auth import LOCAL_STACK_KEY_NAME, ensure_local_key, keys_file
 from leadflow.broker.local import LocalKafka, pid_alive
 from leadflow.errors import FatalError
 from leadflow.settings import Settings
-from leadflow.views import funnel_table, lead_table, pipeline_table
+from leadflow_app.views import funnel_table, lead_table, pipeline_table
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

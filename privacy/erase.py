@@ -27,7 +27,7 @@ suppresses, sends and deletes nothing; the dry run is audited too.
 The route takes JSON only (`Content-Type: application/json`, else 415): a web
 page can post a form or `text/plain` to another site without asking, but not
 JSON, so no page a person with access visits can erase anyone. Who may call
-it is the access middleware's decision (scope `admin`, leadflow/access.py);
+it is the access middleware's decision (scope `admin`, leadflow_app/access.py);
 the client's address never is.
 
 Left in place on purpose: the funnel aggregates (counts per day and

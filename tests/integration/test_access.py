@@ -16,12 +16,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ingest_adapters.publisher import Publisher
-from leadflow import access
 from leadflow.errors import ConfigurationError
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
-from leadflow.server import Roles, build_app
 from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, Settings
+from leadflow_app import access
+from leadflow_app.server import Roles, build_app
 from sinks.clickhouse.client import ClickHouse
 from tests.keys import ENTRIES, KEYS, WRONG_KEY, bearer
 

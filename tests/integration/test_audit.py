@@ -21,9 +21,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from leadflow.metrics import Metrics
 from leadflow.normalize import normalize_lead
 from leadflow.rules import load_rules
-from leadflow.server import Roles, build_app
 from leadflow.settings import AuthSettings, ClickHouseSettings, Settings
 from leadflow.suppression import identifier_hash
+from leadflow_app.server import Roles, build_app
 from schemas import LeadRow, RawLead, StageTransition, TransitionRow
 from sinks.clickhouse import audit
 from sinks.clickhouse.client import ClickHouse

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 
 from leadflow.broker.local import free_port
-from leadflow.connections import RateLimitedLog, client_key, start_site
 from leadflow.settings import HttpSettings, Settings
 from leadflow.stack import Child, spawn, wait_healthy
+from leadflow_app.connections import RateLimitedLog, client_key, start_site
 
 HOST = "127.0.0.1"
 # A head that never ends: one byte a second of it keeps a naive server waiting for minutes.
@@ -428,6 +428,6 @@ async def test_leadflow_serve_cuts_slow_heads_caps_clients_and_keeps_its_log_sho
 
 
 async def test_the_installed_aiohttp_has_what_the_guard_relies_on() -> None:
-    from leadflow.connections import missing_aiohttp_internals
+    from leadflow_app.connections import missing_aiohttp_internals
 
     assert missing_aiohttp_internals() == []

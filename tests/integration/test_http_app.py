@@ -12,9 +12,9 @@ from pydantic import SecretStr
 from ingest_adapters.publisher import Publisher
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
-from leadflow.server import Roles, build_app
 from leadflow.settings import AuthSettings, CallsSettings, HttpSettings, KafkaSettings, Settings
 from leadflow.topics import Topics
+from leadflow_app.server import Roles, build_app
 from schemas import DeadLetter
 from tests.integration.processes import read_topic
 from tests.keys import ADMIN_KEY, ENTRIES, KEYS, bearer

@@ -18,11 +18,11 @@ from ingest_adapters.nurture_tracking import PIXEL
 from ingest_adapters.publisher import Publisher
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
-from leadflow.server import Roles, build_app
 from leadflow.settings import AuthSettings, HttpSettings, KafkaSettings, NurtureSettings, Settings
 from leadflow.suppression import SuppressionList, identifier_hash
 from leadflow.topics import Topics
 from leadflow.tracking import TrackingClaims, sign
+from leadflow_app.server import Roles, build_app
 from schemas import DeadLetter, EngagementEvent
 from tests.integration.processes import read_topic
 from tests.keys import ENTRIES, bearer

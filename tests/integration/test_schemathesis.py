@@ -19,11 +19,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from ingest_adapters.social import linkedin_signature, meta_signature
-from leadflow import openapi
 from leadflow.auth import env_line, new_key
 from leadflow.broker.local import free_port
 from leadflow.settings import SCOPES
 from leadflow.stack import spawn, wait_healthy
+from leadflow_app import openapi
 
 META_SECRET = "schemathesis-meta-secret"
 LINKEDIN_SECRET = "schemathesis-linkedin-secret"

@@ -35,7 +35,7 @@ def worker_env(bootstrap: str, prefix: str, data_dir: Path) -> dict[str, str]:
 
 def run_worker_with(patch: str) -> str:
     """`python -c` that applies `patch` to the installed libraries, then `leadflow worker`."""
-    return f"import sys\n{patch}\nfrom leadflow.cli import main\nsys.exit(main(['worker']))\n"
+    return f"import sys\n{patch}\nfrom leadflow_app.cli import main\nsys.exit(main(['worker']))\n"
 
 
 def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float) -> str:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from leadflow.server import Roles
 from leadflow.settings import Settings, environment_variables
+from leadflow_app.server import Roles
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
 LEADFLOW_SERVICES = ("worker", "adapters", "sink", "notifier")

@@ -34,16 +34,8 @@ KNOWN = {
     ("leadflow.bench", "sinks"),
     ("leadflow.bench_pipeline", "sinks"),
     ("leadflow.bench_scoring", "streams"),
-    ("leadflow.cli", "ingest_adapters"),
-    ("leadflow.cli", "sinks"),
-    ("leadflow.cli", "streams"),
-    ("leadflow.duplicates", "ingest_adapters"),
-    ("leadflow.duplicates", "sinks"),
     ("leadflow.oracle", "streams"),
-    ("leadflow.scoring_backtest", "streams"),
-    ("leadflow.server", "ingest_adapters"),
-    ("leadflow.server", "privacy"),
-    ("leadflow.server", "sinks"),
+    ("leadflow.stack", "leadflow_app"),
 }
 
 

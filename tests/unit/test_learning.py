@@ -241,7 +241,7 @@ def test_the_scoring_bench_measures_model_rules_and_truth_on_the_same_outcomes()
 
 
 def test_a_backtest_learns_nothing_from_after_its_period() -> None:
-    from leadflow.scoring_backtest import judge
+    from leadflow_app.scoring_backtest import judge
 
     data = [outcome for outcome, _ in planted(2000, seed=13)]  # one per minute from T0
     start, end = T0 + timedelta(minutes=1000), T0 + timedelta(minutes=1500)

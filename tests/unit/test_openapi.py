@@ -8,8 +8,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ingest_adapters.publisher import Publisher
 from leadflow.metrics import Metrics
-from leadflow.server import Roles, build_app
 from leadflow.settings import Settings
+from leadflow_app.server import Roles, build_app
 from sinks.clickhouse.client import ClickHouse
 
 
@@ -43,7 +43,7 @@ async def test_every_route_is_documented_and_nothing_else() -> None:
 
 
 async def test_bodies_come_from_the_models_the_handlers_validate() -> None:
-    from leadflow import openapi
+    from leadflow_app import openapi
     from schemas import CrmEvent
 
     spec = openapi.document("test")

@@ -1,4 +1,4 @@
-"""`leadflow explain` as a person reads it (`leadflow.views.explain_panels`)."""
+"""`leadflow explain` as a person reads it (`leadflow_app.views.explain_panels`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from leadflow.views import explain_panels
+from leadflow_app.views import explain_panels
 
 
 def _answer(assignments: list[dict[str, Any]]) -> dict[str, Any]:

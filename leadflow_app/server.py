@@ -31,14 +31,15 @@ from ingest_adapters.http_app import (
 from ingest_adapters.publisher import Publisher
 from ingest_adapters.social_client import SocialFetcher
 from ingest_adapters.social_fetcher import SocialLeadService
-from leadflow import __version__, access, openapi
-from leadflow.duplicates import DuplicateRoutes
+from leadflow import __version__
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.rules import load_rules
 from leadflow.settings import Settings
 from leadflow.suppression import SuppressionList
 from leadflow.topics import Topics
+from leadflow_app import access, openapi
+from leadflow_app.duplicates import DuplicateRoutes
 from privacy.erase import PrivacyRoutes
 from schemas.limits import configure as configure_limits
 from sinks.clickhouse.client import ClickHouse
@@ -250,7 +251,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             )
         app = build_app(settings, metrics, roles, publisher, clickhouse, bootstrap)
         # Head deadline, keep-alive timeout, connection caps, rate-limited noisy logs.
-        from leadflow.connections import start_site
+        from leadflow_app.connections import start_site
 
         runner, _site = await start_site(app, settings, metrics)
         print(

@@ -82,7 +82,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace, console: Console) -
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.server import Roles, serve
+    from leadflow_app.server import Roles, serve
 
     roles = Roles.parse(args.roles.split(","))
     asyncio.run(serve(settings, _bootstrap(settings), roles))
@@ -201,7 +201,7 @@ def _ask_server(
 
 
 def cmd_leads(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.views import lead_table
+    from leadflow_app.views import lead_table
 
     query = {
         k: v
@@ -340,7 +340,7 @@ def cmd_unmerge(settings: Settings, args: argparse.Namespace, console: Console) 
 
 
 def cmd_explain(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.views import explain_panels
+    from leadflow_app.views import explain_panels
 
     path = f"/v1/leads/{urllib.parse.quote(args.lead_id)}/explain"
     answer = _ask_server(settings, args, path, console)
@@ -350,7 +350,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace, console: Console) 
 
 
 def cmd_funnel(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.views import funnel_table
+    from leadflow_app.views import funnel_table
 
     query = {
         "from": args.start,
@@ -373,7 +373,7 @@ def cmd_funnel(settings: Settings, args: argparse.Namespace, console: Console) -
 
 
 def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.views import pipeline_table
+    from leadflow_app.views import pipeline_table
 
     query = {k: v for k, v in (("as_of", args.as_of), ("by", args.by)) if v}
     answer = _ask_server(settings, args, f"/v1/pipeline?{urllib.parse.urlencode(query)}", console)
@@ -383,7 +383,7 @@ def cmd_pipeline(settings: Settings, args: argparse.Namespace, console: Console)
 
 
 def cmd_nurture(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.views import nurture_table, tasks_table
+    from leadflow_app.views import nurture_table, tasks_table
 
     if args.what == "tasks":
         query = {"as_of": args.as_of} if args.as_of else {}
@@ -401,7 +401,7 @@ def cmd_nurture(settings: Settings, args: argparse.Namespace, console: Console) 
 
 
 def cmd_scoring(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.views import evaluation_table
+    from leadflow_app.views import evaluation_table
 
     if args.what == "backtest":
         return _backtest(settings, args, console)
@@ -418,7 +418,7 @@ def _backtest(settings: Settings, args: argparse.Namespace, console: Console) ->
     from rich.table import Table
 
     from leadflow.rules import load_rules
-    from leadflow.scoring_backtest import backtest
+    from leadflow_app.scoring_backtest import backtest
 
     if not args.start or not args.end:
         console.print("[red]backtest needs --from and --to (ISO dates)[/]")

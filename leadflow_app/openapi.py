@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from leadflow import access
+from leadflow_app import access
 from schemas import CrmEvent, EngagementEvent
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

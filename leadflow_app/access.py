@@ -120,7 +120,7 @@ def check_routes(app: web.Application) -> None:
     )
     if missing:
         raise ConfigurationError(
-            "routes without an access decision in leadflow/access.py: " + ", ".join(missing)
+            "routes without an access decision in leadflow_app/access.py: " + ", ".join(missing)
         )
 
 

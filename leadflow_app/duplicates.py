@@ -27,7 +27,7 @@ longer merged changes nothing), so a stale read cannot break a lead.
 A refused request (bad JSON, an unknown or merged lead) answers 4xx naming
 the problem and leaves a dead letter on `dlq.lead`. Who may call the routes
 is the access middleware's decision: `crm` for merge and unmerge, `read:pii`
-for the list (leadflow/access.py). Every call is in the audit log.
+for the list (leadflow_app/access.py). Every call is in the audit log.
 """
 
 from __future__ import annotations
