@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import importlib
+import importlib.util
 import json
 import logging
 import sys
 import urllib.parse
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,39 +40,6 @@ def _bootstrap(settings: Settings) -> str:
     if settings.kafka.bootstrap:
         return settings.kafka.bootstrap
     return f"127.0.0.1:{settings.kafka.local_port}"
-
-
-def _local_kafka(settings: Settings):  # type: ignore[no-untyped-def]
-    from leadflow.broker.local import LocalKafka
-
-    return LocalKafka(
-        settings.kafka_home,
-        settings.kafka.local_port,
-        settings.kafka.local_controller_port,
-        settings.kafka.local_heap,
-    )
-
-
-def cmd_kafka(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    if settings.kafka.bootstrap:
-        console.print(
-            f"KAFKA_BOOTSTRAP is set ({settings.kafka.bootstrap}): "
-            "that cluster is used and no broker is managed here."
-        )
-        return 0
-    broker = _local_kafka(settings)
-    if args.action == "start":
-        with console.status("starting the Kafka broker ..."):
-            broker.start()
-        console.print(f"[green]✓[/] {broker.status()}; log: {broker.log_file}")
-    elif args.action == "stop":
-        console.print("stopped" if broker.stop() else "was not running")
-    elif args.action == "status":
-        console.print(broker.status())
-        return 0 if broker.pid() is not None else 3
-    else:
-        console.print(broker.tail_log(args.lines), markup=False, highlight=False)
-    return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -109,12 +77,6 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace, console: Console) 
     applied = asyncio.run(run())
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     return 0
-
-
-def cmd_up(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.stack import run_up
-
-    return run_up(settings, console, samples=not args.no_samples)
 
 
 def _key_header(settings: Settings) -> dict[str, str]:
@@ -174,7 +136,7 @@ def _ask_server(
 ) -> dict[str, Any] | None:
     """GET a query route of the running server. None when the answer was already printed
     (`--format json` or `csv`); otherwise the answer, for a rendering for people."""
-    from leadflow.stack import http_json
+    from leadflow_app.client import http_json
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     status, answer = http_json("GET", base + path, headers=_key_header(settings))
@@ -224,7 +186,7 @@ def cmd_erase(settings: Settings, args: argparse.Namespace, console: Console) ->
     """Erase a person through the running server and print what was erased."""
     from rich.table import Table
 
-    from leadflow.stack import http_json
+    from leadflow_app.client import http_json
 
     who = {
         k: v
@@ -304,7 +266,7 @@ def _post_command(
 ) -> dict[str, Any] | None:
     """POST `/v1/leads/{args.lead_id}/{verb}` to the running server: its 202 answer, or
     None once the refusal was printed."""
-    from leadflow.stack import http_json
+    from leadflow_app.client import http_json
 
     base = args.url or f"http://{settings.http.host}:{settings.http.port}"
     path = f"/v1/leads/{urllib.parse.quote(args.lead_id, safe='')}/{verb}"
@@ -452,60 +414,6 @@ def _backtest(settings: Settings, args: argparse.Namespace, console: Console) ->
     return 0
 
 
-def cmd_bench(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from leadflow.bench import bench_queries, bench_upload
-
-    queries_out = args.out or Path("bench-results/queries.json")
-    if args.suite == "pipeline":
-        from leadflow.bench_pipeline import bench_pipeline
-
-        modes = [mode.strip() for mode in args.frames.split(",")]
-        learning = [mode.strip() for mode in args.learning.split(",")]
-        for option, given in (("--frames", modes), ("--learning", learning)):
-            if not given or set(given) - {"on", "off"}:
-                console.print(f"[red]{option} takes on, off or on,off; not {','.join(given)!r}[/]")
-                return 2
-        bench_pipeline(
-            args.persons,
-            args.partitions,
-            args.latency_rate,
-            args.latency_seconds,
-            args.out or Path("bench-results/pipeline.json"),
-            console,
-            tuple(int(n) for n in args.workers.split(",")),
-            tuple(mode == "on" for mode in modes),
-            tuple(mode == "on" for mode in learning),
-        )
-        return 0
-    if args.suite == "scoring":
-        from leadflow.bench_scoring import bench_scoring
-
-        bench_scoring(args.outcomes, args.out or Path("bench-results/scoring.json"), console)
-        return 0
-    if args.suite == "nurture":
-        from leadflow.bench_nurture import bench_nurture
-
-        bench_nurture(
-            args.enrolled,
-            args.partitions,
-            args.out or Path("bench-results/nurture.json"),
-            console,
-            wait=timedelta(seconds=args.wait_seconds),
-            fire_rate=args.fire_rate,
-        )
-        return 0
-    if args.suite == "ingest":
-        from leadflow.bench_ingest import bench_ingest
-
-        bench_ingest(args.seconds, args.connections, args.out, console)
-        return 0
-    if args.suite == "upload":
-        bench_upload(args.rows, console, queries_out.with_name("upload.json"))
-        return 0
-    report = bench_queries(args.leads, args.repeat, queries_out, console)
-    return 0 if all(r["same_answer"] for r in report["results"]) else 1
-
-
 def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from ingest_adapters.backfill import backfill
 
@@ -593,17 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
-
-    up = verbs.add_parser("up", help="run the local stack with sample leads")
-    up.add_argument(
-        "--no-samples", action="store_true", help="start the stack empty: post no sample leads"
-    )
-    up.set_defaults(fn=cmd_up)
-
-    kafka = verbs.add_parser("kafka", help="the project's own Kafka broker")
-    kafka.add_argument("action", choices=["start", "stop", "status", "logs"])
-    kafka.add_argument("--lines", type=int, default=50)
-    kafka.set_defaults(fn=cmd_kafka)
 
     worker = verbs.add_parser("worker", help="run the Faust worker")
     worker.add_argument("--loglevel", default="info")
@@ -742,77 +639,44 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("file", type=Path)
     backfill.set_defaults(fn=cmd_backfill)
 
-    bench = verbs.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument(
-        "suite", choices=["queries", "upload", "ingest", "pipeline", "nurture", "scoring"]
-    )
-    bench.add_argument(
-        "--outcomes", type=int, default=20_000, help="scoring: won/lost outcomes generated"
-    )
-    bench.add_argument(
-        "--enrolled", type=int, default=100_000, help="nurture: leads in the 5-step sequence"
-    )
-    bench.add_argument(
-        "--wait-seconds", type=float, default=120, help="nurture: the wait between its emails"
-    )
-    bench.add_argument(
-        "--fire-rate",
-        type=float,
-        default=None,
-        help="nurture: hold the enrolled leads pending and measure a probe cohort whose "
-        "timers fire at this many a second (default: every lead at once, a burst)",
-    )
-    bench.add_argument(
-        "--persons", type=int, default=20_000, help="pipeline: generated people (~1.3 leads each)"
-    )
-    bench.add_argument("--partitions", type=int, default=8, help="pipeline: partitions per topic")
-    bench.add_argument(
-        "--workers",
-        default="1,2",
-        help="pipeline: worker counts to run, comma-separated (each checked against the oracle)",
-    )
-    bench.add_argument(
-        "--frames",
-        default="on",
-        help="pipeline: `on`, `off` or `on,off`: records of the stream core's own topics in "
-        "frames, or each a message of its own (side by side in one run)",
-    )
-    bench.add_argument(
-        "--learning",
-        default="on",
-        help="pipeline: `on`, `off` or `on,off`: a learned model in use, learning from "
-        "outcomes during the run, or rules alone (side by side in one run)",
-    )
-    bench.add_argument(
-        "--latency-rate",
-        type=float,
-        default=50.0,
-        help="pipeline: offered leads/s for latency (50: about half of one worker's capacity)",
-    )
-    bench.add_argument(
-        "--latency-seconds", type=float, default=15.0, help="pipeline: length of the latency run"
-    )
-    bench.add_argument("--rows", type=int, default=1_000_000, help="upload: rows in the file")
-    bench.add_argument("--leads", type=int, default=1_000_000)
-    bench.add_argument("--repeat", type=int, default=5)
-    bench.add_argument(
-        "--seconds", type=float, default=10.0, help="ingest: measured seconds per endpoint"
-    )
-    bench.add_argument(
-        "--connections", type=int, default=64, help="ingest: concurrent client connections"
-    )
-    bench.add_argument(
-        "--out",
-        type=Path,
-        help="JSON figures (queries: default bench-results/queries.json, upload: upload.json "
-        "beside it; ingest: none)",
-    )
-    bench.set_defaults(fn=cmd_bench)
-
     schemas = verbs.add_parser("schemas", help="print or write JSON Schemas")
     schemas.add_argument("--out", type=Path)
     schemas.set_defaults(fn=cmd_schemas)
+    _tool_verbs(verbs)
     return parser
+
+
+TOOL_VERBS = {
+    "up": "run the local stack with sample leads",
+    "kafka": "the project's own Kafka broker",
+    "bench": "benchmarks that print figures",
+}
+
+
+def tools_installed() -> bool:
+    return importlib.util.find_spec("leadflow_tools") is not None
+
+
+def _tool_verbs(verbs: Any) -> None:
+    """`up`, `kafka` and `bench` come with the development tools (`leadflow_tools`, in a
+    source checkout), which plug them in; an installation without them (the production
+    image) still lists them, and says why they cannot run."""
+    if tools_installed():
+        importlib.import_module("leadflow_tools.verbs").register(verbs)
+        return
+    for name, what in TOOL_VERBS.items():
+        stub = verbs.add_parser(name, help=f"{what} (development tools: not installed here)")
+        stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        stub.set_defaults(fn=_no_tools)
+
+
+def _no_tools(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    console.print(
+        f"[red]error:[/] `leadflow {args.verb}` is a development tool, not installed here "
+        "(the production image ships without them): run it from a source checkout "
+        "(`make up`, `make bench`)."
+    )
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,13 +19,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from leadflow.bench_scoring import auc
 from leadflow.kafka_clients import replay_topic
 from leadflow.rules import ModelRules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas.scoring import Outcome
 from streams import learning
+from streams.learning import auc
 
 
 def judge(

@@ -166,3 +166,23 @@ def snapshot_of(state: dict[str, Any], now: datetime) -> ModelSnapshot:
         weights=state["weights"],
         published_at=now,
     )
+
+
+def auc(scores: list[float], labels: list[bool]) -> float:
+    """Mann-Whitney AUC with ties counted half, by ranks (n log n)."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        return float("nan")
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)

@@ -1,5 +1,5 @@
 """Test helpers for the stream core: an independent oracle of who is the same person
-(leadflow/oracle.py, re-exported here), and an in-memory run of the stage topology
+(leadflow_tools/oracle.py, re-exported here), and an in-memory run of the stage topology
 under arbitrary interleavings.
 
 The oracle knows nothing of partitions or merges: it links every pair of
@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from leadflow.oracle import expected_people, expected_survivors
 from leadflow.rules import Rules
 from leadflow.topics import Topics
+from leadflow_tools.oracle import expected_people, expected_survivors
 from schemas import Assignment, IdentityProbe, Lead, LeadState
 from schemas.scoring import Evaluation, ModelSnapshot
 from streams.frames import FramedEvent, RecordInFrame

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from leadflow.broker.local import LocalKafka, free_port
+from leadflow_tools.broker.local import LocalKafka, free_port
 from sinks.clickhouse.client import ClickHouse
 from sinks.clickhouse.migrations import migrate
 from tests.integration.processes import Stack, start_stack

@@ -16,9 +16,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from leadflow.broker.local import free_port
-from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
+from leadflow_app.client import http_json
+from leadflow_tools.broker.local import free_port
+from leadflow_tools.stack import Child, spawn, wait_healthy
 from tests.keys import ADMIN_KEY, KEYS, bearer
 from tests.keys import env as keys_env
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from leadflow.broker.local import free_port, pid_alive
+from leadflow_tools.broker.local import free_port, pid_alive
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from leadflow.broker.local import free_port
 from leadflow.settings import HttpSettings, Settings
-from leadflow.stack import Child, spawn, wait_healthy
 from leadflow_app.connections import RateLimitedLog, client_key, start_site
+from leadflow_tools.broker.local import free_port
+from leadflow_tools.stack import Child, spawn, wait_healthy
 
 HOST = "127.0.0.1"
 # A head that never ends: one byte a second of it keeps a naive server waiting for minutes.

@@ -23,8 +23,8 @@ from typing import Any
 
 from leadflow.kafka_clients import make_producer
 from leadflow.settings import KafkaSettings
-from leadflow.stack import http_json
 from leadflow.suppression import identifier_hash
+from leadflow_app.client import http_json
 from schemas import DeadLetter
 from tests.integration.processes import Stack, read_topic, wait_until
 from tests.keys import ADMIN_KEY, KEYS, bearer

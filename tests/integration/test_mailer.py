@@ -27,14 +27,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
-from leadflow.broker.local import free_port
 from leadflow.kafka_clients import ensure_topics, make_producer
 from leadflow.metrics import Metrics
 from leadflow.settings import KafkaSettings, NurtureSettings, Settings
-from leadflow.stack import spawn, wait_healthy
 from leadflow.suppression import SuppressionList, identifier_hash
 from leadflow.topics import Topics
 from leadflow.tracking import tracking_secret, verify
+from leadflow_tools.broker.local import free_port
+from leadflow_tools.stack import spawn, wait_healthy
 from schemas import DeadLetter
 from schemas.nurture import NurtureEmail, NurtureEvent
 from sinks.mailer import Mailer, mailer_consumer

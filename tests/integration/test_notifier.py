@@ -16,12 +16,12 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 
-from leadflow.broker.local import free_port
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
 from leadflow.rules import Notify, Rep, RoutingRules, Team
 from leadflow.settings import KafkaSettings, NotifySettings
 from leadflow.topics import Topics
+from leadflow_tools.broker.local import free_port
 from schemas import Assignment, DeadLetter
 from sinks.notifier import Notifier
 from tests.builders import make_assignment

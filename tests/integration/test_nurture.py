@@ -29,10 +29,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiosmtpd.controller import Controller
 
-from leadflow.broker.local import free_port
 from leadflow.kafka_clients import make_producer
 from leadflow.settings import KafkaSettings
-from leadflow.stack import spawn, wait_healthy
+from leadflow_tools.broker.local import free_port
+from leadflow_tools.stack import spawn, wait_healthy
 from schemas.nurture import NurtureTick
 from tests.integration.processes import Stack, start_stack
 from tests.integration.processes import wait_until as poll

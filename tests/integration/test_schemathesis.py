@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, settings
 
 from ingest_adapters.social import linkedin_signature, meta_signature
 from leadflow.auth import env_line, new_key
-from leadflow.broker.local import free_port
 from leadflow.settings import SCOPES
-from leadflow.stack import spawn, wait_healthy
 from leadflow_app import openapi
+from leadflow_tools.broker.local import free_port
+from leadflow_tools.stack import spawn, wait_healthy
 
 META_SECRET = "schemathesis-meta-secret"
 LINKEDIN_SECRET = "schemathesis-linkedin-secret"

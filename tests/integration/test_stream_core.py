@@ -23,8 +23,8 @@ import yaml
 
 from leadflow.kafka_clients import make_producer
 from leadflow.rules import Rules, load_rules
-from leadflow.samples.generate import Sample, generate
 from leadflow.settings import KafkaSettings
+from leadflow_tools.samples.generate import Sample, generate
 from schemas import CallEvent, CrmEvent, DeadLetter, EngagementEvent
 from streams.frames import MAGIC, partition_for, unframe
 from tests.integration.processes import Stack, read_topic, start_stack

@@ -17,7 +17,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from leadflow.stack import spawn
+from leadflow_tools.stack import spawn
 
 CHECKED = "stream internals checked on the running consumer"
 REFUSED = "this worker relies on Faust/aiokafka internals that"

@@ -23,8 +23,9 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-from leadflow.broker.local import free_port, pid_alive
-from leadflow.stack import Backoff, PipeSafeOutput, Service, Supervisor, http_json
+from leadflow_app.client import http_json
+from leadflow_tools.broker.local import free_port, pid_alive
+from leadflow_tools.stack import Backoff, PipeSafeOutput, Service, Supervisor
 
 # --- the pieces --------------------------------------------------------------------------
 

@@ -34,11 +34,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from leadflow.broker.local import LocalKafka, free_port, pid_alive
 from leadflow.kafka_clients import consumer_lag, make_producer
 from leadflow.settings import KafkaSettings
-from leadflow.stack import spawn
 from leadflow.topics import Topics
+from leadflow_tools.broker.local import LocalKafka, free_port, pid_alive
+from leadflow_tools.stack import spawn
 from tests.integration.processes import Stack, start_stack
 from tests.keys import KEYS, bearer
 

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from ingest_adapters.web_form import WebFormRequest, parse_web_form
-from leadflow.bench_ingest import (
+from leadflow.errors import BadRecordError
+from leadflow.normalize import normalize_lead
+from leadflow_tools.bench_ingest import (
     BODY_POOL,
     INVALID_EVERY,
     cpu_percent,
@@ -16,8 +18,6 @@ from leadflow.bench_ingest import (
     percentile,
     summarize,
 )
-from leadflow.errors import BadRecordError
-from leadflow.normalize import normalize_lead
 from schemas import Lead
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
@@ -132,8 +132,8 @@ def test_the_bench_posts_as_a_browser_the_bundled_form_accepts() -> None:
     """Without the form's token and origin every post is a 401, and the bench would measure
     refusals (it did, for a while)."""
     from ingest_adapters.form_guard import check_credentials
-    from leadflow.bench_ingest import BENCH_FORM, BENCH_FORM_ORIGIN, BENCH_FORM_TOKEN
     from leadflow.rules import load_rules
+    from leadflow_tools.bench_ingest import BENCH_FORM, BENCH_FORM_ORIGIN, BENCH_FORM_TOKEN
 
     headers = {"X-Form-Token": BENCH_FORM_TOKEN, "Origin": BENCH_FORM_ORIGIN}
     forms = load_rules().forms

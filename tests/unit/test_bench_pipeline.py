@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from leadflow.bench_pipeline import _folder_bytes, _vm_kib, percentile
+from leadflow_tools.bench_pipeline import _folder_bytes, _vm_kib, percentile
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -30,7 +30,7 @@ def test_folder_bytes_counts_every_file(tmp_path: Path) -> None:
 
 
 def test_the_oracle_names_every_way_the_stream_can_differ() -> None:
-    from leadflow.oracle import differences
+    from leadflow_tools.oracle import differences
 
     expected = {"a": {"e1", "e2"}, "c": {"e3"}, "d": {"e4"}}
     assert differences(expected, {"a": {"e1", "e2"}, "c": {"e3"}, "d": {"e4"}}) == []
@@ -48,9 +48,9 @@ def test_the_blocked_oracle_agrees_with_every_pair_compared() -> None:
     from rapidfuzz import fuzz
 
     from leadflow.normalize import normalize_lead, phone_match_key
-    from leadflow.oracle import disagree, expected_people
     from leadflow.rules import load_rules
-    from leadflow.samples.generate import generate
+    from leadflow_tools.oracle import disagree, expected_people
+    from leadflow_tools.samples.generate import generate
     from streams.identity import name_key
     from streams.scoring import email_domain
 
@@ -93,9 +93,9 @@ def test_the_blocked_oracle_agrees_with_every_pair_compared() -> None:
 def test_the_benches_rule_files_load_as_a_worker_loads_them(tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from leadflow.bench_nurture import bench_rules
-    from leadflow.bench_pipeline import learning_rules
     from leadflow.rules import load_rules
+    from leadflow_tools.bench_nurture import bench_rules
+    from leadflow_tools.bench_pipeline import learning_rules
 
     assert load_rules(learning_rules(tmp_path / "on", learned=True)).scoring.model.enabled
     off = load_rules(learning_rules(tmp_path / "off", learned=False))

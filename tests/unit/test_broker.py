@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from leadflow.broker.local import _cluster_id
+from leadflow_tools.broker.local import _cluster_id
 
 
 def test_kafka_cluster_ids_never_look_like_options() -> None:
@@ -12,7 +12,7 @@ def test_kafka_cluster_ids_never_look_like_options() -> None:
 
 
 def test_free_port_never_repeats_within_a_process() -> None:
-    from leadflow.broker.local import free_port
+    from leadflow_tools.broker.local import free_port
 
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)

@@ -232,7 +232,7 @@ def test_the_scoring_bench_measures_model_rules_and_truth_on_the_same_outcomes()
 
     from rich.console import Console
 
-    from leadflow.bench_scoring import bench_scoring
+    from leadflow_tools.bench_scoring import bench_scoring
 
     report = bench_scoring(4000, None, Console(file=io.StringIO()))
     assert report["rules_auc"] < report["model_auc"] < report["truth_auc"] + 0.02

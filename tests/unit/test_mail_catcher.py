@@ -7,7 +7,7 @@ import smtplib
 from email.message import EmailMessage
 from pathlib import Path
 
-from leadflow import mail_catcher
+from leadflow_tools import mail_catcher
 
 
 def _send(port: int, to: str, subject: str) -> None:

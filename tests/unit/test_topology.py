@@ -14,7 +14,7 @@ import pytest
 
 from leadflow.normalize import normalize_lead
 from leadflow.rules import Rules, load_rules
-from leadflow.samples.generate import generate
+from leadflow_tools.samples.generate import generate
 from schemas import RawLead
 from streams.identity import match_keys as topology_keys
 from streams.lead_agent import GATHER

@@ -46,10 +46,10 @@ from aiosmtpd.controller import Controller
 from rich.console import Console
 from rich.table import Table
 
-from leadflow.bench_pipeline import Run, percentile, save_figures
-from leadflow.broker.local import LocalKafka, free_port
 from leadflow.kafka_clients import consumer_lag, make_producer
 from leadflow.rules import default_rules_dir
+from leadflow_tools.bench_pipeline import Run, percentile, save_figures
+from leadflow_tools.broker.local import LocalKafka, free_port
 from schemas import LeadState, Touch
 from schemas.nurture import NurtureEmail
 

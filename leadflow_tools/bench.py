@@ -257,7 +257,7 @@ def _write_badge_csv(path: Path, rows: int) -> None:
 
 def bench_upload(rows: int, console: Console, out: Path | None) -> dict[str, Any]:
     """Upload a generated CSV to the project's own broker, beside a bare csv.reader pass."""
-    from leadflow.broker.local import LocalKafka, free_port
+    from leadflow_tools.broker.local import LocalKafka, free_port
 
     with tempfile.TemporaryDirectory(prefix="leadflow-bench-upload-") as folder:
         path = Path(folder) / "scans.csv"

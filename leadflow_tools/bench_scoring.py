@@ -25,8 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from leadflow.bench_pipeline import save_figures
 from leadflow.rules import Rules, load_rules
+from leadflow_tools.bench_pipeline import save_figures
 from schemas import LeadState
 from schemas.scoring import Outcome
 from streams import learning
@@ -98,26 +98,6 @@ def outcome_values(count: int, seed: int = 21) -> list[bytes]:
     ]
 
 
-def auc(scores: list[float], labels: list[bool]) -> float:
-    """Mann-Whitney AUC with ties counted half, by ranks (n log n)."""
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    positives = sum(labels)
-    negatives = len(labels) - positives
-    if not positives or not negatives:
-        return float("nan")
-    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
 def bench_scoring(
     outcomes: int, out: Path | None, console: Console, seed: int = 21
 ) -> dict[str, Any]:
@@ -150,9 +130,9 @@ def bench_scoring(
         segments.append(
             {
                 "outcomes": f"{start + 1}-{start + len(part)}",
-                "model_auc": round(auc([r[0] for r in part], labels), 4),
-                "rules_auc": round(auc([r[1] for r in part], labels), 4),
-                "truth_auc": round(auc([r[2] for r in part], labels), 4),
+                "model_auc": round(learning.auc([r[0] for r in part], labels), 4),
+                "rules_auc": round(learning.auc([r[1] for r in part], labels), 4),
+                "truth_auc": round(learning.auc([r[2] for r in part], labels), 4),
             }
         )
     after = rows[warm:]
@@ -161,9 +141,9 @@ def bench_scoring(
         "outcomes": outcomes,
         "won_share": round(sum(r[3] for r in rows) / len(rows), 3),
         "measured_after": warm,
-        "model_auc": round(auc([r[0] for r in after], labels), 4),
-        "rules_auc": round(auc([r[1] for r in after], labels), 4),
-        "truth_auc": round(auc([r[2] for r in after], labels), 4),
+        "model_auc": round(learning.auc([r[0] for r in after], labels), 4),
+        "rules_auc": round(learning.auc([r[1] for r in after], labels), 4),
+        "truth_auc": round(learning.auc([r[2] for r in after], labels), 4),
         "segments": segments,
         "train_step_us": round(1e6 * learn_s / outcomes, 1),
         "score_lead_us": round(1e6 * score_s / outcomes, 1),

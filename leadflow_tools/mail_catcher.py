@@ -17,7 +17,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from leadflow.broker.local import free_port
+from leadflow_tools.broker.local import free_port
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._-]+")
 

@@ -51,17 +51,18 @@ from rich.console import Console
 from rich.table import Table
 
 from leadflow.auth import env_line, new_key
-from leadflow.bench_ingest import cpu_percent, cpu_snapshot
-from leadflow.broker.local import LocalKafka, free_port
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import consumer_lag, ensure_topics, make_producer
 from leadflow.normalize import envelope_bytes, normalize_lead
-from leadflow.oracle import differences, expected_survivors
 from leadflow.rules import default_rules_dir, load_rules
-from leadflow.samples.generate import generate
 from leadflow.settings import KafkaSettings, Settings
-from leadflow.stack import Child, http_json, spawn, wait_healthy
 from leadflow.topics import Topics
+from leadflow_app.client import http_json
+from leadflow_tools.bench_ingest import cpu_percent, cpu_snapshot
+from leadflow_tools.broker.local import LocalKafka, free_port
+from leadflow_tools.oracle import differences, expected_survivors
+from leadflow_tools.samples.generate import generate
+from leadflow_tools.stack import Child, spawn, wait_healthy
 from schemas import RawLead
 from sinks.clickhouse.client import ClickHouse
 
@@ -414,7 +415,7 @@ def bench_pipeline(
         # Before the clock starts: the adapters' work is not the stream's.
         payloads = [(e.event_id.encode(), as_published(e, region)) for e in envelopes]
     # The learner's lessons, from the scoring bench's history (its module uses this one's).
-    from leadflow.bench_scoring import outcome_values
+    from leadflow_tools.bench_scoring import outcome_values
 
     outcomes = outcome_values(WARM_OUTCOMES + len(envelopes) // LEADS_PER_OUTCOME)
     with tempfile.TemporaryDirectory(prefix="leadflow-bench-pipeline-") as folder:

@@ -41,12 +41,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from leadflow import mail_catcher
 from leadflow.auth import LOCAL_STACK_KEY_NAME, ensure_local_key, keys_file
-from leadflow.broker.local import LocalKafka, pid_alive
 from leadflow.errors import FatalError
 from leadflow.settings import Settings
+from leadflow_app.client import http_json
 from leadflow_app.views import funnel_table, lead_table, pipeline_table
+from leadflow_tools import mail_catcher
+from leadflow_tools.broker.local import LocalKafka, pid_alive
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -108,23 +109,6 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Chi
     return Child(name, process, log_path, args, env)
 
 
-def http_json(
-    method: str,
-    url: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    timeout_s: float = 10.0,
-) -> tuple[int, dict[str, Any]]:
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"not an HTTP URL: {url}")
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
 def wait_healthy(
     base_url: str,
     children: list[Child],
@@ -149,7 +133,7 @@ def wait_healthy(
 
 
 def load_samples() -> list[dict[str, Any]]:
-    text = resources.files("leadflow").joinpath("samples/web_forms.json").read_text("utf-8")
+    text = resources.files("leadflow_tools").joinpath("samples/web_forms.json").read_text("utf-8")
     samples: list[dict[str, Any]] = json.loads(text)
     return samples
 

@@ -32,7 +32,7 @@ def cache_root() -> Path:
 
 
 def _pom_text() -> str:
-    return resources.files("leadflow.broker").joinpath("pom.xml").read_text("utf-8")
+    return resources.files("leadflow_tools.broker").joinpath("pom.xml").read_text("utf-8")
 
 
 def ensure_jars(progress: bool = True) -> Path:
@@ -203,7 +203,7 @@ class LocalKafka:
         return config
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
-        log4j = resources.files("leadflow.broker").joinpath("log4j2.yaml")
+        log4j = resources.files("leadflow_tools.broker").joinpath("log4j2.yaml")
         return [
             "java",
             f"-Xmx{self.heap}",

@@ -403,9 +403,9 @@ def run_ingest_bench(
     seconds: float, connections: int, load_processes: Sequence[int], console: Console
 ) -> dict[str, Any]:
     """Broker, server, then each endpoint with each count of load processes; stop all."""
-    from leadflow.broker.local import LocalKafka, free_port
     from leadflow.errors import FatalError
-    from leadflow.stack import Child, spawn, wait_healthy
+    from leadflow_tools.broker.local import LocalKafka, free_port
+    from leadflow_tools.stack import Child, spawn, wait_healthy
 
     server: Child | None = None
     workers: list[BaseProcess] = []

@@ -1,0 +1,1 @@
+"""Sample leads for the local stack and the benchmarks."""
