@@ -526,6 +526,13 @@ def handle_update(
         if state is None:
             return effects
         moves = crm_moves(update.event, state, rules)
+        if any(
+            (state.stage, state.stage_at, state.stage_reason) == (m.to, m.at, m.reason)
+            for m in moves
+        ):
+            # This very action is the lead's last move: a redelivery (a rebalance replays
+            # what was not committed yet). Already applied and sent: nothing to do.
+            return effects
         if not allowed(state.stage, moves[0].to, rules.stages):
             raise BadRecordError(
                 "stage_not_allowed",

@@ -194,3 +194,32 @@ def test_a_call_out_of_the_window_cannot_move_the_first_touch(year: int) -> None
     )
     with pytest.raises(ValidationError, match="started_at"):
         CallEvent.model_validate_json(body)  # what the events stage does with events.calls
+
+
+@pytest.mark.parametrize("action", ["won", "lost", "convert", "disqualify"])
+def test_a_redelivered_crm_action_changes_nothing(
+    known: tuple[Topology, Lead], rules: Rules, action: str
+) -> None:
+    """A rebalance can hand the lead stage a CRM action it applied but did not commit:
+    the second time it is neither refused (no dead letter) nor applied again."""
+    topology, _ = known
+    person = only_person(topology)
+    event = {
+        "event_id": f"crm-{action}",
+        "lead_id": person.lead_id,
+        "action": action,
+        "occurred_at": T0.isoformat(),
+        **({"amount": 100.0, "currency": "EUR"} if action == "convert" else {}),
+        **({"reason": "went with a rival"} if action in ("lost", "disqualify") else {}),
+    }
+    update = {"type": "crm", "lead_id": person.lead_id, "event": event}
+    first = handle_update(update, person, topology.topics, rules, NOW)
+    assert first.sends
+    assert first.state is not None
+    again = handle_update(update, first.state, topology.topics, rules, NOW + timedelta(seconds=5))
+    assert again.sends == []
+    # A different action of the same kind later is still refused: it is no forward move.
+    later = {**event, "event_id": f"crm-{action}-2", "occurred_at": NOW.isoformat()}
+    if action != "convert":
+        with pytest.raises(BadRecordError, match="forward move"):
+            handle_update({**update, "event": later}, first.state, topology.topics, rules, NOW)
