@@ -24,9 +24,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ingest_adapters import call_center, form_guard, social, web_form
+from ingest_adapters import call_center, form_guard, web_form
 from ingest_adapters.nurture_tracking import NurtureTrackingRoutes
 from ingest_adapters.publisher import Publisher
+from ingest_adapters.social import common, linkedin, meta
 from ingest_adapters.upload_http import UploadRoutes
 from leadflow import stages
 from leadflow.dead_letters import dead_letter_for
@@ -203,7 +204,7 @@ class IngestRoutes:
         """Meta's webhook setup: echo hub.challenge when hub.verify_token matches."""
         token = self._settings.social.meta_verify_token
         try:
-            challenge = social.verify_meta_subscription(
+            challenge = meta.verify_meta_subscription(
                 request.query, token.get_secret_value() if token else None
             )
         except BadRecordError as exc:
@@ -220,7 +221,7 @@ class IngestRoutes:
                 403, "not_configured", "set SOCIAL_LINKEDIN_CLIENT_SECRET to answer LinkedIn"
             )
         try:
-            answer = social.linkedin_challenge(code, secret.get_secret_value())
+            answer = linkedin.linkedin_challenge(code, secret.get_secret_value())
         except BadRecordError as exc:
             return error_body(STATUS_BY_REASON.get(exc.reason, 422), exc.reason, exc.message)
         return web.json_response(answer)
@@ -229,13 +230,13 @@ class IngestRoutes:
         """A Meta leadgen notification, verified by X-Hub-Signature-256."""
         secret = self._settings.social.meta_app_secret
 
-        def parse(body: bytes) -> list[social.LeadgenRef]:
-            social.verify_meta_signature(
+        def parse(body: bytes) -> list[common.LeadgenRef]:
+            meta.verify_meta_signature(
                 body,
                 request.headers.get("X-Hub-Signature-256"),
                 secret.get_secret_value() if secret else None,
             )
-            return social.parse_meta_notification(body, received_at=datetime.now(UTC))
+            return meta.parse_meta_notification(body, received_at=datetime.now(UTC))
 
         return await self._post_social(request, parse)
 
@@ -243,18 +244,18 @@ class IngestRoutes:
         """A LinkedIn lead notification, verified by X-LI-Signature."""
         secret = self._settings.social.linkedin_client_secret
 
-        def parse(body: bytes) -> list[social.LeadgenRef]:
-            social.verify_linkedin_signature(
+        def parse(body: bytes) -> list[common.LeadgenRef]:
+            linkedin.verify_linkedin_signature(
                 body,
                 request.headers.get("X-LI-Signature"),
                 secret.get_secret_value() if secret else None,
             )
-            return social.parse_linkedin_notification(body, received_at=datetime.now(UTC))
+            return linkedin.parse_linkedin_notification(body, received_at=datetime.now(UTC))
 
         return await self._post_social(request, parse)
 
     async def _post_social(
-        self, request: web.Request, parse: Callable[[bytes], list[social.LeadgenRef]]
+        self, request: web.Request, parse: Callable[[bytes], list[common.LeadgenRef]]
     ) -> web.Response:
         """Record each announced lead on social.notifications, then answer; the fetcher goes on."""
         body = await request.read()
@@ -262,7 +263,7 @@ class IngestRoutes:
             refs = parse(body)
         except BadRecordError as exc:
             letter_id = await self.dead_letter(
-                exc, body, social.STAGE, f"POST {request.path}", None
+                exc, body, common.STAGE, f"POST {request.path}", None
             )
             if exc.reason in _ACKNOWLEDGED_REFUSALS:
                 return web.json_response(

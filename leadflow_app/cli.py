@@ -415,7 +415,7 @@ def _backtest(settings: Settings, args: argparse.Namespace, console: Console) ->
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from ingest_adapters.backfill import backfill
+    from ingest_adapters.social.backfill import backfill
 
     if not args.file.is_file():
         console.print(f"[red]error:[/] no such file: {args.file}")

@@ -29,8 +29,8 @@ from ingest_adapters.http_app import (
     json_errors,
 )
 from ingest_adapters.publisher import Publisher
-from ingest_adapters.social_client import SocialFetcher
-from ingest_adapters.social_fetcher import SocialLeadService
+from ingest_adapters.social.fetcher import SocialFetcher
+from ingest_adapters.social.service import SocialLeadService
 from leadflow import __version__
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
 from ingest_adapters.call_center import twilio_signature
-from ingest_adapters.social import meta_signature
+from ingest_adapters.social.meta import meta_signature
 from leadflow import stages
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import (

@@ -18,7 +18,7 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from ingest_adapters.social import meta_signature
+from ingest_adapters.social.meta import meta_signature
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import AuthSettings, KafkaSettings, Settings, SocialSettings
 from leadflow.topics import Topics

@@ -18,7 +18,8 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from ingest_adapters.social import linkedin_signature, meta_signature
+from ingest_adapters.social.linkedin import linkedin_signature
+from ingest_adapters.social.meta import meta_signature
 from leadflow.auth import env_line, new_key
 from leadflow.settings import SCOPES
 from leadflow_app import openapi

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from ingest_adapters.social import lead_event_id, linkedin_signature, meta_signature
+from ingest_adapters.social.common import lead_event_id
+from ingest_adapters.social.linkedin import linkedin_signature
+from ingest_adapters.social.meta import meta_signature
 from schemas import DeadLetter, RawLead
 from tests.integration.processes import Stack, read_topic, start_stack
 from tests.standins.social_api import SocialApiStandIn, running

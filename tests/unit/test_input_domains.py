@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from pydantic import BaseModel, ValidationError
 
 from ingest_adapters.publisher import DEFAULT_MAX_MESSAGE_BYTES, Publisher, record_size
-from ingest_adapters.social import parse_linkedin_notification
+from ingest_adapters.social.linkedin import parse_linkedin_notification
 from leadflow.dead_letters import (
     KEEP_WHOLE_MAX_BYTES,
     MAX_PROBLEMS,

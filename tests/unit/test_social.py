@@ -23,25 +23,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from ingest_adapters import social
-from ingest_adapters.social import (
-    LeadgenRef,
-    lead_event_id,
-    lead_from_export_row,
+from ingest_adapters.social import common as social
+from ingest_adapters.social.common import LeadgenRef, lead_event_id
+from ingest_adapters.social.fetcher import SocialFetcher
+from ingest_adapters.social.linkedin import (
     linkedin_challenge,
     linkedin_lead,
     linkedin_signature,
+    parse_linkedin_notification,
+    verify_linkedin_signature,
+)
+from ingest_adapters.social.meta import (
+    lead_from_export_row,
     meta_export_leads,
     meta_lead,
     meta_signature,
-    parse_linkedin_notification,
     parse_meta_notification,
     read_meta_export,
-    verify_linkedin_signature,
     verify_meta_signature,
     verify_meta_subscription,
 )
-from ingest_adapters.social_client import SocialFetcher
 from leadflow.errors import BadRecordError, ConfigurationError
 from leadflow.settings import SocialSettings
 from schemas import RawLead

@@ -1,7 +1,7 @@
 """Fetching announced leads from Meta's Graph API and LinkedIn's REST API.
 
 The HTTP client half of the social lead-ads adapter (the pure half, parsing
-and verification, is ingest_adapters/social.py). Retries, backoff and the
+and verification, is ingest_adapters/social/). Retries, backoff and the
 scrubbing of tokens from every message live here.
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import SecretStr
 
-from ingest_adapters.social import (
+from ingest_adapters.social.common import (
     _FORM_CACHE_SIZE,
     _GRAPH_TRANSIENT_CODES,
     _INVALID,
@@ -31,12 +31,11 @@ from ingest_adapters.social import (
     LeadgenRef,
     Provider,
     Sleep,
-    _form_parts,
     _hmac_hex,
     _secret,
-    linkedin_lead,
-    meta_lead,
 )
+from ingest_adapters.social.linkedin import _form_parts, linkedin_lead
+from ingest_adapters.social.meta import meta_lead
 from leadflow.errors import BadRecordError, ConfigurationError
 from leadflow.settings import SocialSettings
 from leadflow.strict_json import load_object

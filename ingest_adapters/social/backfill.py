@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ingest_adapters.social import STAGE, meta_export_leads
+from ingest_adapters.social.common import STAGE
+from ingest_adapters.social.meta import meta_export_leads
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.kafka_clients import ensure_topics, make_producer

@@ -23,8 +23,8 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
-from ingest_adapters.social import STAGE, LeadgenRef
-from ingest_adapters.social_client import SocialFetcher
+from ingest_adapters.social.common import STAGE, LeadgenRef
+from ingest_adapters.social.fetcher import SocialFetcher
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, ConfigurationError
 from leadflow.metrics import Metrics
