@@ -42,7 +42,7 @@ from leadflow.http_shared import (
 )
 from leadflow.metrics import Metrics
 from leadflow.normalize import envelope_bytes, normalize_lead
-from leadflow.rules import load_rules
+from leadflow.rules import Rules
 from leadflow.settings import Settings
 from leadflow.topics import Topics
 from schemas import CallEvent, CrmEvent, EngagementEvent
@@ -65,6 +65,7 @@ class IngestRoutes:
     def __init__(
         self,
         settings: Settings,
+        rules: Rules,
         publisher: Publisher,
         metrics: Metrics,
         bootstrap: str | None = None,
@@ -74,7 +75,8 @@ class IngestRoutes:
         self._publisher = publisher
         self._metrics = metrics
         self._topics = Topics(settings.kafka.topic_prefix)
-        self._forms = load_rules(settings.worker.rules_dir).forms
+        self._rules = rules
+        self._forms = rules.forms
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/leads/web", self.post_web_form)
@@ -90,7 +92,11 @@ class IngestRoutes:
         app.router.add_post("/v1/social/linkedin", self.post_linkedin)
         UploadRoutes(self._settings, self._bootstrap, self.dead_letter).add_to(app)
         NurtureTrackingRoutes(
-            self._settings, self._publisher, self._metrics, self.dead_letter
+            self._settings,
+            self._rules.nurture.templates,
+            self._publisher,
+            self._metrics,
+            self.dead_letter,
         ).add_to(app)
 
     async def _post_event(

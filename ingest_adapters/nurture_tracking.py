@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
@@ -48,8 +49,7 @@ from leadflow import stages
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.http_shared import CLIENT_KEY, DeadLetterSink, RateLimiter, error_body, too_many
 from leadflow.metrics import Metrics
-from leadflow.nurture_rules import Template, load_nurture
-from leadflow.rules import default_rules_dir
+from leadflow.nurture_rules import Template
 from leadflow.settings import Settings
 from leadflow.suppression import identifier_hash
 from leadflow.topics import Topics
@@ -104,6 +104,7 @@ class NurtureTrackingRoutes:
     def __init__(
         self,
         settings: Settings,
+        templates: Mapping[str, Template],
         publisher: Publisher,
         metrics: Metrics,
         dead_letter: DeadLetterSink,
@@ -111,11 +112,10 @@ class NurtureTrackingRoutes:
         self._publisher = publisher
         self._dead_letter = dead_letter
         self._topics = Topics(settings.kafka.topic_prefix)
-        # Once at start: a missing or unreadable secret, or a bad nurture.yaml, stops the
-        # server before it answers a link it could not check.
+        # Once at start: a missing or unreadable secret (or, where the rules were loaded,
+        # a bad nurture.yaml) stops the server before it answers a link it could not check.
         self._secret = tracking_secret(settings)
-        folder = settings.worker.rules_dir or default_rules_dir()
-        self._templates: dict[str, Template] = load_nurture(folder).templates
+        self._templates = templates
         self._letters = RateLimiter(LETTERS_PER_S, LETTERS_BURST)
         self._links = Counter(
             "leadflow_tracking_links",

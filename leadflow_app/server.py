@@ -34,7 +34,7 @@ from ingest_adapters.social.service import SocialLeadService
 from leadflow import __version__
 from leadflow.kafka_clients import ensure_topics, make_consumer, make_producer
 from leadflow.metrics import Metrics
-from leadflow.rules import load_rules
+from leadflow.rules import Rules, load_rules
 from leadflow.settings import Settings
 from leadflow.suppression import SuppressionList
 from leadflow.topics import Topics
@@ -83,8 +83,12 @@ def build_app(
     publisher: Publisher | None,
     clickhouse: ClickHouse | None,
     bootstrap: str | None = None,
+    rules: Rules | None = None,
 ) -> web.Application:
+    """The HTTP application of these roles. `rules`: the server's, loaded once at start
+    (read from WORKER_RULES_DIR here when not given)."""
     configure_limits(settings.limits)  # the input domains every schema checks
+    rules = rules or load_rules(settings.worker.rules_dir)
     app = web.Application(
         client_max_size=settings.http.max_body_bytes,
         middlewares=[json_errors, access.access_control],
@@ -109,7 +113,7 @@ def build_app(
     app.router.add_get("/openapi.json", openapi_page)
     ingest = None
     if publisher is not None:
-        ingest = IngestRoutes(settings, publisher, metrics, bootstrap)
+        ingest = IngestRoutes(settings, rules, publisher, metrics, bootstrap)
         ingest.add_to(app)
     if clickhouse is not None and roles.query:
         QueryRoutes(clickhouse).add_to(app)
@@ -169,9 +173,13 @@ async def _start_writer(
 
 
 async def _start_notifier(
-    settings: Settings, bootstrap: str, topics: Topics, producer: AIOKafkaProducer, metrics: Metrics
+    settings: Settings,
+    rules: Rules,
+    bootstrap: str,
+    topics: Topics,
+    producer: AIOKafkaProducer,
+    metrics: Metrics,
 ) -> Background:
-    rules = load_rules(settings.worker.rules_dir)
     consumer = make_consumer(
         settings.kafka, bootstrap, topics.leads_assigned, group_id=topics.group("notifier")
     )
@@ -216,6 +224,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
     """Run until SIGINT/SIGTERM or until a background service fails; re-raise its failure."""
     metrics = Metrics()
     topics = Topics(settings.kafka.topic_prefix)
+    rules = load_rules(settings.worker.rules_dir)  # once: every role below gets these
     await ensure_topics(settings.kafka, bootstrap)
     producer = make_producer(settings.kafka, bootstrap)
     await producer.start()
@@ -233,7 +242,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             applied = await migrate(clickhouse)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-            await sync_stage_definitions(clickhouse, load_rules(settings.worker.rules_dir).stages)
+            await sync_stage_definitions(clickhouse, rules.stages)
             await apply_retention(clickhouse, settings.kafka.dlq_retention_days)
         if roles.sink:
             assert clickhouse is not None
@@ -241,7 +250,9 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
                 await _start_writer(settings, bootstrap, topics, clickhouse, producer, metrics)
             )
         if roles.notifier:
-            services.append(await _start_notifier(settings, bootstrap, topics, producer, metrics))
+            services.append(
+                await _start_notifier(settings, rules, bootstrap, topics, producer, metrics)
+            )
             services.append(await _start_mailer(settings, bootstrap, topics, producer, metrics))
         publisher = None
         if roles.adapters:
@@ -249,7 +260,7 @@ async def serve(settings: Settings, bootstrap: str, roles: Roles) -> None:
             services.append(
                 await _start_social_fetcher(settings, bootstrap, topics, producer, metrics)
             )
-        app = build_app(settings, metrics, roles, publisher, clickhouse, bootstrap)
+        app = build_app(settings, metrics, roles, publisher, clickhouse, bootstrap, rules)
         # Head deadline, keep-alive timeout, connection caps, rate-limited noisy logs.
         from leadflow_app.connections import start_site
 
