@@ -116,7 +116,8 @@ async def _hold_commits_at_gaps(self: Any, tp: Any, offset_from: int, offset_to:
 
 def _commit_from_the_head(self: Any, tp: Any) -> int | None:
     """Wraps Faust's `Consumer._new_offset`: no commit while the record at the committed
-    offset was never acknowledged, and the partition is read again from there.
+    offset (or, with nothing committed, the partition's first record) was never
+    acknowledged, and the partition is read again from there.
 
     Faust commits the first run of consecutive acknowledged offsets unless it starts
     *more than one* past the committed offset, so a single record handed to a stream and
@@ -128,7 +129,17 @@ def _commit_from_the_head(self: Any, tp: Any) -> int | None:
     """
     acked = self._acked[tp]
     committed = self._committed_offset[tp]
+    unknown = committed is None
+    if acked and committed is None:
+        # Nothing committed yet (a fresh group, or a worker killed before its first
+        # commit): the head is where the partition begins. Records dropped there were
+        # committed past by Faust, as a new lead's identity answer was once.
+        committed = _begins_at(self, tp)
+        if committed is None:
+            return None  # where it begins is being asked: hold this commit until known
     if acked and committed is not None and min(acked) > committed:
+        if unknown:
+            _log_start.pop(tp, None)  # asked again at the next hold: retention moves it
         now = time.monotonic()
         held = _held_at.get(tp)
         if held is None or held[0] != committed or now - held[1] >= HOLD_RESEEK_S:
@@ -149,7 +160,37 @@ def _commit_from_the_head(self: Any, tp: Any) -> int | None:
 
 HOLD_RESEEK_S = 20.0
 _held_at: dict[Any, tuple[int, float]] = {}
-_seeks: set[Any] = set()  # running seeks, kept referenced until done
+_seeks: set[Any] = set()  # running seeks and lookups, kept referenced until done
+_log_start: dict[Any, int] = {}  # each partition's first offset, once asked
+_asking: set[Any] = set()
+
+
+def _begins_at(consumer: Any, tp: Any) -> int | None:
+    """The partition's first offset if known; else asked of the broker (by the consumer's
+    `earliest_offsets`) for a later commit, and None."""
+    if tp in _log_start:
+        return _log_start[tp]
+    if tp not in _asking:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        _asking.add(tp)
+
+        async def ask() -> None:
+            try:
+                offsets = await consumer.earliest_offsets(tp)
+                if tp in offsets:
+                    _log_start[tp] = offsets[tp]
+            except Exception:  # the next commit asks again
+                log.debug("could not read where %s begins", tp, exc_info=True)
+            finally:
+                _asking.discard(tp)
+
+        task = loop.create_task(ask())
+        _seeks.add(task)
+        task.add_done_callback(_seeks.discard)
+    return None
 
 
 def _seek_soon(consumer: Any, tp: Any, offset: int) -> None:

@@ -191,7 +191,15 @@ async def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
 
     monkeypatch.setattr(consumer, "seek", seek)
     monkeypatch.setattr(stall_guard, "_held_at", {})
+    monkeypatch.setattr(stall_guard, "_log_start", {})
     tp = TP("leads.raw", 1)
+
+    def begins_at(offsets: dict[Any, int]) -> Any:
+        async def earliest_offsets(*partitions: Any) -> dict[Any, int]:
+            return {p: offsets[p] for p in partitions}
+
+        return earliest_offsets
+
     faust_own = stall_guard.faust_new_offset()
     try:
         consumer._committed_offset[tp] = 1233
@@ -204,9 +212,21 @@ async def test_a_record_never_acknowledged_at_the_head_is_not_committed_past(
         assert sought == [(tp, 1233)]
         consumer._acked[tp] = [1233, 1234, 1235]  # fetched again and handled
         assert consumer._new_offset(tp) == 1236
-        consumer._committed_offset[tp] = None  # nothing committed yet: Faust decides
+        # Nothing committed yet: the head is where the partition begins, asked of the
+        # broker first (the commit waits for the answer).
+        consumer._committed_offset[tp] = None
         consumer._acked[tp] = [5, 6]
-        assert consumer._new_offset(tp) == 7
-        assert sought == [(tp, 1233)]
+        monkeypatch.setattr(consumer, "earliest_offsets", begins_at({tp: 5}))
+        assert consumer._new_offset(tp) is None  # not known yet: held
+        await asyncio.sleep(0.01)
+        assert consumer._new_offset(tp) == 7  # 5 is the first record: nothing skipped
+        # Records dropped at the head of a partition with nothing committed (a worker
+        # killed before its first commit): held, and read again from the first offset.
+        monkeypatch.setattr(stall_guard, "_log_start", {tp: 0})
+        consumer._acked[tp] = [5, 6]
+        assert consumer._new_offset(tp) is None
+        await asyncio.sleep(0)
+        assert sought == [(tp, 1233), (tp, 0)]
+        assert faust_own(consumer, tp) == 7  # what Faust alone would have committed
     finally:
         close_consumer_loop(app)
