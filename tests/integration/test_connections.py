@@ -172,7 +172,9 @@ async def check_trickling_connections_closed(
     still_open = [r for r in results if r.closed_after_s is None]
     assert not still_open, f"{len(still_open)} of {count} trickling connections never closed"
     times = sorted(r.closed_after_s or 0.0 for r in results)
-    assert times[0] >= header_timeout_s - 0.3, times[:5]
+    # The server counts from its accept, the client from its own start: on a busy loop
+    # (200 connections at once) the two are a few tenths of a second apart.
+    assert times[0] >= header_timeout_s - 0.5, times[:5]
     assert times[-1] <= header_timeout_s + 6.0, times[-5:]
     # A 408 for a head begun; nothing for one whose first byte had not arrived yet (a loaded
     # machine can delay it past the deadline): the server answers nobody who asked nothing.

@@ -292,7 +292,12 @@ async def test_sequences_follow_people_up_on_the_stage_clock(
         "What teams like Contoso GmbH do with Acme",
     ]
     mails.wait(address["bo"], 3, stack)
-    assert mails.to(address["bo"])[2]["Subject"] == "Still comparing plans, Bo?"
+    # Bo's welcome sequence and the pricing one both fall due at this tick: the two emails
+    # come in either order.
+    assert sorted(m["Subject"] for m in mails.to(address["bo"])[1:3]) == [
+        "Still comparing plans, Bo?",
+        "What teams like Contoso GmbH do with Acme",
+    ]
     wait_until(
         has(stack, leads["ana"]["lead_id"], "skipped", "pricing_lingerer"),
         stack,
