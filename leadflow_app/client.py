@@ -22,4 +22,5 @@ def http_json(
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        with exc:  # an HTTPError holds the connection until closed
+            return exc.code, json.loads(exc.read() or b"{}")

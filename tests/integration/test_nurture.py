@@ -321,8 +321,9 @@ async def test_sequences_follow_people_up_on_the_stage_clock(
     opener = urllib.request.build_opener(_NoRedirect)
     with pytest.raises(urllib.error.HTTPError) as redirect:
         opener.open(request, timeout=10)
-    assert redirect.value.code == 302
-    assert redirect.value.headers["Location"] == "https://www.example.com/whats-new"
+    with redirect.value as answer:  # an HTTPError holds the connection until closed
+        assert answer.code == 302
+        assert answer.headers["Location"] == "https://www.example.com/whats-new"
     fay_id = leads["fay"]["lead_id"]
     wait_until(has(stack, fay_id, "clicked", "win_back"), stack, "fay's click on the win-back")
     fay = wait_until(

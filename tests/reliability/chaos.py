@@ -93,7 +93,8 @@ class Load:
             with urllib.request.urlopen(request, timeout=15) as answer:  # noqa: S310
                 return answer.status, json.loads(answer.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            with exc:  # an HTTPError holds the connection until closed
+                return exc.code, json.loads(exc.read() or b"{}")
         except (urllib.error.URLError, TimeoutError, ConnectionError):
             return 0, {}
 
