@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -213,33 +213,31 @@ async def consumer_lag(
 async def replay_topic(
     kafka: KafkaSettings,
     bootstrap: str,
-    topic: str,
+    topics: str | Sequence[str],
     on_record: Callable[[ConsumerRecord[bytes, bytes]], None],
 ) -> None:
-    """Hand every record of `topic`, from the start to its current end, to `on_record`.
+    """Hand every record of `topics` (one name or several), from the start to the end each
+    partition had when reading began, to `on_record`.
 
-    For small compacted topics a process reads back at start (what it already did).
+    Every partition is assigned by name (no group, no wait for an assignment), and
+    empty ones are done at once; a topic that does not exist has nothing to replay.
     """
-    reader = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **security(kafka),
-    )
+    names = [topics] if isinstance(topics, str) else list(topics)
+    reader = make_consumer(kafka, bootstrap, group_id=None)
     await reader.start()
     try:
-        batch = await reader.getmany(timeout_ms=1000)
-        while True:
+        partitions = await topic_partitions(reader, names)
+        if not partitions:
+            return
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
+        ends = await reader.end_offsets(partitions)
+        while not await caught_up(reader, ends):
+            batch = await reader.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
-                    on_record(record)
-            partitions = list(reader.assignment())
-            ends = await reader.end_offsets(partitions) if partitions else {}
-            if not [tp for tp in partitions if await reader.position(tp) < ends[tp]]:
-                return
-            batch = await reader.getmany(timeout_ms=500)
+                    if record.offset < ends[TopicPartition(record.topic, record.partition)]:
+                        on_record(record)
     finally:
         await reader.stop()
 
@@ -251,13 +249,22 @@ async def caught_up(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int])
     return True
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, names: list[str]) -> list[TopicPartition]:
+    """Every partition of the named topics that exist, from one metadata request."""
+    # aiokafka has no public call for a topic's partitions without subscribing.
+    cluster = await consumer._client.fetch_all_metadata()
+    return [
+        TopicPartition(name, p)
+        for name in names
+        for p in sorted(cluster.partitions_for_topic(name) or ())
+    ]
+
+
 async def all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     for _ in range(50):
-        # aiokafka has no public call for a topic's partitions without subscribing.
-        cluster = await consumer._client.fetch_all_metadata()
-        found = cluster.partitions_for_topic(topic)
+        found = await topic_partitions(consumer, [topic])
         if found:
-            return [TopicPartition(topic, p) for p in sorted(found)]
+            return found
         await asyncio.sleep(0.1)
     raise RuntimeError(f"topic {topic} does not exist; run leadflow once to declare it")
 

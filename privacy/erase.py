@@ -343,26 +343,26 @@ async def tombstone_dead_letters(
     topic. A dry run counts them only."""
     topics = Topics(settings.kafka.topic_prefix)
     needles = person.needles()
+    matches: dict[str, list[bytes]] = {}
+
+    def check(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value is None or record.key is None:
+            return
+        try:
+            letter = DeadLetter.model_validate_json(record.value)
+        except ValueError:
+            return
+        if _mentions(letter, needles):
+            matches.setdefault(record.topic, []).append(record.key)
+
+    # Every dead-letter topic in one pass: one reader, its partitions assigned by name.
+    await replay_topic(settings.kafka, bootstrap, topics.all_dlq(), check)
     counts: dict[str, int] = {}
-    for topic in topics.all_dlq():
-        matches: list[bytes] = []
-
-        def check(record: ConsumerRecord[bytes, bytes], found: list[bytes] = matches) -> None:
-            if record.value is None or record.key is None:
-                return
-            try:
-                letter = DeadLetter.model_validate_json(record.value)
-            except ValueError:
-                return
-            if _mentions(letter, needles):
-                found.append(record.key)
-
-        await replay_topic(settings.kafka, bootstrap, topic, check)
-        for key in dict.fromkeys(matches):
-            if not dry_run:
+    for topic, keys in matches.items():
+        if not dry_run:
+            for key in dict.fromkeys(keys):
                 await producer.send_and_wait(topic, None, key=key)
-        if matches:
-            counts[topic] = len(set(matches))
+        counts[topic] = len(set(keys))
     return counts
 
 
