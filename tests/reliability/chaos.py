@@ -29,12 +29,14 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from leadflow.kafka_clients import consumer_lag, make_producer
+from leadflow.normalize import lead_id_for
 from leadflow.settings import KafkaSettings
 from leadflow.topics import Topics
 from leadflow_tools.broker.local import LocalKafka, free_port, pid_alive
@@ -48,6 +50,11 @@ QUIET_TIMEOUT_S = 120.0
 @dataclass
 class Ledger:
     acknowledged: set[str] = field(default_factory=set)
+    # A rep's `lost` per lead that existed before the fault's load began:
+    # acknowledged CRM event id -> (lead id, the action's unique reason).
+    crm: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Acknowledged new leads, in order: the next runs' CRM actions act on them.
+    created: list[str] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
     statuses: Counter[str] = field(default_factory=Counter)
     # (sent, answered, status) of posts answered while the broker was down
@@ -56,15 +63,24 @@ class Ledger:
 
 
 class Load:
-    """Posts leads from a thread at about `rate` a second until stopped."""
+    """Posts leads from a thread at about `rate` a second until stopped, and between
+    them a rep's `lost` for one of the `known` leads (created and processed before
+    this load began), so a fault also meets CRM actions on their way to the lead."""
 
     def __init__(
-        self, base_url: str, tag: str, ledger: Ledger, rng: random.Random, rate: float = 40.0
+        self,
+        base_url: str,
+        tag: str,
+        ledger: Ledger,
+        rng: random.Random,
+        known: list[str],
+        rate: float = 40.0,
     ) -> None:
         self.base_url = base_url
         self.tag = tag
         self.ledger = ledger
         self.rng = rng
+        self.known = known
         self.rate = rate
         self.broker_down = threading.Event()
         self._stop = threading.Event()
@@ -78,15 +94,16 @@ class Load:
         self._stop.set()
         self._thread.join(timeout=180)
 
-    def _post(self, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
+    def _post(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
+        scope = "crm" if path == "/v1/events/crm" else "ingest"
         request = urllib.request.Request(  # noqa: S310 - loopback URL built here
-            f"{self.base_url}/v1/leads/web",
+            f"{self.base_url}{path}",
             data=json.dumps(body).encode(),
             method="POST",
             headers={
                 "Content-Type": "application/json",
                 "Idempotency-Key": key,
-                **bearer(KEYS["ingest"]),
+                **bearer(KEYS[scope]),
             },
         )
         try:
@@ -98,23 +115,42 @@ class Load:
         except (urllib.error.URLError, TimeoutError, ConnectionError):
             return 0, {}
 
-    def _deliver(self, body: dict[str, Any], key: str) -> None:
-        """Until acknowledged or refused, like a client that retries with the same key."""
+    def _deliver(self, body: dict[str, Any], key: str, path: str = "/v1/leads/web") -> str | None:
+        """Until acknowledged or refused, like a client that retries with the same key;
+        the acknowledged event id."""
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             down_at_send = self.broker_down.is_set()
-            status, answer = self._post(body, key)
+            status, answer = self._post(path, body, key)
             self.ledger.statuses[str(status)] += 1
             if down_at_send and self.broker_down.is_set():
                 self.ledger.during_outage.append(status)
             if status == 202:
-                self.ledger.acknowledged.add(answer["event_id"])
-                return
+                event_id: str = answer["event_id"]
+                return event_id
             if 400 <= status < 500 and status != 429:
                 self.ledger.rejected.add(answer["dead_letter_id"])
-                return
+                return None
             time.sleep(0.3)
         self.ledger.unacknowledged += 1
+        return None
+
+    def _lose_one_known(self, n: int) -> None:
+        """A rep marks a lead from an earlier run lost: each lead at most once."""
+        if not self.known:
+            return
+        lead_id = lead_id_for(self.known.pop(self.rng.randrange(len(self.known))))
+        reason = f"chaos {self.tag}-{n}"
+        body = {
+            "event_id": f"crm-{self.tag}-{n}",
+            "lead_id": lead_id,
+            "action": "lost",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "reason": reason,
+        }
+        event_id = self._deliver(body, body["event_id"], "/v1/events/crm")
+        if event_id is not None:
+            self.ledger.crm[event_id] = (lead_id, reason)
 
     def _run(self) -> None:
         n = 0
@@ -133,7 +169,13 @@ class Load:
                 }
             # Every tenth is delivered three times, as webhooks are.
             for _ in range(3 if n % 10 == 0 else 1):
-                self._deliver(body, key)
+                event_id = self._deliver(body, key)
+                if event_id is not None:
+                    self.ledger.acknowledged.add(event_id)
+            if event_id is not None and n % 25 != 0:
+                self.ledger.created.append(event_id)
+            if n % 2 == 0:
+                self._lose_one_known(n)
             time.sleep(1 / self.rate)
 
 
@@ -158,6 +200,8 @@ class Drill:
         self.stack: Stack | None = None
         self.prefix = "chaos."
         self.outcomes: list[Outcome] = []
+        # Leads created and processed by earlier runs, not yet acted on by a rep.
+        self.known: list[str] = []
 
     def __enter__(self) -> Drill:
         self.broker.start()
@@ -252,7 +296,8 @@ class Drill:
             outcome.seeds.append(seed)
             rng = random.Random(seed)
             tag = f"f{len(self.outcomes)}-{run}-{seed}"  # a valid email local part
-            with Load(self.running.base_url, tag, ledger, rng) as load:
+            created_before = len(ledger.created)
+            with Load(self.running.base_url, tag, ledger, rng, self.known) as load:
                 time.sleep(1.5 + rng.random() * 2)  # mid-load, at a seeded moment
                 inject(load)
                 ended = time.monotonic()
@@ -270,6 +315,8 @@ class Drill:
                 time.sleep(2)
                 self.respawn("worker")
                 outcome.recovery_s.append(self.wait_quiet(ended))
+            # Processed now (every group is at the log end): later runs may act on them.
+            self.known.extend(ledger.created[created_before:])
         self.outcomes.append(outcome)
         return outcome
 
@@ -376,6 +423,7 @@ class Drill:
             o.fault: {
                 "acknowledged": sorted(o.ledger.acknowledged),
                 "rejected": sorted(o.ledger.rejected),
+                "crm": o.ledger.crm,
             }
             for o in self.outcomes
         }
@@ -410,6 +458,11 @@ class Drill:
                     "doubled": checked["doubled"],
                     "rejected_missing": checked["rejected_missing"],
                     "backwards": checked["backwards"],
+                    "crm_acknowledged": len(outcome.ledger.crm),
+                    "crm_applied": checked["crm_applied"],
+                    "crm_refused": checked["crm_refused"],
+                    "crm_lost": checked["crm_lost"],
+                    "crm_doubled": checked["crm_doubled"],
                     "answered_2xx_while_broker_down": sum(
                         1 for s in outcome.ledger.during_outage if 200 <= s < 300
                     ),
@@ -426,13 +479,20 @@ class Drill:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| fault | runs | ids acknowledged | lost | doubled "
-        "| rejected → dead letters | recovery (max) | stalls |"
+        "| rejected → dead letters | CRM actions applied / refused / lost / doubled "
+        "| recovery (max) | stalls |"
     )
-    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         kept = r["rejected"] - r["rejected_missing"]
+        refused = sum(r["crm_refused"].values())
+        crm = (
+            f"{r['crm_applied']}/{r['crm_acknowledged']} / {refused} / {r['crm_lost']} / "
+            f"{r['crm_doubled']}"
+        )
         lines.append(
             f"| {r['fault']} | {r['runs']} | {r['acknowledged']:,} | {r['lost']} | "
-            f"{r['doubled']} | {kept}/{r['rejected']} | {r['recovery_s_max']} s | {r['stalls']} |"
+            f"{r['doubled']} | {kept}/{r['rejected']} | {crm} | {r['recovery_s_max']} s | "
+            f"{r['stalls']} |"
         )
     return "\n".join(lines)

@@ -29,15 +29,20 @@ def check(rows: list[dict[str, Any]]) -> None:
         assert row["unacknowledged"] == 0, row
         assert row["acknowledged"] > 0, row
         assert row["stalls"] == 0, row
+        assert row["crm_lost"] == 0, row
+        assert row["crm_doubled"] == 0, row
         assert row["recovery_s_max"] <= 60, row
 
 
 def test_short_drill(tmp_path: Path) -> None:
     """The two crashes that matter most, in the default suite; `make chaos` repeats every fault."""
     with Drill(tmp_path, seed=20261126) as drill:
-        drill.run("worker kill -9 mid-batch", drill.worker_kill9)
+        # The writer first: its leads are there for the rep's actions during the worker kill.
         drill.run("writer (serve) kill -9 mid-batch", drill.writer_kill9)
-        check(drill.reconcile())
+        drill.run("worker kill -9 mid-batch", drill.worker_kill9)
+        rows = drill.reconcile()
+        check(rows)
+        assert rows[1]["crm_acknowledged"] > 0, rows[1]
 
 
 @pytest.mark.slow
