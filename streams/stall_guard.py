@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StallGuard:
-    after_s: float = 20.0
+    after_s: float = 10.0
     clock: Callable[[], float] = time.monotonic
     # per partition: its (read, committed, position) when first seen behind, and since when
     _behind: dict[Any, tuple[tuple[int | None, int | None, int], float]] = field(
@@ -233,7 +233,7 @@ def faust_new_offset() -> Any:
     return _replaced.get("_new_offset") if current is _commit_from_the_head else current
 
 
-def install(app: Any, interval: float = 5.0, after_s: float = 20.0) -> StallGuard:
+def install(app: Any, interval: float = 2.5, after_s: float = 10.0) -> StallGuard:
     """Replace `Consumer._add_gap`, wrap `Consumer._new_offset`, look for stalls every
     `interval` seconds, and check the internals this relies on once the consumer runs
     (`streams.internals`)."""
