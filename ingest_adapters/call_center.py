@@ -39,14 +39,14 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.normalize import normalize_phone
 from leadflow.strict_json import load_object
 from schemas import CallEvent
 from schemas.limits import active, check_duration, check_event_time
 
-STAGE = stages.CALL_CENTER
+STEP = steps.CALL_CENTER
 
 _TWILIO_STATUS = {
     "queued": "ringing", "initiated": "ringing", "ringing": "ringing",

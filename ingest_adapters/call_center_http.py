@@ -29,7 +29,7 @@ class CallRoutes(ChannelRoutes):
             event = parse(body)
         except BadRecordError as exc:
             detail = f"POST {request.path}"
-            letter_id = await self.dead_letter(exc, body, call_center.STAGE, detail, None)
+            letter_id = await self.dead_letter(exc, body, call_center.STEP, detail, None)
             status = STATUS_BY_REASON.get(exc.reason, 422)
             return error_body(
                 status, exc.reason, exc.message, fields=exc.fields, dead_letter_id=letter_id

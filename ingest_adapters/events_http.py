@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ingest_adapters.routes import ChannelRoutes
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.http_shared import error_body
 from schemas import CrmEvent, EngagementEvent
@@ -55,7 +55,7 @@ class EventRoutes(ChannelRoutes):
     async def post_crm_event(self, request: web.Request) -> web.Response:
         """A rep's action (accept, convert, set_stage, won, lost, disqualify) → events.crm."""
         return await self._post_event(
-            request, CrmEvent, self._topics.events_crm, lambda e: e.lead_id, stages.EVENTS
+            request, CrmEvent, self._topics.events_crm, lambda e: e.lead_id, steps.EVENTS
         )
 
     async def post_engagement_event(self, request: web.Request) -> web.Response:
@@ -65,5 +65,5 @@ class EventRoutes(ChannelRoutes):
             EngagementEvent,
             self._topics.events_engagement,
             lambda e: e.lead_id or e.email or e.phone,
-            stages.EVENTS,
+            steps.EVENTS,
         )

@@ -16,7 +16,7 @@ a page.
 - `POST /v1/nurture/u/{token}`: the unsubscribe, from that button or as
   RFC 8058 one-click (`List-Unsubscribe=One-Click`, urlencoded or multipart):
   the lead's hash goes on the compacted `nurture.suppressions` (the mailer's
-  and the nurture stage's "never mail again" list), then `email_unsubscribe`.
+  and the nurture agent's "never mail again" list), then `email_unsubscribe`.
 
 Output: `EngagementEvent`s on `events.engagement`, keyed by lead id like
 `POST /v1/events/engagement`, through the shared publisher (acks=all,
@@ -45,7 +45,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from ingest_adapters.publisher import Publisher
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.http_shared import CLIENT_KEY, DeadLetterSink, RateLimiter, error_body, too_many
 from leadflow.metrics import Metrics
@@ -265,7 +265,7 @@ class NurtureTrackingRoutes:
         return await self._dead_letter(
             error,
             token.encode("utf-8", "replace"),
-            stages.TRACKING,
+            steps.TRACKING,
             f"{request.method} {route}",
             None,
         )

@@ -5,7 +5,7 @@ UTF-16 (Excel "Unicode text", tab-separated), sniffs the delimiter, handles
 quoted newlines, skips title rows above the header, and reads XLSX in
 streaming mode. Rows stream one at a time, so memory stays flat however
 long the file. The header is found by the field names leadflow knows in
-English and Chinese (the normalize stage's aliases); a mapping file can
+English and Chinese (the normalize step's aliases); a mapping file can
 rename columns first.
 
 Hostile files are bounded (`LimitsSettings`): a header wider than
@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.normalize import (
@@ -54,7 +54,7 @@ from leadflow.settings import LimitsSettings
 from schemas import RawLead
 from schemas.limits import check_event_time
 
-STAGE = stages.TRADESHOW_UPLOAD
+STEP = steps.TRADESHOW_UPLOAD
 SOURCE_SYSTEM = "tradeshow_upload"
 HEADER_SEARCH_ROWS = 10
 MAX_XLSX_BYTES = 200 * 1024 * 1024  # uncompressed; a larger sheet is refused as a zip bomb

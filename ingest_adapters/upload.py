@@ -327,7 +327,7 @@ class _Reading:
         self, error: BadRecordError, row: tradeshow.Row, detail: str, chunk: _Chunk
     ) -> None:
         letter = dead_letter_for(
-            error, _letter_body(row.cells), stage=tradeshow.STAGE, detail=detail
+            error, _letter_body(row.cells), stage=tradeshow.STEP, detail=detail
         )
         chunk.letters.append(letter.record())
         self.rejected[error.reason] += 1
@@ -440,7 +440,7 @@ async def upload(
                 chunk = await pending
                 if not chunk.done:  # the thread reads the next chunk while this one is sent
                     pending = asyncio.wrap_future(thread.submit(reading.next_chunk))
-                dlq = topics.dlq(tradeshow.STAGE)
+                dlq = topics.dlq(tradeshow.STEP)
                 for key, value in chunk.letters:
                     in_flight.append(await producer.send(dlq, value, key=key))
                 for key, value in chunk.leads:
@@ -461,10 +461,10 @@ async def upload(
             # The file itself cannot be read on: keep its head as the dead letter's body.
             head = await asyncio.to_thread(_head, path)
             letter = dead_letter_for(
-                chunk.error, head, stage=tradeshow.STAGE, detail=f"{name} ({summary.digest})"
+                chunk.error, head, stage=tradeshow.STEP, detail=f"{name} ({summary.digest})"
             )
             key, value = letter.record()
-            await producer.send_and_wait(topics.dlq(tradeshow.STAGE), value, key=key)
+            await producer.send_and_wait(topics.dlq(tradeshow.STEP), value, key=key)
             raise UploadRefusedError(chunk.error, letter.dead_letter_id, summary)
         summary.seconds = round(loop.time() - started, 2)
         record = {**asdict(summary), "finished_at": datetime.now(UTC).isoformat()}

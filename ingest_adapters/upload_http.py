@@ -433,7 +433,7 @@ class UploadRoutes:
 
     async def _letter(self, error: BadRecordError, body: bytes) -> str:
         return await self._dead_letter(
-            error, body, tradeshow.STAGE, f"POST {ROUTE} ({error.reason})", None
+            error, body, tradeshow.STEP, f"POST {ROUTE} ({error.reason})", None
         )
 
     def _answer(self, error: BadRecordError, letter_id: str, **extra: object) -> web.Response:

@@ -21,13 +21,13 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qsl
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.strict_json import load_object
 from schemas import RawLead
 
-STAGE = stages.WEB_FORM
+STEP = steps.WEB_FORM
 SOURCE_SYSTEM = "web_form"
 MAX_FIELDS = 200
 MAX_KEY_CHARS = 200

@@ -125,7 +125,7 @@ class WebFormRoutes(ChannelRoutes):
     ) -> web.Response:
         detail = f"POST {request.path}" + (f"?form_id={form_id}" if form_id else "")
         dead_letter_id = await self.dead_letter(
-            exc, body, web_form.STAGE, detail, request.headers.get("Idempotency-Key")
+            exc, body, web_form.STEP, detail, request.headers.get("Idempotency-Key")
         )
         status = STATUS_BY_REASON.get(exc.reason, 422)
         return error_body(

@@ -1,4 +1,4 @@
-"""Building dead letters: one function every stage and adapter uses.
+"""Building dead letters: one function every step and adapter uses.
 
 A dead letter keeps the original bytes untouched, where they came from, the
 stage that refused them and every field problem, so the sender or an

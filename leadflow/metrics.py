@@ -1,7 +1,8 @@
 """Prometheus metrics of one process, on a registry of its own (no global state).
 
-Served at `GET /metrics` by the HTTP app. Labels use the stage names of
-leadflow.stages, so a dashboard lines up with dead-letter topics and logs.
+Served at `GET /metrics` by the HTTP app. Labels use the step names of
+leadflow.steps (the label is called `stage`), so a dashboard lines up with
+dead-letter topics and logs.
 """
 
 from __future__ import annotations

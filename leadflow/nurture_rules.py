@@ -34,7 +34,7 @@ from schemas.envelope import Channel
 FILE_NAME = "nurture.yaml"
 DONE = "done"  # a branch target that ends the sequence
 
-# What a template may name: the lead's fields as the nurture stage keeps them.
+# What a template may name: the lead's fields as the nurture agent keeps them.
 VARIABLES = frozenset(
     {"first_name", "last_name", "full_name", "company", "title", "country", "owner_name"}
 )

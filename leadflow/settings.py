@@ -314,7 +314,7 @@ class NurtureSettings(_Section):
     )
     tick_interval_s: Annotated[float, Field(gt=0)] = Field(
         default=0.5,
-        description="How often the nurture stage looks for due steps: the most a due step "
+        description="How often the nurture agent looks for due steps: the most a due step "
         "waits for its tick.",
     )
     smtp_host: str = Field(default="127.0.0.1", description="SMTP server for nurture email.")

@@ -3,7 +3,7 @@
 When a person is erased (GDPR Art. 17, PIPL Art. 47), each of their
 identifiers (email, phone, lead id) is recorded on the compacted topic
 `privacy.suppressions` as a salted SHA-256, never in clear. Every process
-that writes (the normalize stage, the ClickHouse writer) follows that topic
+that writes (the normalize step, the ClickHouse writer) follows that topic
 and refuses records carrying a suppressed identifier, so a replay of the raw
 topics cannot bring the person back. A tombstone on a key lifts it (for a
 person who asks to be known again).

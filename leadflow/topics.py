@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from leadflow import stages
+from leadflow import steps
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Topics:
 
     @property
     def lead_updates(self) -> str:
-        """Events for the lead stage, keyed by lead id: new leads, merges, absorbs."""
+        """Events for the lead step, keyed by lead id: new leads, merges, absorbs."""
         return self._name("lead.updates")
 
     @property
@@ -88,13 +88,13 @@ class Topics:
 
     @property
     def nurture_commands(self) -> str:
-        """The nurture stage's clock (a tick per partition) and its erase commands (keyed
+        """The nurture agent's clock (a tick per partition) and its erase commands (keyed
         by lead id), co-partitioned with `leads.identified`."""
         return self._name("nurture.commands")
 
     @property
     def nurture_sends(self) -> str:
-        """Emails the nurture stage decided to send, keyed by lead id, for the mailer."""
+        """Emails the nurture agent decided to send, keyed by lead id, for the mailer."""
         return self._name("nurture.sends")
 
     @property
@@ -127,12 +127,12 @@ class Topics:
         """Progressive validation of the learned model, keyed by lead id."""
         return self._name("scoring.evaluations")
 
-    def dlq(self, stage: str) -> str:
-        """The dead-letter topic of one stage: `dlq.<stage>`."""
-        return self._name(f"dlq.{stage}")
+    def dlq(self, step: str) -> str:
+        """The dead-letter topic of one step: `dlq.<step>` (the contract calls it `dlq.<stage>`)."""
+        return self._name(f"dlq.{step}")
 
     def all_dlq(self) -> list[str]:
-        return [self.dlq(stage) for stage in stages.ALL]
+        return [self.dlq(step) for step in steps.ALL]
 
     def all(self) -> list[str]:
         """Every topic the product declares at start, dead-letter topics included."""

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.auth import KeyRing, presented_key
 from leadflow.errors import BadRecordError, ConfigurationError
 from leadflow.http_shared import (
@@ -71,25 +71,25 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/metrics"): Rule("scope", "read:analytics"),
-    ("POST", "/v1/leads/web"): Rule("form", "ingest", stages.WEB_FORM),
+    ("POST", "/v1/leads/web"): Rule("form", "ingest", steps.WEB_FORM),
     ("OPTIONS", "/v1/leads/web"): PUBLIC,
-    ("POST", "/v1/events/crm"): Rule("scope", "crm", stages.EVENTS),
-    ("POST", "/v1/events/engagement"): Rule("scope", "ingest", stages.EVENTS),
-    ("POST", "/v1/calls/events"): Rule("scope", "calls", stages.CALL_CENTER),
-    ("POST", "/v1/calls/asterisk"): Rule("scope", "calls", stages.CALL_CENTER),
-    ("POST", "/v1/calls/twilio"): Rule("signed", stage=stages.CALL_CENTER),
-    ("POST", "/v1/uploads/tradeshow"): Rule("scope", "upload", stages.TRADESHOW_UPLOAD),
+    ("POST", "/v1/events/crm"): Rule("scope", "crm", steps.EVENTS),
+    ("POST", "/v1/events/engagement"): Rule("scope", "ingest", steps.EVENTS),
+    ("POST", "/v1/calls/events"): Rule("scope", "calls", steps.CALL_CENTER),
+    ("POST", "/v1/calls/asterisk"): Rule("scope", "calls", steps.CALL_CENTER),
+    ("POST", "/v1/calls/twilio"): Rule("signed", stage=steps.CALL_CENTER),
+    ("POST", "/v1/uploads/tradeshow"): Rule("scope", "upload", steps.TRADESHOW_UPLOAD),
     ("GET", "/v1/uploads/{upload_id}/errors.csv"): Rule("scope", "upload"),
     ("GET", "/v1/social/meta"): Rule("signed"),
-    ("POST", "/v1/social/meta"): Rule("signed", stage=stages.SOCIAL_ADS),
+    ("POST", "/v1/social/meta"): Rule("signed", stage=steps.SOCIAL_ADS),
     ("GET", "/v1/social/linkedin"): Rule("signed"),
-    ("POST", "/v1/social/linkedin"): Rule("signed", stage=stages.SOCIAL_ADS),
+    ("POST", "/v1/social/linkedin"): Rule("signed", stage=steps.SOCIAL_ADS),
     ("GET", "/v1/leads"): Rule("scope", "read:pii"),
     ("GET", "/v1/leads/{lead_id}/explain"): Rule("scope", "read:pii"),
     ("GET", "/v1/dead-letters"): Rule("scope", "read:pii"),
     ("GET", "/v1/duplicates"): Rule("scope", "read:pii"),
-    ("POST", "/v1/leads/{lead_id}/merge"): Rule("scope", "crm", stages.LEAD),
-    ("POST", "/v1/leads/{lead_id}/unmerge"): Rule("scope", "crm", stages.LEAD),
+    ("POST", "/v1/leads/{lead_id}/merge"): Rule("scope", "crm", steps.LEAD),
+    ("POST", "/v1/leads/{lead_id}/unmerge"): Rule("scope", "crm", steps.LEAD),
     ("GET", "/v1/audit"): Rule("scope", "admin"),
     ("GET", "/v1/funnel"): Rule("scope", "read:analytics"),
     ("GET", "/v1/pipeline"): Rule("scope", "read:analytics"),
@@ -98,10 +98,10 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/nurture/sequences"): Rule("scope", "read:analytics"),
     ("GET", "/v1/nurture/tasks"): Rule("scope", "read:analytics"),
     ("GET", "/v1/scoring/evaluation"): Rule("scope", "read:analytics"),
-    ("GET", "/v1/nurture/o/{token}"): Rule("signed", stage=stages.TRACKING),
-    ("GET", "/v1/nurture/c/{token}"): Rule("signed", stage=stages.TRACKING),
-    ("GET", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),
-    ("POST", "/v1/nurture/u/{token}"): Rule("signed", stage=stages.TRACKING),
+    ("GET", "/v1/nurture/o/{token}"): Rule("signed", stage=steps.TRACKING),
+    ("GET", "/v1/nurture/c/{token}"): Rule("signed", stage=steps.TRACKING),
+    ("GET", "/v1/nurture/u/{token}"): Rule("signed", stage=steps.TRACKING),
+    ("POST", "/v1/nurture/u/{token}"): Rule("signed", stage=steps.TRACKING),
 }
 
 

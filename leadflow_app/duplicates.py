@@ -39,7 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from ingest_adapters.publisher import Publisher
-from leadflow import stages
+from leadflow import steps
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.strict_json import load_object
@@ -149,10 +149,10 @@ class DuplicateRoutes:
     ) -> web.Response:
         assert self._publisher is not None
         letter = dead_letter_for(
-            error, body, stage=stages.LEAD, detail=f"{request.method} {request.path}"
+            error, body, stage=steps.LEAD, detail=f"{request.method} {request.path}"
         )
         key, value = letter.record()
-        await self._publisher.publish(self._topics.dlq(stages.LEAD), key.decode(), value)
+        await self._publisher.publish(self._topics.dlq(steps.LEAD), key.decode(), value)
         answer = {
             "error": error.reason,
             "message": error.message,

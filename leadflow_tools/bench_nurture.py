@@ -1,9 +1,9 @@
-"""`leadflow bench nurture`: the nurture stage's timers and the mailer, at scale.
+"""`leadflow bench nurture`: the nurture agent's timers and the mailer, at scale.
 
 On a broker of its own, one worker and a server running the mailer against a
 local SMTP server (aiosmtpd, in this process), it enrols `enrolled` leads in a
 5-step sequence (email, wait, email, wait, email) by publishing their
-snapshots on `leads.identified`, as the lead stage would, and reports:
+snapshots on `leads.identified`, as the lead step would, and reports:
 
 - **timer firing lag**: for every email the stage emits, the time its record
   reached `nurture.sends` minus its due time; p50, p99 and max per step. The
@@ -308,7 +308,7 @@ def _taken_in(run: Run, timeout_s: float) -> float:
         if not asyncio.run(consumer_lag(run.kafka, run.broker.bootstrap, group)):
             return time.perf_counter()
         time.sleep(0.5)
-    raise RuntimeError("the nurture stage did not take in every snapshot")
+    raise RuntimeError("the nurture agent did not take in every snapshot")
 
 
 def _email_figures(emails: list[tuple[str, float, float]], counter: Counter) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Runs on a broker of its own and the real processes (worker(s) and a
 1. **Throughput**: the generated envelopes (every channel, about 30% people
    coming back through another channel, Chinese and English names, UTM
    mixes) are published to `leads.raw`; the time until every consumer group
-   has committed to the log end gives leads/s with every stage on. Beside it,
+   has committed to the log end gives leads/s with every step on. Beside it,
    in the same run, a bare aiokafka consumer drains the same topic.
 2. **Scale-out**: the same with 2 workers (fresh topics and state).
    `--frames on,off` runs each worker count twice, with the stream core's

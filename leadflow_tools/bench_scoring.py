@@ -77,7 +77,7 @@ def history(n: int, seed: int) -> list[tuple[LeadState, float, bool]]:
 
 
 def as_outcome(n: int, lead: LeadState, won: bool, rules: Rules) -> Outcome:
-    """Lead `n` of the history as the lead stage hands it to the learner."""
+    """Lead `n` of the history as the lead step hands it to the learner."""
     free = rules.identity.free_mail_domains
     return Outcome(
         event_id=f"o{n}",

@@ -6,7 +6,7 @@ without a country code) or a lead id, the server:
 1. finds every lead of that person in ClickHouse (merged records included)
    and every email and phone they used;
 2. suppresses each identifier on `privacy.suppressions` (a salted hash, never
-   the value), so the normalize stage and the ClickHouse writer refuse the
+   the value), so the normalize step and the ClickHouse writer refuse the
    person from then on, replays of the raw topics included;
 3. sends erase commands through the stream so the partitions owning the
    person's state delete it: `identity.keys` for each match key (the

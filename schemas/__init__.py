@@ -2,7 +2,7 @@
 
 Layers: a permissive raw envelope per channel (`RawLead`), one strict
 canonical `Lead`, row models that are exactly the ClickHouse columns, and the
-`DeadLetter` every stage emits for input it cannot take.
+`DeadLetter` every step emits for input it cannot take.
 """
 
 from schemas.dead_letter import DeadLetter, FieldProblem
@@ -51,7 +51,7 @@ __all__ = [
 
 def json_schemas() -> dict[str, dict[str, object]]:
     """JSON Schema of every message: what adapters and outside systems publish (`RawLead`,
-    the events), what the stages pass each other (one union per internal topic), and what
+    the events), what the steps pass each other (one union per internal topic), and what
     they emit (`LeadState`, `Assignment`, `MergeRecord`, `StageTransition`, `DeadLetter`)."""
     from schemas.messages import TOPIC_UNIONS
     from schemas.nurture import NURTURE_COMMAND, NurtureEmail, NurtureEvent

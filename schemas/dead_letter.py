@@ -1,4 +1,4 @@
-"""`DeadLetter`: what a stage emits for input it cannot take. Nothing is dropped silently.
+"""`DeadLetter`: what a step emits for input it cannot take. Nothing is dropped silently.
 
 A dead letter must itself fit in Kafka, so an original too large to keep
 whole is kept truncated (`original_truncated`), with the size and SHA-256
@@ -26,7 +26,9 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     dead_letter_id: str
-    stage: str = Field(description="Stage name from leadflow.stages; also the dlq topic suffix.")
+    stage: str = Field(
+        description="The step that refused the input (leadflow.steps); also the dlq topic suffix."
+    )
     reason: str = Field(description="Short machine-readable cause, e.g. invalid_fields.")
     error_class: str
     message: str

@@ -79,8 +79,8 @@ class IdentityProbe(BaseModel):
     """A new lead (or an event about an unknown person) on its way through the identity index.
 
     A lead with several match keys sends one probe per key at once (`part` of
-    `parts`); each comes back to the lead stage resolved against its key, and the
-    lead stage combines them (`streams.identity.combine`)."""
+    `parts`); each comes back to the lead step resolved against its key, and the
+    lead step combines them (`streams.identity.combine`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -128,7 +128,7 @@ class IdentityProbe(BaseModel):
     parts: int = Field(
         default=1,
         ge=1,
-        description="How many keys the lead's probes visit at once: the lead stage gathers "
+        description="How many keys the lead's probes visit at once: the lead step gathers "
         "that many answers under the lead's own id before it decides. 1: the probe goes "
         "straight to the lead it resolved to (one key, or a chain from an older worker).",
     )
@@ -302,7 +302,7 @@ class LeadState(BaseModel):
         """A copy to change without touching this one. Every item inside the lists and
         dicts is immutable (frozen models, tuples, text), so copying the containers is a
         deep copy; `model_copy(deep=True)` did the same through `copy.deepcopy`, at about
-        40% of the lead stage's CPU."""
+        40% of the lead step's CPU."""
         return self.model_copy(
             update={name: getattr(self, name).copy() for name in _CONTAINER_FIELDS}
         )

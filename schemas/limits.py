@@ -24,7 +24,7 @@ validation time, and every refusal names the field, the value and the rule
   disqualify reason), `Notes` (<= 10,000 chars: call notes, recording URLs),
   `PhoneText` (<= 64), `EmailText` (<= 320, RFC 5321's longest address) and
   `Properties` (<= 100 entries, names <= 200 chars, values <= 4,000 chars,
-  the normalize stage's own bound on a field). Lengths are fixed, not settings:
+  the normalize step's own bound on a field). Lengths are fixed, not settings:
   they only keep a label a label.
 
 Only the models that carry input (events, `RawLead`, social refs) use these

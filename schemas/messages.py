@@ -190,7 +190,7 @@ LeadEvent = EngagementUpdate | AcceptUpdate | CrmUpdate
 
 class RoutingSubject(_Message):
     """What routing decides on and what an assignment tells the rep: a few hundred bytes,
-    not the whole person. The route stage keeps it while the rep has not accepted."""
+    not the whole person. The route step keeps it while the rep has not accepted."""
 
     lead_id: str
     channel: str = Field(default="", description="Of the first touch.")

@@ -1,10 +1,10 @@
 """Messages of nurture: follow-up sequences that the stream times and a mailer delivers.
 
 - `nurture.commands`: `NurtureTick` (no key; sent to every partition), the clock of
-  the nurture stage: a tick carries the time it stands for, so a test (or an
+  the nurture agent: a tick carries the time it stands for, so a test (or an
   operator catching up) moves the clock forward by publishing one; and
   `NurtureForget` (key: lead id), sent by `leadflow erase`.
-- `nurture.sends` (key: lead id): `NurtureEmail`, an email the nurture stage decided
+- `nurture.sends` (key: lead id): `NurtureEmail`, an email the nurture agent decided
   to send, rendered; the mailer (`sinks/mailer.py`) delivers it once per `send_id`.
 - `nurture.events` (key: lead id): `NurtureEvent`, everything that happened in a
   sequence (enrolled, sent, bounced, opened, task_created, ...), for ClickHouse's

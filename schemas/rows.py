@@ -109,7 +109,7 @@ class LeadRow(_Row):
         last = state.touches[-1] if state.touches else None
         return cls(
             lead_id=state.lead_id,
-            # The lead stage bumps the version on every change: the newest row wins.
+            # The lead step bumps the version on every change: the newest row wins.
             version=state.version,
             event_id=state.event_ids[-1] if state.event_ids else "",
             channel=first.channel if first else "",

@@ -54,7 +54,7 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, LeadflowError, RetriableError
 from leadflow.kafka_clients import make_consumer, replay_topic
@@ -67,7 +67,7 @@ from leadflow.tracking import LinkKind, TrackingClaims, link_url, tracking_secre
 from schemas.nurture import NurtureEmail, NurtureEvent, NurtureEventKind
 
 log = logging.getLogger(__name__)
-STAGE = stages.MAILER
+STEP = steps.MAILER
 MAX_BATCH = 200  # records handled between two commits (each outcome is marked before)
 UNSUBSCRIBE = {"en": "Unsubscribe", "zh": "退订"}
 # Webhook answers that speak of us (credentials, URL, size) or ask for patience:
@@ -592,7 +592,7 @@ class Mailer:
         self._metrics.notifications.labels(kind=self._kind, outcome=outcome).inc()
 
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
-        letter = dead_letter_for_record(error, message, stage=STAGE)
-        self._metrics.dead_letters.labels(stage=STAGE).inc()
+        letter = dead_letter_for_record(error, message, stage=STEP)
+        self._metrics.dead_letters.labels(stage=STEP).inc()
         key, value = letter.record()
-        await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
+        await self._producer.send_and_wait(self._topics.dlq(STEP), value, key=key)

@@ -23,7 +23,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, RetriableError
 from leadflow.kafka_clients import replay_topic
@@ -34,7 +34,7 @@ from leadflow.topics import Topics
 from schemas import Assignment
 
 log = logging.getLogger(__name__)
-STAGE = stages.NOTIFY
+STEP = steps.NOTIFY
 
 
 def headline(a: Assignment) -> str:
@@ -205,7 +205,7 @@ class Notifier:
         )
 
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
-        letter = dead_letter_for_record(error, message, stage=STAGE)
-        self._metrics.dead_letters.labels(stage=STAGE).inc()
+        letter = dead_letter_for_record(error, message, stage=STEP)
+        self._metrics.dead_letters.labels(stage=STEP).inc()
         key, value = letter.record()
-        await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
+        await self._producer.send_and_wait(self._topics.dlq(STEP), value, key=key)

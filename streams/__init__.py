@@ -1,1 +1,1 @@
-"""The Faust app and its stages: one module per stage, a pure function plus a thin agent."""
+"""The Faust app and its steps: one module per step, a pure function plus a thin agent."""

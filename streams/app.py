@@ -1,5 +1,5 @@
 """The Faust app factory. Nothing registers at import time: `create_app` builds
-the app from settings and asks each stage module to wire its agent.
+the app from settings and asks each step module to wire its agent.
 
 Delivery is at-least-once: Faust commits an offset only after the producer
 flushed what the agent sent for it, and every downstream write is idempotent
@@ -60,7 +60,7 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
 
 
 def create_app(settings: Settings, bootstrap: str, rules: Rules | None = None) -> faust.App:
-    configure_limits(settings.limits)  # the input domains the stages check events against
+    configure_limits(settings.limits)  # the input domains the steps check events against
     topics = Topics(settings.kafka.topic_prefix)
     options: dict[str, Any] = {
         "broker": broker_url(bootstrap),

@@ -1,9 +1,9 @@
-"""Stage `events` (pure part): engagement, call and CRM events for the lead stage.
+"""Stage `events` (pure part): engagement, call and CRM events for the lead step.
 
 An event names the person by email, phone or lead id. Email and phone go
 through the identity index like a new lead (so an event about someone new
 starts a lead, and one about a known person lands on that person); a lead id
-goes straight to the lead stage. Engagement is not a contact: it adds points
+goes straight to the lead step. Engagement is not a contact: it adds points
 that decay, not a touch. A call is a contact (one touch per call, however
 many status callbacks it has) and, once connected, engagement too.
 
@@ -79,7 +79,7 @@ def engagement_update(
     region: str,
     now: datetime | None = None,
 ) -> IdentityProbe | EngagementUpdate:
-    """A probe for the identity index, or (for a lead id) an update for the lead stage."""
+    """A probe for the identity index, or (for a lead id) an update for the lead step."""
     engagement = Engagement(event_id=event.event_id, kind=event.kind, at=event.occurred_at)
     if event.lead_id:
         return EngagementUpdate(lead_id=event.lead_id, engagements=[engagement])
@@ -98,7 +98,7 @@ def engagement_update(
 
 
 def crm_update(event: CrmEvent) -> AcceptUpdate | CrmUpdate:
-    """A rep's action, for the lead stage (keyed by the lead id it names)."""
+    """A rep's action, for the lead step (keyed by the lead id it names)."""
     if event.action == "accept":
         return AcceptUpdate(
             lead_id=event.lead_id,

@@ -1,4 +1,4 @@
-"""The agent of stage `events`: engagement and call events to the person they are about.
+"""The agent of step `events`: engagement and call events to the person they are about.
 
 Inputs: `events.engagement` (key: email, phone or lead id), `events.calls`
 (key: the caller's E.164 number) and `events.crm` (key: lead id; today the
@@ -9,7 +9,7 @@ nobody go to `dlq.events`. An event that names an erased person (any of its
 numbers, addresses or lead ids is on the suppression list) goes nowhere but
 to `dlq.events` as a `suppressed` letter holding only hashes: it must not
 bring the person back as a lead, a route or a notice. Replays are harmless:
-the lead stage keeps event ids, touch ids and engagement ids.
+the lead step keeps event ids, touch ids and engagement ids.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.rules import Rules
 from leadflow.settings import Settings
@@ -32,7 +32,7 @@ from streams.identity import scatter
 from streams.normalize_agent import raw_identifiers, suppressed_letter
 from streams.wiring import Outbox, Outputs, StagedTable, run_batches
 
-STAGE = stages.EVENTS
+STEP = steps.EVENTS
 
 
 def event_key(event: Any) -> str | None:
@@ -61,7 +61,7 @@ def events_step(
                 EngagementEvent.model_validate_json(record.value), rules.identity, region
             )
     except (BadRecordError, ValidationError, ValueError) as exc:
-        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        out.dead_letter(topics.dlq(STEP), STEP, record, exc)
         return
     if len(suppressed):  # reading every field costs: only once someone was erased
         named: list[str | None] = [*raw_identifiers(record.value, region), event_key(record)]
@@ -71,7 +71,7 @@ def events_step(
             named.append(result.lead_id)
         hashes = suppressed.matching(named)
         if hashes:
-            out.add(topics.dlq(STAGE), *suppressed_letter(record, hashes, STAGE).record())
+            out.add(topics.dlq(STEP), *suppressed_letter(record, hashes, STEP).record())
             return
     if isinstance(result, IdentityProbe):
         for key, value in scatter(result):
@@ -107,4 +107,4 @@ def register(
         await suppressed.wait_loaded()
         await run_batches(app, stream, settings, take_one)
 
-    return app.agent(source, name=STAGE, concurrency=1)(take_events)
+    return app.agent(source, name=STEP, concurrency=1)(take_events)

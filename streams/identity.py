@@ -3,7 +3,7 @@
 The identity index is partitioned by match key (`email:…`, `phone:…`,
 `company:…`, `domain:…`). A new lead visits all its keys at once: `scatter`
 gives one probe per key on `identity.keys`, each owned by exactly one
-partition, and each comes back to the lead stage resolved against its key;
+partition, and each comes back to the lead step resolved against its key;
 `combine` makes one answer of them there. So a lead takes two Kafka hops to
 be resolved whatever the number of its keys. `visit_key` is one key's visit.
 It never reads state of another key:
@@ -21,11 +21,11 @@ It never reads state of another key:
   such pairs whatever the order of arrival.
 
 When the hop finds another lead, the one that entered leadflow first survives
-(`first_seen`: the arrival of its first lead, or when the events stage took the
+(`first_seen`: the arrival of its first lead, or when the events step took the
 call or engagement that started it; never an event's occurred_at), then the
-smaller id; the other is recorded in `absorbed`, and the lead stage (keyed by
+smaller id; the other is recorded in `absorbed`, and the lead step (keyed by
 lead id) merges it. Keys keep pointing at whichever lead claimed them; the
-lead stage redirects a merged id to its survivor.
+lead step redirects a merged id to its survivor.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def scatter(probe: IdentityProbe) -> list[tuple[str, bytes]]:
     if len(probe.keys) <= 1:
         return [(table_key(*probe.keys[0][:2]), probe.model_dump_json().encode())]
     parts = len(probe.keys)
-    # Only part 0 carries the whole lead (the lead stage keeps that one); the others
+    # Only part 0 carries the whole lead (the lead step keeps that one); the others
     # carry what a key is compared on.
     slim = identity_view(probe.lead)
     return [
@@ -378,7 +378,7 @@ def combine(answers: list[IdentityProbe]) -> IdentityProbe:
     The survivor is the earliest (`first_seen`, then id) lead any key resolved to;
     every other lead a key resolved to, and every lead a key absorbed, is absorbed
     by it. The same people come out as when the keys are visited one after the
-    other: each key links the lead to the leads found under it, and the lead stage
+    other: each key links the lead to the leads found under it, and the lead step
     merges what the links join."""
     answers = sorted(answers, key=lambda probe: probe.part)
     best = min(answers, key=lambda probe: (probe.first_seen, probe.lead_id))

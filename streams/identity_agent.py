@@ -1,11 +1,11 @@
-"""The agent of stage `identity`: one match key visited per message.
+"""The agent of step `identity`: one match key visited per message.
 
 Input: `identity.keys`, keyed by match key (`email:…`, `phone:…`, …); the
 partition that owns a key owns its entries in the `identity_index` table
 (changelog-backed, RocksDB on disk): one for an exact key, and for a fuzzy key
 its list of blocks plus one entry per block (`company:fabrikam|sc`).
 Output: the probe, resolved against its key, on `lead.updates`: keyed by the
-lead's own id when it is one of several probes of the lead (the lead stage
+lead's own id when it is one of several probes of the lead (the lead step
 gathers them), by the lead it resolved to when it is the only one. Unreadable
 probes go to `dlq.identity`. Replaying a probe is harmless: a key already
 pointing at the probe's lead is a no-op, a name already filed is not filed again.
@@ -18,7 +18,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.ids import table_key
 from leadflow.rules import Rules
 from leadflow.settings import Settings
@@ -36,7 +36,7 @@ from streams.wiring import (
     run_batches,
 )
 
-STAGE = stages.IDENTITY
+STEP = steps.IDENTITY
 
 
 def erase_from_entry(entry: Any, command: EraseKey) -> Any:
@@ -67,7 +67,7 @@ def resolve_step(record: Any, index: Table, out: Outputs, *, topics: Topics, rul
         if isinstance(message, IdentityProbe) and not message.keys:
             raise ValueError("probe has no key left to visit")
     except (ValidationError, ValueError) as exc:
-        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        out.dead_letter(topics.dlq(STEP), STEP, record, exc)
         return
     if isinstance(message, EraseKey):
         # `leadflow erase`: forget the person under this key and, for a fuzzy key,
@@ -122,4 +122,4 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
     async def resolve_identity(stream: Any) -> None:
         await run_batches(app, stream, settings, resolve_one, index)
 
-    return app.agent(source, name=STAGE, concurrency=1)(resolve_identity)
+    return app.agent(source, name=STEP, concurrency=1)(resolve_identity)

@@ -1,4 +1,4 @@
-"""The agent of stage `lead`: the person's state, keyed by lead id.
+"""The agent of step `lead`: the person's state, keyed by lead id.
 
 Inputs: `lead.updates` (new leads' identity answers, merges, absorbs)
 and `leads.assigned` (owners chosen by routing), both keyed by lead id; the
@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from pydantic import BaseModel, ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from leadflow.rules import MERGED, Rules
@@ -67,7 +67,7 @@ from streams.wiring import (
     run_batches,
 )
 
-STAGE = stages.LEAD
+STEP = steps.LEAD
 # Stages whose leads a new model does not score again: decided, or gone.
 _NOT_RESCORED = frozenset({"won", "lost", "disqualified", "converted", MERGED})
 _DEAL_NAMESPACE = uuid.UUID("9d2c4e61-7a3b-4f85-b0c1-5e6f7a8b9c0d")
@@ -297,7 +297,7 @@ def _unmerge(
 
 
 def _update(topics: Topics, lead_id: str, message: BaseModel) -> tuple[str, str, bytes]:
-    """A message for the lead stage's partition of `lead_id`."""
+    """A message for the lead step's partition of `lead_id`."""
     return topics.lead_updates, lead_id, message.model_dump_json().encode()
 
 
@@ -557,7 +557,7 @@ def handle_update(
             _after_change(effects, topics, state, new, rules, now)
         return effects
     # EraseLead: the agent forgets the state before it gets here (see `register`).
-    raise BadRecordError("unexpected_message", f"the lead stage does not fold {update.type!r}")
+    raise BadRecordError("unexpected_message", f"the lead step does not fold {update.type!r}")
 
 
 def handle_assignment(
@@ -646,7 +646,7 @@ def fold_step(
     except (BadRecordError, ValidationError, ValueError) as exc:
         # Bad input only (JSON and pydantic errors are ValueErrors); a bug in the
         # stage raises anything else and stops the worker before its offset commits.
-        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        out.dead_letter(topics.dlq(STEP), STEP, record, exc)
         return
     if effects.state is not None:
         # Defaults left out: a third less to store, read and replicate per lead.
@@ -697,4 +697,4 @@ def register(
             await model.wait_loaded()
         await run_batches(app, stream, settings, fold_one, table)
 
-    return app.agent(source, name=STAGE, concurrency=1)(fold_leads)
+    return app.agent(source, name=STEP, concurrency=1)(fold_leads)

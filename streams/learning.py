@@ -32,7 +32,7 @@ from schemas.scoring import Evaluation, ModelSnapshot, Outcome
 # Weights kept (a snapshot of 5,000 is ~250 KB of JSON, within a Kafka message).
 MAX_WEIGHTS = 5000
 
-# The model the lead stage scores with while it works on a batch (None: rules alone);
+# The model the lead step scores with while it works on a batch (None: rules alone);
 # set by its agent from the worker's ModelFollower (streams/learning_agent.py).
 current_model: ContextVar[ModelSnapshot | None] = ContextVar("current_model", default=None)
 

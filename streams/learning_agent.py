@@ -1,4 +1,4 @@
-"""The agent of stage `learn`, and how every worker follows the model it publishes.
+"""The agent of step `learn`, and how every worker follows the model it publishes.
 
 Input: `scoring.outcomes`, all under the key `model`, so the one partition
 that owns it learns every outcome in order (table `scoring_model`: the
@@ -8,7 +8,7 @@ learned, so an outcome published twice is learned once). Outputs: an
 `publish_every` outcomes a `ModelSnapshot` on the compacted
 `scoring.models`. Unreadable outcomes go to `dlq.learn`.
 
-`ModelFollower` reads `scoring.models` in every worker; the lead stage
+`ModelFollower` reads `scoring.models` in every worker; the lead step
 scores each batch with the snapshot it holds (`current_model`), so a score
 records the version that made it. A snapshot that cannot be read keeps the
 last good one, and says so in the log.
@@ -24,7 +24,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.kafka_clients import follow_topic
 from leadflow.rules import ModelRules
 from leadflow.settings import KafkaSettings, Settings
@@ -42,7 +42,7 @@ from streams.wiring import (
     run_batches,
 )
 
-STAGE = stages.LEARN
+STEP = steps.LEARN
 MODEL_KEY = "model"
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def learn_step(
     try:
         outcome = Outcome.model_validate_json(record.value or b"")
     except (ValidationError, ValueError) as exc:
-        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        out.dead_letter(topics.dlq(STEP), STEP, record, exc)
         return
     # Once per outcome event, and once per lead and label: a lead converted and then won
     # is one lesson that leads like it buy, not two.
@@ -86,12 +86,12 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: ModelRul
     async def learn_outcomes(stream: Any) -> None:
         await run_batches(app, stream, settings, one, table)
 
-    return app.agent(source, name=STAGE, concurrency=1)(learn_outcomes)
+    return app.agent(source, name=STEP, concurrency=1)(learn_outcomes)
 
 
 class ModelFollower:
     """The newest readable snapshot on `scoring.models`, kept current. `loaded` once the
-    topic was read to its end: the lead stage waits for it, so a restarted worker does
+    topic was read to its end: the lead step waits for it, so a restarted worker does
     not score with the rules alone what it scored with the model before."""
 
     def __init__(self) -> None:
@@ -127,7 +127,7 @@ class Rescorer:
     """Open leads scored again when the model moved: for each new version that is in use
     and differs materially from the last one acted on, every open lead of this worker's
     `lead_state` stores gets a `RescoreLead` on `lead.updates`, at most `rescore_per_s`
-    a second. The lead stage scores it in order with its other updates, with the newest
+    a second. The lead step scores it in order with its other updates, with the newest
     version it holds; a lead another worker also asked for (a standby, a rebalance) is
     scored once: the second finds its score unchanged.
 
@@ -152,7 +152,7 @@ class Rescorer:
         self._closed = closed
         self.acted_on: dict[str, float] | None = None
         self.asked = 0
-        # Set by the lead stage once it handles records, i.e. its tables are recovered.
+        # Set by the lead step once it handles records, i.e. its tables are recovered.
         self.tables_ready = False
 
     def due(self) -> ModelSnapshot | None:

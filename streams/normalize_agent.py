@@ -1,4 +1,4 @@
-"""The agent of stage `normalize`: reads `leads.raw`; a lead's identity probes, or a dead letter.
+"""The agent of step `normalize`: reads `leads.raw`; a lead's identity probes, or a dead letter.
 
 Concurrency 1 keeps per-partition order. The agent never raises for a bad
 record (Faust would acknowledge it and lose it): `normalize_message` returns
@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
 from leadflow.normalize import lead_of
@@ -37,7 +37,7 @@ from streams.identity import scatter, start_probe
 from streams.wiring import Outbox, Outputs, StagedTable, raw_topic, run_batches
 
 log = logging.getLogger(__name__)
-STAGE = stages.NORMALIZE
+STEP = steps.NORMALIZE
 
 
 def normalize_message(
@@ -56,7 +56,7 @@ def normalize_message(
     except (BadRecordError, ValueError) as exc:
         # pydantic's ValidationError is a ValueError: an envelope that is not a RawLead.
         return dead_letter_for(
-            exc, value, stage=STAGE, key=key, topic=topic, partition=partition, offset=offset
+            exc, value, stage=STEP, key=key, topic=topic, partition=partition, offset=offset
         )
 
 
@@ -114,7 +114,7 @@ def normalize_step(
     hashes = suppressed_hashes(record.value, result, region, suppressed)
     if hashes:
         # An erased person: not a lead, and a dead letter that keeps none of their data.
-        out.add(topics.dlq(STAGE), *suppressed_letter(record, hashes, STAGE).record())
+        out.add(topics.dlq(STEP), *suppressed_letter(record, hashes, STEP).record())
         return
     if isinstance(result, Lead):
         for key, value in scatter(start_probe(result, rules.identity)):
@@ -127,7 +127,7 @@ def normalize_step(
             message.offset,
             result.message,
         )
-        out.add(topics.dlq(STAGE), *result.record())
+        out.add(topics.dlq(STEP), *result.record())
 
 
 def register(
@@ -151,4 +151,4 @@ def register(
         await suppressed.wait_loaded()
         await run_batches(app, stream, settings, normalize_one)
 
-    return app.agent(source, name=STAGE, concurrency=1)(normalize_leads)
+    return app.agent(source, name=STEP, concurrency=1)(normalize_leads)

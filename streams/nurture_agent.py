@@ -1,4 +1,4 @@
-"""The agent of stage `nurture`: sequences, durable timers and call tasks, per lead.
+"""The agent of step `nurture`: sequences, durable timers and call tasks, per lead.
 
 Inputs, co-partitioned by lead id: `leads.identified` (every snapshot of a
 lead) and `nurture.commands` (`NurtureTick`, the clock, sent to every
@@ -29,7 +29,7 @@ import faust
 import orjson
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.nurture_rules import NurtureRules
 from leadflow.settings import Settings
@@ -48,7 +48,7 @@ from streams.wiring import (
     run_batches,
 )
 
-STAGE = stages.NURTURE
+STEP = steps.NURTURE
 DUE_SHARDS = 64
 
 
@@ -247,7 +247,7 @@ def nurture_step(
             return
         command = NURTURE_COMMAND.validate_json(record.value or b"")
     except (BadRecordError, ValidationError, ValueError) as exc:
-        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        out.dead_letter(topics.dlq(STEP), STEP, record, exc)
         return
     if isinstance(command, NurtureTick):
         tick_step(record.message.partition, table, out, topics=topics, rules=rules, now=command.now)
@@ -282,4 +282,4 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: NurtureR
             await commands.send(key=None, value=value, partition=partition)
 
     app.timer(interval=settings.nurture.tick_interval_s)(tick)
-    return app.agent(source, name=STAGE, concurrency=1)(follow_up)
+    return app.agent(source, name=STEP, concurrency=1)(follow_up)

@@ -1,13 +1,13 @@
-"""The agent of stage `route`: owner decisions, one partition per team.
+"""The agent of step `route`: owner decisions, one partition per team.
 
-Input: `routing.requests`, keyed by team (the lead stage re-keys to it), so
+Input: `routing.requests`, keyed by team (the lead step re-keys to it), so
 every decision about a team's round-robin turn, rep loads, account owners,
 already-assigned leads and leads waiting for acceptance is made on the one
 partition that owns the team, in order. Messages: `route` (a lead without
 owner), `accepted` (the owner took it; the SLA clock stops) and `tick`
 (sent for every team every WORKER_SLA_CHECK_INTERVAL_S by a timer: leads
 not accepted within the team's `sla_minutes` go to another rep). Output: an
-`Assignment` on `leads.assigned`, keyed by lead id, for the lead stage and
+`Assignment` on `leads.assigned`, keyed by lead id, for the lead step and
 the rep notifier. Unreadable requests go to `dlq.route`.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.rules import AssignmentRule, Rules
 from leadflow.settings import Settings
@@ -38,7 +38,7 @@ from streams.wiring import (
     run_batches,
 )
 
-STAGE = stages.ROUTE
+STEP = steps.ROUTE
 
 
 def _rule_named(rules: Rules, name: str) -> AssignmentRule:
@@ -246,7 +246,7 @@ def assign_step(
         assignments = handle_routing(record.value or b"", table, rules, now)
     except (BadRecordError, ValidationError, ValueError) as exc:
         # Bad input only; a bug in the stage stops the worker uncommitted.
-        out.dead_letter(topics.dlq(STAGE), STAGE, record, exc)
+        out.dead_letter(topics.dlq(STEP), STEP, record, exc)
         return
     for assignment in assignments:
         out.add(topics.leads_assigned, assignment.lead_id, assignment.model_dump_json().encode())
@@ -271,4 +271,4 @@ def register(app: faust.App, topics: Topics, settings: Settings, rules: Rules) -
             await source.send(key=team.encode(), value=tick)
 
     app.timer(interval=settings.worker.sla_check_interval_s)(tick_teams)
-    return app.agent(source, name=STAGE, concurrency=1)(assign_owners)
+    return app.agent(source, name=STEP, concurrency=1)(assign_owners)

@@ -1,6 +1,6 @@
 """Stage `stage_engine` (pure): where a lead stands in the funnel, and every move as a transition.
 
-Runs inside the lead stage, on the lead's own partition, so a lead's moves
+Runs inside the lead step, on the lead's own partition, so a lead's moves
 are decided in order. Moves come from workflow rules (config/stages.yaml)
 and from reps' CRM actions. Guards: a lead only moves forward, except to
 `lost` or `disqualified`; from there only `re_engaged` leads out (when the

@@ -17,7 +17,7 @@ same, a partition whose committed offset stays behind what was fetched
 while none of its records is in flight, and every `interval` seconds the
 guard looks for one. Stuck for `after_s` seconds, the consumer seeks every
 partition back to its committed offset, so the records are fetched again
-(records already handled are handled twice, which every stage tolerates).
+(records already handled are handled twice, which every step tolerates).
 
 A partition with nothing committed yet (the first records after a worker
 was killed, on a fresh topic) has no committed offset to go back to, and
@@ -125,7 +125,7 @@ def _commit_from_the_head(self: Any, tp: Any) -> int | None:
     past and lost: the fault drill lost one of 889 that way. A record after it was
     acknowledged, and one partition's records are handled in order, so it will not be
     acknowledged any more: the partition is sought back to it (what follows is handled
-    twice, which every stage tolerates), again every HOLD_RESEEK_S while it holds.
+    twice, which every step tolerates), again every HOLD_RESEEK_S while it holds.
     """
     acked = self._acked[tp]
     committed = self._committed_offset[tp]

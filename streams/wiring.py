@@ -109,7 +109,7 @@ class Outputs(Protocol):
 
     def add(self, topic: str, key: str | bytes, value: bytes) -> None: ...
 
-    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None: ...
+    def dead_letter(self, dlq: str, step: str, event: Any, error: Exception) -> None: ...
 
 
 class Outbox:
@@ -143,10 +143,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.sends) + sum(frame.count for frame in self.frames)
 
-    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
+    def dead_letter(self, dlq: str, step: str, event: Any, error: Exception) -> None:
         """The event's dead letter; Faust's message carries the raw key and value."""
-        log_dead_letter(stage, event, error)
-        key, value = dead_letter_for_record(error, event.message, stage=stage).record()
+        log_dead_letter(step, event, error)
+        key, value = dead_letter_for_record(error, event.message, stage=step).record()
         self.add(dlq, key, value)
 
     async def deliver(self) -> None:
@@ -166,14 +166,14 @@ class Outbox:
         await asyncio.gather(*pending)
 
 
-def log_dead_letter(stage: str, event: Any, error: Exception) -> None:
+def log_dead_letter(step: str, event: Any, error: Exception) -> None:
     message = event.message
     log.warning(
         "dead-lettered %s@%s/%s in %s: %s",
         message.topic,
         message.partition,
         message.offset,
-        stage,
+        step,
         error,
     )
 
@@ -280,9 +280,7 @@ async def run_batches(
             # A bug, not bad input (steps dead-letter that). Faust would acknowledge the
             # batch and commit past it; dying like a kill -9 leaves it uncommitted, and
             # the next start replays it (the fault drill proves a kill -9 loses nothing).
-            log.critical(
-                "a stage failed on a batch; stopping the worker uncommitted", exc_info=True
-            )
+            log.critical("a step failed on a batch; stopping the worker uncommitted", exc_info=True)
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os._exit(EXIT_STAGE_FAILED)

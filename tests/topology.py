@@ -55,10 +55,10 @@ class Topology:
         self.assignments: list[Assignment] = []
         self.merges: list[dict[str, Any]] = []
         self.transitions: list[dict[str, Any]] = []
-        self.now = NOW  # the wall clock the routing stage sees; tests move it
+        self.now = NOW  # the wall clock the routing step sees; tests move it
         self.dead_letters: list[tuple[str, Exception]] = []
         self.offsets: dict[tuple[str, int], int] = defaultdict(int)
-        # Kafka hops: a message published from outside is hop 1 (what the normalize stage
+        # Kafka hops: a message published from outside is hop 1 (what the normalize step
         # sends for a `leads.raw` envelope); a step's output is one more than its input.
         self.hop = 0
         self.first_hop: dict[tuple[str, str], int] = {}
@@ -74,9 +74,9 @@ class Topology:
             self.assignments.append(Assignment.model_validate_json(value))
         self.send(topic, key.decode() if isinstance(key, bytes) else key, value)
 
-    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
-        # The simulator feeds only messages the stages must take: a dead letter is a bug.
-        raise AssertionError(f"{stage} dead-lettered {event.value[:200]!r}: {error}")
+    def dead_letter(self, dlq: str, step: str, event: Any, error: Exception) -> None:
+        # The simulator feeds only messages the steps must take: a dead letter is a bug.
+        raise AssertionError(f"{step} dead-lettered {event.value[:200]!r}: {error}")
 
     def send(self, topic: str, key: str, value: bytes) -> None:
         partition = zlib.crc32(key.encode()) % self.partitions
@@ -85,7 +85,7 @@ class Topology:
         self.first_hop.setdefault((topic, key), hop)
 
     def publish_lead(self, lead: Lead) -> None:
-        """A normalized lead, as the normalize stage sends it (its probes, one per key)."""
+        """A normalized lead, as the normalize step sends it (its probes, one per key)."""
         self.publish_probe(start_probe(lead, self.rules.identity))
 
     def publish_probe(self, probe: IdentityProbe) -> None:
@@ -93,7 +93,7 @@ class Topology:
             self.send(self.topics.identity_keys, key, value)
 
     def publish_update(self, update: dict[str, Any] | BaseModel) -> None:
-        """A message for the lead stage, keyed as its producer keys it: the lead it names
+        """A message for the lead step, keyed as its producer keys it: the lead it names
         (`lead_id`), or for a merge the lead to absorb (`loser`)."""
         if isinstance(update, BaseModel):
             update = update.model_dump(mode="json")

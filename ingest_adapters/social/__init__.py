@@ -25,7 +25,7 @@ same for a webhook, its redelivery and a backfill row, so downstream sees one
 event per lead however often it arrives.
 
 Field names stay as the provider sent them (`full_name`, `FIRST_NAME`); the
-normalize stage decides what they mean. Every refusal is a `BadRecordError`
+normalize step decides what they mean. Every refusal is a `BadRecordError`
 (dead-letter on `dlq.social_ads`, then move on) whose reason names the problem:
 `bad_signature`, `not_configured`, `invalid_json`, `invalid_fields`,
 `no_leads`, `unsupported_event`, `lead_deleted`, `invalid_response`,

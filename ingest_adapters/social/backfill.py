@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ingest_adapters.social.common import STAGE
+from ingest_adapters.social.common import STEP
 from ingest_adapters.social.meta import meta_export_leads
 from leadflow.dead_letters import dead_letter_for
 from leadflow.errors import BadRecordError
@@ -48,9 +48,9 @@ async def backfill(settings: Settings, bootstrap: str, path: Path) -> BackfillSu
             for item in meta_export_leads(raw, received_at=datetime.now(UTC), source=path.name):
                 if isinstance(item, BadRecordError):
                     original = json.dumps(item.fields, ensure_ascii=False).encode()
-                    letter = dead_letter_for(item, original, stage=STAGE, detail=path.name)
+                    letter = dead_letter_for(item, original, stage=STEP, detail=path.name)
                     key, value = letter.record()
-                    in_flight.append(await producer.send(topics.dlq(STAGE), value, key=key))
+                    in_flight.append(await producer.send(topics.dlq(STEP), value, key=key))
                     rejected[item.reason] += 1
                     continue
                 in_flight.append(

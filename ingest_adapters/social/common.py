@@ -16,12 +16,12 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.errors import BadRecordError
 from leadflow.ids import stable_id
 from schemas.limits import EventTime, check_event_time
 
-STAGE = stages.SOCIAL_ADS
+STEP = steps.SOCIAL_ADS
 META_SOURCE = "meta_lead_ads"
 LINKEDIN_SOURCE = "linkedin_lead_gen"
 # LinkedIn serves a monthly API version for about a year; the version is sent on every call.

@@ -90,9 +90,7 @@ class SocialRoutes(ChannelRoutes):
         try:
             refs = parse(body)
         except BadRecordError as exc:
-            letter_id = await self.dead_letter(
-                exc, body, common.STAGE, f"POST {request.path}", None
-            )
+            letter_id = await self.dead_letter(exc, body, common.STEP, f"POST {request.path}", None)
             if exc.reason in _ACKNOWLEDGED_REFUSALS:
                 return web.json_response(
                     {"status": "ignored", "reason": exc.reason, "dead_letter_id": letter_id}

@@ -23,7 +23,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
-from ingest_adapters.social.common import STAGE, LeadgenRef
+from ingest_adapters.social.common import STEP, LeadgenRef
 from ingest_adapters.social.fetcher import SocialFetcher
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import BadRecordError, ConfigurationError
@@ -91,10 +91,10 @@ class SocialLeadService:
         return False
 
     async def _dead_letter(self, message: ConsumerRecord[bytes, bytes], error: Exception) -> None:
-        letter = dead_letter_for_record(error, message, stage=STAGE)
+        letter = dead_letter_for_record(error, message, stage=STEP)
         key, value = letter.record()
-        await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
-        self._metrics.dead_letters.labels(stage=STAGE).inc()
+        await self._producer.send_and_wait(self._topics.dlq(STEP), value, key=key)
+        self._metrics.dead_letters.labels(stage=STEP).inc()
         self._metrics.social_leads.labels(
             provider=_provider(message), outcome="dead_lettered"
         ).inc()

@@ -52,7 +52,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from leadflow import stages
+from leadflow import steps
 from leadflow.dead_letters import dead_letter_for_record
 from leadflow.errors import RetriableError
 from leadflow.metrics import Metrics
@@ -84,7 +84,7 @@ from schemas.scoring import Evaluation
 from sinks.clickhouse.client import ClickHouse
 
 log = logging.getLogger(__name__)
-STAGE = stages.CLICKHOUSE_WRITER
+STEP = steps.CLICKHOUSE_WRITER
 
 
 @dataclass(frozen=True)
@@ -356,14 +356,14 @@ class ClickHouseWriter:
                     continue
                 batch.rows.append(row)
             except ValueError as exc:
-                letter = dead_letter_for_record(exc, message, stage=STAGE)
-                self._metrics.dead_letters.labels(stage=STAGE).inc()
+                letter = dead_letter_for_record(exc, message, stage=STEP)
+                self._metrics.dead_letters.labels(stage=STEP).inc()
                 if route.is_dead_letter_topic:
                     # Republishing would feed this very loop; store it as it is instead.
                     batch.rows.append(DeadLetterRow.from_dead_letter(letter).as_row())
                 else:
                     key, value = letter.record()
-                    await self._producer.send_and_wait(self._topics.dlq(STAGE), value, key=key)
+                    await self._producer.send_and_wait(self._topics.dlq(STEP), value, key=key)
 
     async def _suppress_lead(
         self, row: list[Any], columns: list[str], refused_leads: set[str]
@@ -378,7 +378,7 @@ class ClickHouseWriter:
             if not self._suppressions.hits([lead_id]):
                 self._suppressions.add(digest)
                 value = orjson.dumps(
-                    {"erased_at": datetime.now(UTC).isoformat(), "by": STAGE, "why": "lead"}
+                    {"erased_at": datetime.now(UTC).isoformat(), "by": STEP, "why": "lead"}
                 )
                 await self._producer.send_and_wait(
                     self._topics.privacy_suppressions, value, key=digest.encode()

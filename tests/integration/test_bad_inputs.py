@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from ingest_adapters.call_center import twilio_signature
 from ingest_adapters.social.meta import meta_signature
-from leadflow import stages
+from leadflow import steps
 from leadflow.kafka_clients import ensure_topics
 from leadflow.settings import (
     CallsSettings,
@@ -97,7 +97,7 @@ async def test_every_bad_input_gets_a_clear_4xx_and_a_dead_letter(
 
     topics = Topics(topic_prefix)
     found: set[str] = set()
-    for stage in (stages.WEB_FORM, stages.CALL_CENTER, stages.EVENTS, stages.SOCIAL_ADS):
+    for stage in (steps.WEB_FORM, steps.CALL_CENTER, steps.EVENTS, steps.SOCIAL_ADS):
         for message in await read_topic(kafka_bootstrap, topics.dlq(stage), 1, timeout_s=5):
             found.add(DeadLetter.model_validate_json(message.value or b"").dead_letter_id)
     assert set(letter_ids.values()) <= found

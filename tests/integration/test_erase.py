@@ -279,7 +279,7 @@ async def test_erase_is_for_admins_json_only_and_keeps_a_national_phone_out(
         assert personal not in everything.lower()
 
     # A call from the erased number and engagement of the erased address do not bring
-    # them back either: the events stage leaves a dead letter of hashes instead.
+    # them back either: the events step leaves a dead letter of hashes instead.
     call = {
         "call_id": "after-erase-1",
         "from": E164,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 
 from ingest_adapters.publisher import DEFAULT_MAX_MESSAGE_BYTES, Publisher, record_size
-from leadflow import stages
+from leadflow import steps
 from leadflow.dead_letters import TRUNCATED_KEEP_BYTES, dead_letter_for
 from leadflow.errors import BadRecordError, RetriableError, TooLargeError
 from leadflow.kafka_clients import ensure_topics, make_producer
@@ -46,11 +46,11 @@ async def test_a_large_envelope_is_too_large_and_its_dead_letter_fits(
         assert error.limit == DEFAULT_MAX_MESSAGE_BYTES
 
         letter = dead_letter_for(
-            error, LARGE, stage=stages.WEB_FORM, detail="POST /v1/leads/web", key=b"idem-1"
+            error, LARGE, stage=steps.WEB_FORM, detail="POST /v1/leads/web", key=b"idem-1"
         )
         key, value = letter.record()
         assert record_size(key, value) <= DEFAULT_MAX_MESSAGE_BYTES
-        dlq = topics.dlq(stages.WEB_FORM)
+        dlq = topics.dlq(steps.WEB_FORM)
         await publisher.publish(dlq, key.decode(), value)
         # The envelope never reached its topic; something small still does.
         await publisher.publish(topics.leads_raw, "evt-small", b"{}")

@@ -107,7 +107,7 @@ def in_business_hours(at: datetime) -> datetime:
 
 
 async def tick(stack: Stack, now: datetime) -> None:
-    """Move the nurture stage's clock: one tick for `now` on every partition."""
+    """Move the nurture agent's clock: one tick for `now` on every partition."""
     producer = make_producer(KafkaSettings(), stack.bootstrap)
     await producer.start()
     try:

@@ -193,14 +193,14 @@ def test_a_call_out_of_the_window_cannot_move_the_first_touch(year: int) -> None
         f' "status": "completed", "started_at": "{year:04d}-01-01T00:00:00Z"}}'
     )
     with pytest.raises(ValidationError, match="started_at"):
-        CallEvent.model_validate_json(body)  # what the events stage does with events.calls
+        CallEvent.model_validate_json(body)  # what the events step does with events.calls
 
 
 @pytest.mark.parametrize("action", ["won", "lost", "convert", "disqualify"])
 def test_a_redelivered_crm_action_changes_nothing(
     known: tuple[Topology, Lead], rules: Rules, action: str
 ) -> None:
-    """A rebalance can hand the lead stage a CRM action it applied but did not commit:
+    """A rebalance can hand the lead step a CRM action it applied but did not commit:
     the second time it is neither refused (no dead letter) nor applied again."""
     topology, _ = known
     person = only_person(topology)

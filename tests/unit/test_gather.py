@@ -1,4 +1,4 @@
-"""A new lead's identity answers, gathered in the lead stage (`streams.lead_agent.gather`).
+"""A new lead's identity answers, gathered in the lead step (`streams.lead_agent.gather`).
 
 The probes of a lead's keys come back one by one, in any order, possibly with
 other updates for the same lead in between; the lead is decided once all are

@@ -83,7 +83,7 @@ class Learner:
         else:
             self.snapshots.append(ModelSnapshot.model_validate_json(value))
 
-    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
+    def dead_letter(self, dlq: str, step: str, event: Any, error: Exception) -> None:
         self.dead.append(error)
 
     def learn(self, value: bytes) -> None:
@@ -156,7 +156,7 @@ def test_a_replay_gives_the_same_model_and_an_outcome_counts_once() -> None:
         first.learn(value)
     for value in data:
         second.learn(value)
-        second.learn(value)  # the lead stage sent it again (a replayed CRM event)
+        second.learn(value)  # the lead step sent it again (a replayed CRM event)
     assert first.table["model"] == second.table["model"]
     assert first.snapshots == second.snapshots
     assert len(second.evaluations) == 300

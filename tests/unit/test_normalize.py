@@ -1,4 +1,4 @@
-"""The pure normalize stage: tables of cases, then properties."""
+"""The pure normalize step: tables of cases, then properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The nurture stage's step functions against a plain dict table, with the clock moved by
+"""The nurture agent's step functions against a plain dict table, with the clock moved by
 ticks: a 30-day sequence runs in milliseconds. The agent calls these very functions."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TOPICS = Topics()
 
 
 class Stage:
-    """One partition of the nurture stage: its table, and everything it sent."""
+    """One partition of the nurture agent: its table, and everything it sent."""
 
     def __init__(self, rules: NurtureRules | None = None) -> None:
         self.rules = rules or load_nurture(CONFIG)
@@ -42,7 +42,7 @@ class Stage:
         else:
             self.events.append(NurtureEvent.model_validate_json(value))
 
-    def dead_letter(self, dlq: str, stage: str, event: Any, error: Exception) -> None:
+    def dead_letter(self, dlq: str, step: str, event: Any, error: Exception) -> None:
         self.dead.append(error)
 
     def _record(self, topic: str, value: bytes) -> Any:
