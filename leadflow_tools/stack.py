@@ -47,7 +47,7 @@ from leadflow.settings import Settings
 from leadflow_app.client import http_json
 from leadflow_app.views import funnel_table, lead_table, pipeline_table
 from leadflow_tools import mail_catcher
-from leadflow_tools.broker.local import LocalKafka, pid_alive
+from leadflow_tools.broker.local import LocalKafka, free_port, pid_alive
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -130,6 +130,44 @@ def wait_healthy(
             pass
         time.sleep(0.3)
     raise FatalError(f"the server did not answer /healthz within {timeout_s:.0f}s")
+
+
+def start_processes(
+    bootstrap: str, prefix: str, data_dir: Path, env: dict[str, str], workers: int = 1
+) -> tuple[str, list[Child]]:
+    """Workers and a server on `prefix`'s topics, data under `data_dir`, each with its
+    own RocksDB folder; the server's URL once it answers, and the children.
+
+    What the integration tests and the fault drill run: the embedded ClickHouse (any
+    CLICKHOUSE_DSN in `env` is dropped) and a writer that flushes every 0.2 s."""
+    port = free_port()
+    env = {
+        **env,
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "KAFKA_TOPIC_PREFIX": prefix,
+        "LEADFLOW_DATA_DIR": str(data_dir),
+        "HTTP_PORT": str(port),
+        "CLICKHOUSE_FLUSH_INTERVAL_S": "0.2",
+    }
+    env.pop("CLICKHOUSE_DSN", None)
+    children = [
+        spawn(
+            f"worker{n}" if workers > 1 else "worker",
+            ["worker"],
+            {**env, "LEADFLOW_DATA_DIR": str(data_dir / f"worker{n}")},
+            data_dir / "logs",
+        )
+        for n in range(1, workers + 1)
+    ]
+    children.append(spawn("serve", ["serve"], env, data_dir / "logs"))
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, children, timeout_s=60)
+    except Exception:
+        for child in reversed(children):
+            child.stop()
+        raise
+    return base_url, children
 
 
 def load_samples() -> list[dict[str, Any]]:

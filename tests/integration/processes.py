@@ -18,8 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from leadflow.topics import Topics
 from leadflow_app.client import http_json
-from leadflow_tools.broker.local import free_port
-from leadflow_tools.stack import Child, spawn, wait_healthy
+from leadflow_tools.stack import Child, spawn, start_processes
 from tests.keys import ADMIN_KEY, KEYS, bearer
 from tests.keys import env as keys_env
 
@@ -152,36 +151,10 @@ def start_stack(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> Stack:
-    port = free_port()
-    env = {
-        **os.environ,
-        **keys_env(),
-        **(extra_env or {}),
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "KAFKA_TOPIC_PREFIX": prefix,
-        "LEADFLOW_DATA_DIR": str(data_dir),
-        "HTTP_PORT": str(port),
-        "CLICKHOUSE_FLUSH_INTERVAL_S": "0.2",
-    }
-    env.pop("CLICKHOUSE_DSN", None)
-    children = [
-        # Each worker keeps its RocksDB tables in a folder of its own.
-        spawn(
-            f"worker{n}" if workers > 1 else "worker",
-            ["worker"],
-            {**env, "LEADFLOW_DATA_DIR": str(data_dir / f"worker{n}")},
-            data_dir / "logs",
-        )
-        for n in range(1, workers + 1)
-    ]
-    children.append(spawn("serve", ["serve"], env, data_dir / "logs"))
-    stack = Stack(f"http://127.0.0.1:{port}", bootstrap, Topics(prefix), children, env)
-    try:
-        wait_healthy(stack.base_url, children, timeout_s=60)
-    except Exception:
-        stack.stop()
-        raise
-    return stack
+    """Workers and a server that accept every test key (`tests.keys`)."""
+    env = {**os.environ, **keys_env(), **(extra_env or {})}
+    base_url, children = start_processes(bootstrap, prefix, data_dir, env, workers)
+    return Stack(base_url, bootstrap, Topics(prefix), children, children[-1].env)
 
 
 async def read_topic(

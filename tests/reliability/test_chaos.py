@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.chaos import Drill, table
+from leadflow_tools.drill import Drill, table
 
 
 def check(rows: list[dict[str, Any]]) -> None:

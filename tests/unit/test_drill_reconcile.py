@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.reliability.reconcile import crm_outcomes
+from leadflow_tools.drill.reconcile import crm_outcomes
 
 
 def test_each_crm_action_is_applied_refused_lost_or_doubled() -> None:

@@ -1,7 +1,8 @@
 """The import direction between leadflow's top-level packages.
 
 schemas ← leadflow (the core every role uses) ← ingest_adapters / streams / sinks (the
-roles, which do not import each other) ← privacy ← the application shell ← tooling.
+roles, which do not import each other) ← privacy ← the application shell ← tooling
+← tests.
 Nothing imports upward or sideways, so (the ranks being strict) there is no
 cycle between packages. Every import
 counts, the ones inside functions too.
@@ -27,6 +28,7 @@ RANK = {
     "privacy": 3,
     "leadflow_app": 4,
     "leadflow_tools": 5,
+    "tests": 6,  # no product or tool code leans on the tests' helpers
 }
 
 

@@ -10,7 +10,7 @@ id the senders were given, per fault.
 After each fault the drill waits for quiet (every consumer group's committed
 offsets at the log end) and records the recovery time. At the end it stops
 the processes and reconciles in a separate process that opens the embedded
-ClickHouse (tests/reliability/reconcile.py).
+ClickHouse (`leadflow_tools.drill.reconcile`).
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from leadflow.auth import env_line, new_key
 from leadflow.kafka_clients import consumer_lag, make_producer
 from leadflow.normalize import lead_id_for
 from leadflow.settings import KafkaSettings
 from leadflow.topics import Topics
 from leadflow_tools.broker.local import LocalKafka, free_port, pid_alive
-from leadflow_tools.stack import spawn
-from tests.integration.processes import Stack, start_stack
-from tests.keys import KEYS, bearer
+from leadflow_tools.stack import Child, spawn, start_processes
 
 QUIET_TIMEOUT_S = 120.0
 
@@ -62,6 +61,25 @@ class Ledger:
     unacknowledged: int = 0
 
 
+@dataclass
+class DrillStack:
+    """The drill's worker and server, and the one key its clients send."""
+
+    base_url: str
+    children: list[Child]
+    key: str
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {c.name} ---\n{c.log_path.read_text(errors='replace')[-4000:]}"
+            for c in self.children
+        )
+
+
 class Load:
     """Posts leads from a thread at about `rate` a second until stopped, and between
     them a rep's `lost` for one of the `known` leads (created and processed before
@@ -70,6 +88,7 @@ class Load:
     def __init__(
         self,
         base_url: str,
+        key: str,
         tag: str,
         ledger: Ledger,
         rng: random.Random,
@@ -77,6 +96,7 @@ class Load:
         rate: float = 40.0,
     ) -> None:
         self.base_url = base_url
+        self.key = key
         self.tag = tag
         self.ledger = ledger
         self.rng = rng
@@ -95,7 +115,6 @@ class Load:
         self._thread.join(timeout=180)
 
     def _post(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
-        scope = "crm" if path == "/v1/events/crm" else "ingest"
         request = urllib.request.Request(  # noqa: S310 - loopback URL built here
             f"{self.base_url}{path}",
             data=json.dumps(body).encode(),
@@ -103,7 +122,7 @@ class Load:
             headers={
                 "Content-Type": "application/json",
                 "Idempotency-Key": key,
-                **bearer(KEYS[scope]),
+                "Authorization": f"Bearer {self.key}",
             },
         )
         try:
@@ -197,7 +216,7 @@ class Drill:
         self.home = home
         self.rng = random.Random(seed)
         self.broker = LocalKafka(home / "kafka", port=free_port(), controller_port=free_port())
-        self.stack: Stack | None = None
+        self.stack: DrillStack | None = None
         self.prefix = "chaos."
         self.outcomes: list[Outcome] = []
         # Leads created and processed by earlier runs, not yet acted on by a rep.
@@ -212,9 +231,13 @@ class Drill:
             "HTTP_WRITE_RATE_PER_S": "100000",
             "HTTP_WRITE_RATE_BURST": "100000",
         }
-        self.stack = start_stack(
-            self.broker.bootstrap, self.prefix, self.home / "stack", extra_env=env
+        # One key for the load's posts: the web form's and the rep's scopes.
+        key, entry = new_key("fault drill", ("ingest", "crm"))
+        env["AUTH_KEYS"] = env_line([entry]).partition("=")[2]
+        base_url, children = start_processes(
+            self.broker.bootstrap, self.prefix, self.home / "stack", {**os.environ, **env}
         )
+        self.stack = DrillStack(base_url, children, key)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -223,7 +246,7 @@ class Drill:
         self.broker.stop()
 
     @property
-    def running(self) -> Stack:
+    def running(self) -> DrillStack:
         assert self.stack is not None
         return self.stack
 
@@ -297,7 +320,9 @@ class Drill:
             rng = random.Random(seed)
             tag = f"f{len(self.outcomes)}-{run}-{seed}"  # a valid email local part
             created_before = len(ledger.created)
-            with Load(self.running.base_url, tag, ledger, rng, self.known) as load:
+            with Load(
+                self.running.base_url, self.running.key, tag, ledger, rng, self.known
+            ) as load:
                 time.sleep(1.5 + rng.random() * 2)  # mid-load, at a seeded moment
                 inject(load)
                 ended = time.monotonic()
@@ -433,7 +458,7 @@ class Drill:
             [
                 sys.executable,
                 "-m",
-                "tests.reliability.reconcile",
+                "leadflow_tools.drill.reconcile",
                 str(self.home / "stack" / "clickhouse"),
                 str(path),
             ],

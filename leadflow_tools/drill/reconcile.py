@@ -1,6 +1,6 @@
 """Reconcile a drill's ledger with what ClickHouse holds (run as its own process).
 
-    python -m tests.reliability.reconcile CHDB_DIR LEDGER.json
+    python -m leadflow_tools.drill.reconcile CHDB_DIR LEDGER.json
 
 Prints one JSON line: per fault, how many acknowledged event ids are
 missing (lost) or present more than once (doubled) among live leads after
