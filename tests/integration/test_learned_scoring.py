@@ -64,7 +64,8 @@ def wait_for(stack: Stack, what: str, check: Any, timeout_s: float = 240) -> Any
     return wait_until(check, what, stack, timeout_s)
 
 
-def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
+def send_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
+    """Post a lead; its email."""
     email = f"buyer{n}@{industry}{n}.example.com"
     status, answer = stack.post_json(
         {
@@ -77,9 +78,18 @@ def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
         }
     )
     assert status == 202, answer
+    return email
+
+
+def lead_id(stack: Stack, email: str) -> str:
+    """The lead's id once it is in ClickHouse."""
     # Long enough for the two workers' first rebalances on a busy CI machine.
     lead = wait_for(stack, email, lambda: stack.leads(email=email)["leads"], timeout_s=240)
     return str(lead[0]["lead_id"])
+
+
+def post_lead(stack: Stack, n: int, industry: str, tool: str) -> str:
+    return lead_id(stack, send_lead(stack, n, industry, tool))
 
 
 @pytest.mark.integration
@@ -87,16 +97,20 @@ def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: St
     stack = learning_stack
     # Open leads from before any model: a new version scores them again.
     early = [post_lead(stack, 900 + n, "biotech", "salesforce") for n in range(2)]
-    for n in range(OUTCOMES):
-        won = n % 2 == 0
-        lead_id = post_lead(
-            stack, n, "biotech" if won else "mining", "salesforce" if won else "excel"
+    # Every lead first (they travel the pipeline together), then each one's outcome.
+    emails = [
+        send_lead(
+            stack, n, "biotech" if n % 2 == 0 else "mining", "salesforce" if n % 2 == 0 else "excel"
         )
+        for n in range(OUTCOMES)
+    ]
+    for n, email in enumerate(emails):
+        won = n % 2 == 0
         status = stack.post(
             "/v1/events/crm",
             {
                 "event_id": f"outcome-{n}",
-                "lead_id": lead_id,
+                "lead_id": lead_id(stack, email),
                 "action": "won" if won else "lost",
                 **({} if won else {"reason": "went with a rival"}),
                 "occurred_at": datetime.now(UTC).isoformat(),
@@ -117,13 +131,14 @@ def test_outcomes_teach_a_model_that_every_worker_scores_with(learning_stack: St
     assert versions[-1] == OUTCOMES // 5 - 1
     # New leads after the model: enough of them that both workers' partitions have some.
     time.sleep(3)  # the workers read the newest snapshot
-    pairs = [
+    sent = [
         (
-            post_lead(stack, 100 + n, "biotech", "salesforce"),
-            post_lead(stack, 200 + n, "mining", "excel"),
+            send_lead(stack, 100 + n, "biotech", "salesforce"),
+            send_lead(stack, 200 + n, "mining", "excel"),
         )
         for n in range(4)
     ]
+    pairs = [(lead_id(stack, good), lead_id(stack, bad)) for good, bad in sent]
     leads = {lead["lead_id"]: lead for lead in stack.leads(limit="1000")["leads"]}
     for good_id, bad_id in pairs:
         good, bad = leads[good_id], leads[bad_id]
