@@ -111,8 +111,16 @@ def sign(secret: bytes, claims: TrackingClaims) -> str:
     return f"{body}.{_b64(mac)}"
 
 
+# What a sentence may leave stuck to a link in a plain-text email: mail clients and
+# people copying the link often take it along. A token is base64url with one dot inside,
+# so it never ends in one of these.
+_TRAILING_PUNCTUATION = ".,;:!?)]}>'\""
+
+
 def verify(secret: bytes, token: str, kind: LinkKind) -> TrackingClaims:
-    """The claims of a link signed with `secret` for `kind`; BadRecordError otherwise."""
+    """The claims of a link signed with `secret` for `kind`; BadRecordError otherwise.
+    Punctuation after the token (`…/c/TOKEN).`) is not part of it and is left out."""
+    token = token.rstrip(_TRAILING_PUNCTUATION)
     body, dot, mac = token.partition(".")
     if not dot or len(token) > 2048:
         raise BadRecordError("bad_token", "the tracking link is not one leadflow made")

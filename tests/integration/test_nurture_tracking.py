@@ -140,6 +140,18 @@ async def test_a_click_redirects_to_the_template_url_and_records_the_click(
     assert event.properties["send_id"] == "send-1"
 
 
+async def test_a_click_on_a_link_with_the_sentence_s_punctuation_still_counts(
+    client: TestClient, link: Link, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A plain-text email's "(see https://…/c/TOKEN)." linked whole by the mail client."""
+    answer = await client.get(link("click") + ").", allow_redirects=False)
+    assert answer.status == 302
+    assert answer.headers["Location"] == TOUR
+    [record] = await _engagements(kafka_bootstrap, topic_prefix, 1)
+    event = EngagementEvent.model_validate_json(record.value or b"")
+    assert (event.kind, event.event_id) == ("email_click", "nurture:send-1:click:0")
+
+
 async def test_refused_links_redirect_nowhere_record_nothing_and_leave_dead_letters(
     client: TestClient, link: Link, kafka_bootstrap: str, topic_prefix: str
 ) -> None:

@@ -59,6 +59,17 @@ def test_a_signed_link_verifies_to_its_claims(kind: str) -> None:
     assert verify(SECRET, sign(SECRET, claims), kind) == claims  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("tail", [".", ")", ").", ">", ",", "!", '"', "'", "]", ";"])
+def test_punctuation_stuck_to_a_link_is_not_part_of_its_token(tail: str) -> None:
+    """ "See https://…/c/TOKEN." in a plain-text email: some clients link the full stop too."""
+    token = sign(SECRET, _claims())
+    assert verify(SECRET, token + tail, "click") == _claims()
+    # Only after the token: a changed character inside it is still refused.
+    changed = token[:3] + ("A" if token[3] != "A" else "B") + token[4:]
+    with pytest.raises(BadRecordError, match="signature"):
+        verify(SECRET, changed + tail, "click")
+
+
 def test_the_url_names_the_kind_and_carries_a_verifiable_token() -> None:
     url = tracking.link_url("https://t.example.com/", SECRET, _claims(kind="unsubscribe"))
     assert url.startswith("https://t.example.com/v1/nurture/u/")
