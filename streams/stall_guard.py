@@ -182,8 +182,16 @@ def _begins_at(consumer: Any, tp: Any) -> int | None:
                 offsets = await consumer.earliest_offsets(tp)
                 if tp in offsets:
                     _log_start[tp] = offsets[tp]
-            except Exception:  # the next commit asks again
-                log.debug("could not read where %s begins", tp, exc_info=True)
+            except Exception:
+                # Nothing is lost while this fails: the partition's commit stays held
+                # (nothing committed past its head) and the next commit asks again. Said
+                # at warning, so a lookup that keeps failing is seen, not a silent hold.
+                log.warning(
+                    "could not read where %s[%d] begins; its commit waits, asking again",
+                    tp.topic,
+                    tp.partition,
+                    exc_info=True,
+                )
             finally:
                 _asking.discard(tp)
 
